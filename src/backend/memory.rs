@@ -1,0 +1,1 @@
+//! The in-process backend: moka for entries, its own timers for expiry.

@@ -1,0 +1,125 @@
+//! The one error type of livedict.
+
+use std::time::Duration;
+
+/// The result type of every fallible livedict operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in livedict.
+///
+/// Messages are lowercase, carry the key or URL they are about, and never
+/// contain a password. Backends map their native errors at the boundary and
+/// keep them as the [`std::error::Error::source`].
+///
+/// ```
+/// use livedict::Error;
+/// let e = Error::InvalidKey { reason: "empty" };
+/// assert_eq!(e.to_string(), "invalid key: empty");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key is empty or longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes.
+    #[error("invalid key: {reason}")]
+    InvalidKey {
+        /// Why the key was rejected.
+        reason: &'static str,
+    },
+    /// The TTL is zero or larger than [`MAX_TTL`](crate::MAX_TTL).
+    #[error("invalid ttl {ttl:?}: {reason}")]
+    InvalidTtl {
+        /// The rejected TTL.
+        ttl: Duration,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// The store URL (shown without its password) or one of its options is invalid.
+    #[error("invalid url `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A configuration value given to a builder is invalid.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// `lock(key, timeout)` did not get the lock within `timeout`.
+    #[error("timed out waiting for the lock on key `{key}`")]
+    LockTimeout {
+        /// The key whose lock was not acquired.
+        key: String,
+    },
+    /// The lock's lease ran out (or it was released) before this guarded write.
+    #[error("the lock on key `{key}` was lost (lease expired or released)")]
+    LockLost {
+        /// The key whose lock was lost.
+        key: String,
+    },
+    /// The request did not finish within the store's request timeout.
+    #[error("request `{op}` timed out after {after:?}")]
+    Timeout {
+        /// The operation that timed out.
+        op: &'static str,
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// A stored value could not be decoded into `V`. The stored data is left untouched.
+    #[error("stored value of key `{key}` cannot be decoded")]
+    Decode {
+        /// The key whose value could not be decoded.
+        key: String,
+        /// The codec's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A value could not be encoded by the codec; nothing was written.
+    #[error("value for key `{key}` cannot be encoded")]
+    Encode {
+        /// The key whose value could not be encoded.
+        key: String,
+        /// The codec's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The backend (SQLite, Redis) failed; `context` says what was being done.
+    #[error("{backend} backend error: {context}")]
+    Backend {
+        /// Which backend failed: `"memory"`, `"sqlite"` or `"redis"`.
+        backend: &'static str,
+        /// What livedict was doing, naming the URL or path (never a password).
+        context: String,
+        /// The backend's own error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The store was shut down; no more operations are accepted.
+    #[error("the store is shut down")]
+    Closed,
+    /// A `livedict::blocking` method was called from inside an async runtime.
+    #[error(
+        "livedict::blocking called from inside an async runtime; use the async livedict::LiveDict there"
+    )]
+    InsideRuntime,
+}
+
+impl Error {
+    /// Builds an [`Error::Backend`] from a native error.
+    pub fn backend(
+        backend: &'static str,
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Backend { backend, context: context.into(), source: Some(Box::new(source)) }
+    }
+
+    /// Builds an [`Error::Backend`] with only a message.
+    pub fn backend_msg(backend: &'static str, context: impl Into<String>) -> Self {
+        Error::Backend { backend, context: context.into(), source: None }
+    }
+
+    /// Builds an [`Error::InvalidUrl`]; the URL's password (if any) is redacted.
+    pub fn invalid_url(url: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidUrl { url: crate::url::redact(url), reason: reason.into() }
+    }
+}

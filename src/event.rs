@@ -1,0 +1,186 @@
+//! Events (set, get, delete, expire, evict) and the sink backends report them to.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::stats::Counters;
+
+/// The kind of an [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A value was stored.
+    Set,
+    /// A read found a live value (misses fire nothing).
+    Get,
+    /// A delete removed a live value (deleting a missing key fires nothing).
+    Delete,
+    /// A value reached its deadline and was removed; the event carries it.
+    Expire,
+    /// A value was evicted because the store reached its capacity.
+    Evict,
+}
+
+impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EventKind; 5] =
+        [EventKind::Set, EventKind::Get, EventKind::Delete, EventKind::Expire, EventKind::Evict];
+
+    /// A dense index (0..5), for per-kind tables.
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The kind's lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Set => "set",
+            EventKind::Get => "get",
+            EventKind::Delete => "delete",
+            EventKind::Expire => "expire",
+            EventKind::Evict => "evict",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something that happened to one key. Cheap to clone (one `Arc`).
+///
+/// ```
+/// use livedict::{Event, EventKind};
+/// let ev = Event::new(EventKind::Set, "k", Some(7));
+/// assert_eq!(ev.kind(), EventKind::Set);
+/// assert_eq!(ev.key(), "k");
+/// assert_eq!(ev.value(), Some(&7));
+/// ```
+pub struct Event<V> {
+    inner: Arc<EventData<V>>,
+}
+
+struct EventData<V> {
+    kind: EventKind,
+    key: String,
+    value: Option<V>,
+    at: SystemTime,
+}
+
+impl<V> Event<V> {
+    /// A new event stamped with the current wall-clock time.
+    pub fn new(kind: EventKind, key: impl Into<String>, value: Option<V>) -> Self {
+        Event { inner: Arc::new(EventData { kind, key: key.into(), value, at: SystemTime::now() }) }
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> EventKind {
+        self.inner.kind
+    }
+
+    /// The key it happened to.
+    pub fn key(&self) -> &str {
+        &self.inner.key
+    }
+
+    /// The value involved: the stored value (`Set`), the value read (`Get`),
+    /// the removed value (`Delete`, when the backend had it), the expired or
+    /// evicted value (`Expire`, `Evict`).
+    pub fn value(&self) -> Option<&V> {
+        self.inner.value.as_ref()
+    }
+
+    /// When it happened (wall clock).
+    pub fn at(&self) -> SystemTime {
+        self.inner.at
+    }
+}
+
+impl<V> Clone for Event<V> {
+    fn clone(&self) -> Self {
+        Event { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<V: fmt::Debug> fmt::Debug for Event<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("kind", &self.kind())
+            .field("key", &self.key())
+            .field("value", &self.value())
+            .finish()
+    }
+}
+
+/// Receives events; implemented by the callback [`Dispatcher`](crate::layer::callback::Dispatcher).
+pub trait EventTarget<V>: Send + Sync + 'static {
+    /// Whether anything listens to `kind` (lets emitters skip building events).
+    fn wants(&self, kind: EventKind) -> bool;
+    /// Delivers one event; must never block.
+    fn emit(&self, event: Event<V>);
+}
+
+/// Where a backend reports the events it originates (`Expire`, `Evict`) and
+/// counts what it did. Cheap to clone. [`EventSink::none`] discards events.
+pub struct EventSink<V> {
+    target: Option<Arc<dyn EventTarget<V>>>,
+    counters: Arc<Counters>,
+}
+
+impl<V: 'static> EventSink<V> {
+    /// A sink that discards every event (counters are still kept).
+    pub fn none() -> Self {
+        EventSink { target: None, counters: Arc::default() }
+    }
+
+    /// A sink delivering to `target` and counting into `counters`.
+    pub(crate) fn new(target: Arc<dyn EventTarget<V>>, counters: Arc<Counters>) -> Self {
+        EventSink { target: Some(target), counters }
+    }
+
+    /// Whether anything listens to `kind`.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.target.as_ref().is_some_and(|t| t.wants(kind))
+    }
+
+    /// Builds and delivers an event, if anything listens to its kind.
+    pub fn emit_with(&self, kind: EventKind, key: &str, value: impl FnOnce() -> Option<V>) {
+        if let Some(target) = &self.target
+            && target.wants(kind)
+        {
+            target.emit(Event::new(kind, key, value()));
+        }
+    }
+
+    /// The store's counters.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Records that a value expired and reports it as an `Expire` event.
+    pub fn expired(&self, key: &str, value: impl FnOnce() -> Option<V>) {
+        self.counters.expirations.incr();
+        self.emit_with(EventKind::Expire, key, value);
+    }
+
+    /// Records that a value was evicted and reports it as an `Evict` event.
+    pub fn evicted(&self, key: &str, value: impl FnOnce() -> Option<V>) {
+        self.counters.evictions.incr();
+        self.emit_with(EventKind::Evict, key, value);
+    }
+}
+
+impl<V> Clone for EventSink<V> {
+    fn clone(&self) -> Self {
+        EventSink { target: self.target.clone(), counters: Arc::clone(&self.counters) }
+    }
+}
+
+impl<V> fmt::Debug for EventSink<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventSink").field("connected", &self.target.is_some()).finish()
+    }
+}

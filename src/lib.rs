@@ -1,0 +1,17 @@
+//! livedict: a TTL key-value store for Tokio services.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod codec;
+pub mod error;
+pub mod event;
+pub mod request;
+pub mod stats;
+mod url;
+
+pub use codec::Codec;
+pub use error::{Error, Result};
+pub use event::{Event, EventKind, EventSink, EventTarget};
+pub use request::{LockGrant, LockToken, MAX_KEY_LEN, MAX_TTL, Request, Response, validate_key, validate_ttl};
+pub use stats::Stats;

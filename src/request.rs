@@ -1,0 +1,288 @@
+//! The request and response enums every service in the stack speaks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The longest key accepted, in bytes (1 KiB).
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// The longest TTL accepted: 100 years. Longer TTLs are [`Error::InvalidTtl`].
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Checks a key: non-empty and at most [`MAX_KEY_LEN`] bytes.
+///
+/// ```
+/// assert!(livedict::validate_key("user:1").is_ok());
+/// assert!(livedict::validate_key("").is_err());
+/// ```
+pub fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        Err(Error::InvalidKey { reason: "empty" })
+    } else if key.len() > MAX_KEY_LEN {
+        Err(Error::InvalidKey { reason: "longer than 1024 bytes" })
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a TTL: non-zero and at most [`MAX_TTL`].
+///
+/// ```
+/// use std::time::Duration;
+/// assert!(livedict::validate_ttl(Duration::from_millis(1)).is_ok());
+/// assert!(livedict::validate_ttl(Duration::ZERO).is_err());
+/// assert!(livedict::validate_ttl(Duration::MAX).is_err());
+/// ```
+pub fn validate_ttl(ttl: Duration) -> Result<()> {
+    if ttl.is_zero() {
+        Err(Error::InvalidTtl { ttl, reason: "zero" })
+    } else if ttl > MAX_TTL {
+        Err(Error::InvalidTtl { ttl, reason: "longer than 100 years" })
+    } else {
+        Ok(())
+    }
+}
+
+/// Identifies one lock holder: a random owner token, unique per `lock` call.
+///
+/// Guarded writes carry it so the lock layer and distributed backends let
+/// them through while other writers wait.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LockToken {
+    owner: Arc<str>,
+}
+
+impl LockToken {
+    /// A fresh random token (128 random bits, hex).
+    pub fn new() -> Self {
+        let bits: u128 = rand::random();
+        LockToken { owner: format!("{bits:032x}").into() }
+    }
+
+    /// The token as text (stored by distributed backends as the lock owner).
+    pub fn as_str(&self) -> &str {
+        &self.owner
+    }
+}
+
+impl Default for LockToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for LockToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockToken({})", &self.owner[..8])
+    }
+}
+
+/// What a backend reports when it granted a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockGrant {
+    /// A fencing counter, strictly increasing per key on distributed backends (0 on memory).
+    pub fence: u64,
+    /// The lease after which the lock frees itself, if the backend uses leases.
+    pub lease: Option<Duration>,
+    /// Whether the backend holds state for this lock that must be released by an `Unlock` request.
+    pub distributed: bool,
+}
+
+impl LockGrant {
+    /// A grant that needs no backend-side release (the memory backend's).
+    pub fn local() -> Self {
+        LockGrant { fence: 0, lease: None, distributed: false }
+    }
+
+    /// A grant held by a distributed backend (SQLite, Redis).
+    pub fn distributed(fence: u64, lease: Duration) -> Self {
+        LockGrant { fence, lease: Some(lease), distributed: true }
+    }
+}
+
+/// One operation on the store. Every service in the stack takes this.
+///
+/// Write variants carry `lock: Option<LockToken>`: `Some` for writes made
+/// through a [`KeyGuard`](crate::KeyGuard), which pass the lock; `None`
+/// writes wait while another holder has the key locked.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Request<V> {
+    /// Read a live value.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Whether a live value exists.
+    Exists {
+        /// The key.
+        key: String,
+    },
+    /// The remaining TTL of a live value.
+    Ttl {
+        /// The key.
+        key: String,
+    },
+    /// Store a value; `ttl: None` stores it without expiry (dropping any old deadline).
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: V,
+        /// Time to live, or `None` for no expiry.
+        ttl: Option<Duration>,
+        /// The lock token of a guarded write.
+        lock: Option<LockToken>,
+    },
+    /// Remove a value.
+    Delete {
+        /// The key.
+        key: String,
+        /// The lock token of a guarded write.
+        lock: Option<LockToken>,
+    },
+    /// Give a live value a new deadline `ttl` from now.
+    Expire {
+        /// The key.
+        key: String,
+        /// The new time to live.
+        ttl: Duration,
+        /// The lock token of a guarded write.
+        lock: Option<LockToken>,
+    },
+    /// Drop the deadline of a live value.
+    Persist {
+        /// The key.
+        key: String,
+        /// The lock token of a guarded write.
+        lock: Option<LockToken>,
+    },
+    /// All live keys.
+    Keys,
+    /// All live entries.
+    Items,
+    /// The number of live entries.
+    Len,
+    /// Remove every entry of this store (fires no per-key events).
+    Clear,
+    /// Acquire the key's lock for `token`, waiting up to `timeout`.
+    Lock {
+        /// The key.
+        key: String,
+        /// How long to wait for the lock.
+        timeout: Duration,
+        /// The new holder.
+        token: LockToken,
+    },
+    /// Extend the lease of a held lock.
+    Renew {
+        /// The key.
+        key: String,
+        /// The holder.
+        token: LockToken,
+    },
+    /// Release the key's lock held by `token`.
+    Unlock {
+        /// The key.
+        key: String,
+        /// The holder.
+        token: LockToken,
+    },
+    /// Flush pending writes and stop background drivers.
+    Shutdown,
+}
+
+impl<V> Request<V> {
+    /// The operation's name, as used in tracing spans and errors.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Get { .. } => "get",
+            Request::Exists { .. } => "exists",
+            Request::Ttl { .. } => "ttl",
+            Request::Set { .. } => "set",
+            Request::Delete { .. } => "delete",
+            Request::Expire { .. } => "expire",
+            Request::Persist { .. } => "persist",
+            Request::Keys => "keys",
+            Request::Items => "items",
+            Request::Len => "len",
+            Request::Clear => "clear",
+            Request::Lock { .. } => "lock",
+            Request::Renew { .. } => "renew",
+            Request::Unlock { .. } => "unlock",
+            Request::Shutdown => "shutdown",
+        }
+    }
+
+    /// The key this request is about, if it is about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Request::Get { key }
+            | Request::Exists { key }
+            | Request::Ttl { key }
+            | Request::Set { key, .. }
+            | Request::Delete { key, .. }
+            | Request::Expire { key, .. }
+            | Request::Persist { key, .. }
+            | Request::Lock { key, .. }
+            | Request::Renew { key, .. }
+            | Request::Unlock { key, .. } => Some(key),
+            Request::Keys
+            | Request::Items
+            | Request::Len
+            | Request::Clear
+            | Request::Shutdown => None,
+        }
+    }
+
+    /// For writes to one key: the key and the lock token the write carries.
+    pub fn write_target(&self) -> Option<(&str, Option<&LockToken>)> {
+        match self {
+            Request::Set { key, lock, .. }
+            | Request::Delete { key, lock }
+            | Request::Expire { key, lock, .. }
+            | Request::Persist { key, lock } => Some((key, lock.as_ref())),
+            _ => None,
+        }
+    }
+}
+
+/// The answer to a [`Request`]; each request has one matching variant.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Response<V> {
+    /// For `Get`: the live value, if any.
+    Value(Option<V>),
+    /// For `Exists`, `Expire`, `Persist`: the answer.
+    Bool(bool),
+    /// For `Ttl`: the remaining time to live (`None`: missing key or no expiry).
+    Ttl(Option<Duration>),
+    /// For `Delete`: whether something was removed, and its value when the backend had it.
+    Deleted {
+        /// True if a live entry was removed.
+        removed: bool,
+        /// The removed value (always on memory; on SQLite/Redis when it decodes).
+        value: Option<V>,
+    },
+    /// For `Keys`.
+    Keys(Vec<String>),
+    /// For `Items`.
+    Items(Vec<(String, V)>),
+    /// For `Len`.
+    Len(usize),
+    /// For `Lock`: the grant.
+    Locked(LockGrant),
+    /// For `Set`, `Clear`, `Renew`, `Unlock`, `Shutdown`.
+    Done,
+}
+
+impl<V> Response<V> {
+    /// The error for a response that does not match its request (a bug in a custom service).
+    pub(crate) fn mismatch(op: &'static str) -> Error {
+        Error::backend_msg("stack", format!("service answered `{op}` with the wrong response variant"))
+    }
+}
