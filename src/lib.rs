@@ -15,3 +15,9 @@ pub use error::{Error, Result};
 pub use event::{Event, EventKind, EventSink, EventTarget};
 pub use request::{LockGrant, LockToken, MAX_KEY_LEN, MAX_TTL, Request, Response, validate_key, validate_ttl};
 pub use stats::Stats;
+
+/// What a stored value must be: serde-serializable (for SQLite and Redis),
+/// cloneable and shareable across tasks. Implemented for every such type.
+pub trait Value: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static {}
+
+impl<T> Value for T where T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static {}
