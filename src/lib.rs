@@ -3,21 +3,39 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod blocking;
+mod builder;
+pub mod callback;
 pub mod codec;
+mod dict;
 pub mod error;
 pub mod event;
+mod guard;
+pub mod layer;
 pub mod request;
 pub mod stats;
 mod url;
 
+pub use builder::{Builder, DEFAULT_REQUEST_TIMEOUT};
+pub use callback::{Callback, CallbackId};
 pub use codec::Codec;
+pub use dict::{BoxStack, LiveDict};
 pub use error::{Error, Result};
 pub use event::{Event, EventKind, EventSink, EventTarget};
-pub use request::{LockGrant, LockToken, MAX_KEY_LEN, MAX_TTL, Request, Response, validate_key, validate_ttl};
+pub use guard::KeyGuard;
+pub use request::{
+    LockGrant, LockToken, MAX_KEY_LEN, MAX_TTL, Request, Response, validate_key, validate_ttl,
+};
 pub use stats::Stats;
 
 /// What a stored value must be: serde-serializable (for SQLite and Redis),
 /// cloneable and shareable across tasks. Implemented for every such type.
-pub trait Value: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static {}
+pub trait Value:
+    serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
 
-impl<T> Value for T where T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static {}
+impl<T> Value for T where
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
+{
+}

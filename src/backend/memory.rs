@@ -1,1 +1,0 @@
-//! The in-process backend: moka for entries, its own timers for expiry.

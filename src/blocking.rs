@@ -1,0 +1,301 @@
+//! The blocking facade: the same store without `.await`, for sync code.
+//!
+//! [`LiveDict`] owns a private multi-thread Tokio runtime that runs the
+//! background work (expiry drivers, callback dispatch, I/O) and runs each
+//! operation with `Runtime::block_on` on the calling thread, so a memory
+//! `get` costs no thread hop.
+//!
+//! **Do not call it from async code.** Inside a Tokio runtime every method
+//! returns [`Error::InsideRuntime`] instead of panicking or deadlocking; use
+//! the async [`crate::LiveDict`] there.
+//!
+//! ```
+//! use std::time::Duration;
+//! use livedict::blocking::LiveDict;
+//! let d: LiveDict<String> = LiveDict::open("memory://")?;
+//! d.set_with_ttl("k", "v".to_string(), Duration::from_secs(5))?;
+//! assert_eq!(d.get("k")?.as_deref(), Some("v"));
+//! let guard = d.lock("k", Duration::from_secs(1))?;
+//! guard.set("w".to_string())?;
+//! drop(guard);
+//! # Ok::<(), livedict::Error>(())
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::{Handle, Runtime};
+
+use crate::Value;
+use crate::builder::Builder;
+use crate::callback::{Callback, CallbackId};
+use crate::error::{Error, Result};
+use crate::event::EventKind;
+use crate::stats::Stats;
+
+/// Owns the runtime; shuts it down without blocking when the last handle goes
+/// (so dropping a handle inside async code does not panic).
+struct OwnedRuntime(Option<Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl OwnedRuntime {
+    fn runtime(&self) -> &Runtime {
+        // Invariant: the runtime is only taken in `drop`.
+        self.0.as_ref().expect("runtime present until drop")
+    }
+
+    fn block_on<F: Future>(&self, f: F) -> Result<F::Output> {
+        if Handle::try_current().is_ok() {
+            return Err(Error::InsideRuntime);
+        }
+        Ok(self.runtime().block_on(f))
+    }
+}
+
+/// The blocking twin of [`crate::LiveDict`]: same methods, no `.await`.
+/// Cheap to clone; clones share the store and its runtime.
+pub struct LiveDict<V> {
+    inner: crate::LiveDict<V>,
+    // Declared after `inner` so the store is dropped before its runtime.
+    runtime: Arc<OwnedRuntime>,
+}
+
+impl<V> Clone for LiveDict<V> {
+    fn clone(&self) -> Self {
+        LiveDict {
+            inner: self.inner.clone(),
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+}
+
+impl<V> std::fmt::Debug for LiveDict<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("blocking::LiveDict")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+fn new_runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("livedict-blocking")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::backend("memory", "cannot start the blocking facade's runtime", e))
+}
+
+impl<V: Value> LiveDict<V> {
+    /// Opens a store from a URL (see [`crate::LiveDict::open`]).
+    pub fn open(url: &str) -> Result<Self> {
+        Self::from_builder(Builder::new().url(url))
+    }
+
+    /// A builder; finish it with [`Builder::build_blocking`].
+    pub fn builder() -> Builder<V> {
+        Builder::new()
+    }
+
+    pub(crate) fn from_builder(builder: Builder<V>) -> Result<Self> {
+        if Handle::try_current().is_ok() {
+            return Err(Error::InsideRuntime);
+        }
+        let runtime = OwnedRuntime(Some(new_runtime()?));
+        let inner = runtime.block_on(builder.build())??;
+        Ok(LiveDict {
+            inner,
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// The async handle of the same store (for use on the facade's runtime).
+    pub fn as_async(&self) -> &crate::LiveDict<V> {
+        &self.inner
+    }
+
+    /// See [`crate::LiveDict::set`].
+    pub fn set(&self, key: impl AsRef<str>, value: V) -> Result<()> {
+        self.runtime.block_on(self.inner.set(key, value))?
+    }
+
+    /// See [`crate::LiveDict::set_with_ttl`].
+    pub fn set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Duration) -> Result<()> {
+        self.runtime
+            .block_on(self.inner.set_with_ttl(key, value, ttl))?
+    }
+
+    /// See [`crate::LiveDict::get`].
+    pub fn get(&self, key: impl AsRef<str>) -> Result<Option<V>> {
+        self.runtime.block_on(self.inner.get(key))?
+    }
+
+    /// See [`crate::LiveDict::delete`].
+    pub fn delete(&self, key: impl AsRef<str>) -> Result<bool> {
+        self.runtime.block_on(self.inner.delete(key))?
+    }
+
+    /// See [`crate::LiveDict::exists`].
+    pub fn exists(&self, key: impl AsRef<str>) -> Result<bool> {
+        self.runtime.block_on(self.inner.exists(key))?
+    }
+
+    /// See [`crate::LiveDict::keys`].
+    pub fn keys(&self) -> Result<Vec<String>> {
+        self.runtime.block_on(self.inner.keys())?
+    }
+
+    /// See [`crate::LiveDict::items`].
+    pub fn items(&self) -> Result<Vec<(String, V)>> {
+        self.runtime.block_on(self.inner.items())?
+    }
+
+    /// See [`crate::LiveDict::len`].
+    pub fn len(&self) -> Result<usize> {
+        self.runtime.block_on(self.inner.len())?
+    }
+
+    /// See [`crate::LiveDict::is_empty`].
+    pub fn is_empty(&self) -> Result<bool> {
+        self.runtime.block_on(self.inner.is_empty())?
+    }
+
+    /// See [`crate::LiveDict::clear`].
+    pub fn clear(&self) -> Result<()> {
+        self.runtime.block_on(self.inner.clear())?
+    }
+
+    /// See [`crate::LiveDict::ttl`].
+    pub fn ttl(&self, key: impl AsRef<str>) -> Result<Option<Duration>> {
+        self.runtime.block_on(self.inner.ttl(key))?
+    }
+
+    /// See [`crate::LiveDict::expire`].
+    pub fn expire(&self, key: impl AsRef<str>, ttl: Duration) -> Result<bool> {
+        self.runtime.block_on(self.inner.expire(key, ttl))?
+    }
+
+    /// See [`crate::LiveDict::persist`].
+    pub fn persist(&self, key: impl AsRef<str>) -> Result<bool> {
+        self.runtime.block_on(self.inner.persist(key))?
+    }
+
+    /// See [`crate::LiveDict::lock`].
+    pub fn lock(&self, key: impl AsRef<str>, timeout: Duration) -> Result<KeyGuard<V>> {
+        let guard = self.runtime.block_on(self.inner.lock(key, timeout))??;
+        Ok(KeyGuard {
+            guard: Some(guard),
+            runtime: Arc::clone(&self.runtime),
+        })
+    }
+
+    /// See [`crate::LiveDict::register_callback`]; callbacks are plain closures.
+    pub fn register_callback(&self, kind: EventKind, callback: Callback<V>) -> Result<CallbackId> {
+        self.inner.register_callback(kind, callback)
+    }
+
+    /// See [`crate::LiveDict::set_callback_enabled`].
+    pub fn set_callback_enabled(&self, id: CallbackId, enabled: bool) -> Result<()> {
+        self.inner.set_callback_enabled(id, enabled)
+    }
+
+    /// See [`crate::LiveDict::unregister_callback`].
+    pub fn unregister_callback(&self, id: CallbackId) -> Result<()> {
+        self.inner.unregister_callback(id)
+    }
+
+    /// See [`crate::LiveDict::stats`].
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// See [`crate::LiveDict::shutdown`].
+    pub fn shutdown(&self) -> Result<()> {
+        self.runtime.block_on(self.inner.shutdown())?
+    }
+}
+
+/// The blocking twin of [`crate::KeyGuard`]; dropping it releases the lock.
+pub struct KeyGuard<V> {
+    guard: Option<crate::KeyGuard<V>>,
+    runtime: Arc<OwnedRuntime>,
+}
+
+impl<V> std::fmt::Debug for KeyGuard<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("blocking::KeyGuard")
+            .field("guard", &self.guard)
+            .finish()
+    }
+}
+
+impl<V: Value> KeyGuard<V> {
+    fn guard(&self) -> &crate::KeyGuard<V> {
+        // Invariant: `guard` is only taken by `unlock(self)` and `drop`.
+        self.guard
+            .as_ref()
+            .expect("guard present until unlock or drop")
+    }
+
+    /// The locked key.
+    pub fn key(&self) -> &str {
+        self.guard().key()
+    }
+
+    /// See [`crate::KeyGuard::fence`].
+    pub fn fence(&self) -> u64 {
+        self.guard().fence()
+    }
+
+    /// See [`crate::KeyGuard::get`].
+    pub fn get(&self) -> Result<Option<V>> {
+        self.runtime.block_on(self.guard().get())?
+    }
+
+    /// See [`crate::KeyGuard::set`].
+    pub fn set(&self, value: V) -> Result<()> {
+        self.runtime.block_on(self.guard().set(value))?
+    }
+
+    /// See [`crate::KeyGuard::set_with_ttl`].
+    pub fn set_with_ttl(&self, value: V, ttl: Duration) -> Result<()> {
+        self.runtime
+            .block_on(self.guard().set_with_ttl(value, ttl))?
+    }
+
+    /// See [`crate::KeyGuard::delete`].
+    pub fn delete(&self) -> Result<bool> {
+        self.runtime.block_on(self.guard().delete())?
+    }
+
+    /// See [`crate::KeyGuard::renew`].
+    pub fn renew(&self) -> Result<()> {
+        self.runtime.block_on(self.guard().renew())?
+    }
+
+    /// See [`crate::KeyGuard::unlock`].
+    pub fn unlock(mut self) -> Result<()> {
+        match self.guard.take() {
+            Some(guard) => self.runtime.block_on(guard.unlock())?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl<V> Drop for KeyGuard<V> {
+    fn drop(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            // Release needs the runtime's context (timers, spawning).
+            let _entered = self.runtime.0.as_ref().map(Runtime::enter);
+            drop(guard);
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! [`Builder`]: the default stack with every option.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::Value;
+use crate::backend::{AnyBackend, MemoryBackend, MemoryConfig};
+#[cfg(feature = "redis")]
+use crate::backend::{RedisBackend, RedisConfig};
+#[cfg(feature = "sqlite")]
+use crate::backend::{SqliteBackend, SqliteConfig};
+use crate::codec::Codec;
+use crate::dict::{BoxStack, LiveDict};
+use crate::error::Result;
+use crate::layer::{
+    CallbackLayer, DispatchConfig, Dispatcher, LockLayer, TimeoutLayer, TraceLayer,
+};
+use crate::url::StoreUrl;
+
+/// The default request timeout (see [`Builder::request_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which backend to build, with its settings.
+#[derive(Debug, Clone)]
+enum Target {
+    Memory(MemoryConfig),
+    #[cfg(feature = "sqlite")]
+    Sqlite(SqliteConfig),
+    #[cfg(feature = "redis")]
+    Redis(RedisConfig),
+}
+
+/// Builds a [`LiveDict`] with the default stack
+/// (`TraceLayer → TimeoutLayer → LockLayer → CallbackLayer → backend`).
+///
+/// Options that do not apply to the chosen backend are ignored (e.g.
+/// `namespace` on memory). Errors (bad URL, unreachable server) surface from
+/// [`build`](Builder::build).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+/// use std::time::Duration;
+/// let d = livedict::LiveDict::<String>::builder()
+///     .url("memory://")
+///     .request_timeout(Duration::from_secs(2))
+///     .callback_queue_capacity(1024)
+///     .build()
+///     .await?;
+/// # let _ = d;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct Builder<V> {
+    target: Result<Target>,
+    default_ttl: Option<Duration>,
+    request_timeout: Duration,
+    dispatch: DispatchConfig,
+    max_capacity: Option<u64>,
+    namespace: Option<String>,
+    table: Option<String>,
+    lock_lease: Option<Duration>,
+    codec: Option<Codec>,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> std::fmt::Debug for Builder<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Value> Default for Builder<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V: Value> Builder<V> {
+    /// A builder for a memory store with default settings.
+    pub fn new() -> Self {
+        Builder {
+            target: Ok(Target::Memory(MemoryConfig::default())),
+            default_ttl: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            dispatch: DispatchConfig::default(),
+            max_capacity: None,
+            namespace: None,
+            table: None,
+            lock_lease: None,
+            codec: None,
+            _value: PhantomData,
+        }
+    }
+
+    /// Chooses the backend and its options from a URL (see [`LiveDict::open`]).
+    pub fn url(mut self, url: &str) -> Self {
+        self.target = parse_target(url);
+        self
+    }
+
+    /// Uses the in-process memory backend (the default).
+    pub fn memory(mut self) -> Self {
+        self.target = Ok(Target::Memory(MemoryConfig::default()));
+        self
+    }
+
+    /// Uses an SQLite file at `path` (`":memory:"` for a private in-memory database).
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.target = Ok(Target::Sqlite(SqliteConfig::new(path)));
+        self
+    }
+
+    /// Uses the Redis server at `url` (`redis://`, `rediss://`, `redis-cluster://`; URL options allowed).
+    #[cfg(feature = "redis")]
+    pub fn redis(self, url: &str) -> Self {
+        self.url(url)
+    }
+
+    /// The TTL `set` applies (default: none, `set` stores without expiry).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// Deadline of each request, including time spent waiting for another
+    /// holder's lock before a write (default 5 s). `lock` waits its own timeout on top.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Bounds the memory backend's entries (evictions fire `Evict` events).
+    pub fn max_capacity(mut self, entries: u64) -> Self {
+        self.max_capacity = Some(entries);
+        self
+    }
+
+    /// The Redis namespace: every key lives under it.
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.to_owned());
+        self
+    }
+
+    /// The SQLite table, so several stores can share one file.
+    pub fn table(mut self, table: &str) -> Self {
+        self.table = Some(table.to_owned());
+        self
+    }
+
+    /// The lease of SQLite and Redis locks (default 30 s).
+    pub fn lock_lease(mut self, lease: Duration) -> Self {
+        self.lock_lease = Some(lease);
+        self
+    }
+
+    /// How SQLite and Redis encode values (default JSON).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+
+    /// Events each callback may have queued before new ones are dropped and counted.
+    pub fn callback_queue_capacity(mut self, events: usize) -> Self {
+        self.dispatch = self.dispatch.queue_capacity(events);
+        self
+    }
+
+    /// Timeout of callbacks registered without their own (default 10 s).
+    pub fn callback_timeout(mut self, timeout: Duration) -> Self {
+        self.dispatch = self.dispatch.default_timeout(Some(timeout));
+        self
+    }
+
+    /// How long `shutdown` waits for queued events to be delivered (default 5 s).
+    pub fn shutdown_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.dispatch = self.dispatch.drain_timeout(timeout);
+        self
+    }
+
+    /// Opens the backend and builds the stack.
+    pub async fn build(mut self) -> Result<LiveDict<V>> {
+        let target = std::mem::replace(
+            &mut self.target,
+            Ok(Target::Memory(MemoryConfig::default())),
+        )?;
+        if let Some(ttl) = self.default_ttl {
+            crate::request::validate_ttl(ttl)?;
+        }
+        let dispatcher = Dispatcher::new(self.dispatch.clone())?;
+        let backend = self.open_backend(target, &dispatcher).await?;
+        let name = backend.name();
+        let stack = tower::ServiceBuilder::new()
+            .layer(TraceLayer::new(name))
+            .layer(TimeoutLayer::new(self.request_timeout))
+            .layer(LockLayer::new().with_stats_of(&dispatcher))
+            .layer(CallbackLayer::new(dispatcher.clone()))
+            .service(backend);
+        Ok(LiveDict::from_parts(
+            BoxStack::new(stack),
+            dispatcher,
+            self.default_ttl,
+        ))
+    }
+
+    /// Builds a [`blocking::LiveDict`](crate::blocking::LiveDict) on its own runtime.
+    ///
+    /// ```
+    /// let d = livedict::LiveDict::<u32>::builder().memory().build_blocking()?;
+    /// d.set("a", 1)?;
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn build_blocking(self) -> Result<crate::blocking::LiveDict<V>> {
+        crate::blocking::LiveDict::from_builder(self)
+    }
+
+    async fn open_backend(
+        &self,
+        target: Target,
+        dispatcher: &Dispatcher<V>,
+    ) -> Result<AnyBackend<V>> {
+        let sink = dispatcher.sink();
+        Ok(match target {
+            Target::Memory(mut config) => {
+                if let Some(cap) = self.max_capacity {
+                    config = config.max_capacity(cap);
+                }
+                AnyBackend::Memory(MemoryBackend::new(config, sink)?)
+            }
+            #[cfg(feature = "sqlite")]
+            Target::Sqlite(mut config) => {
+                if let Some(table) = &self.table {
+                    config = config.table(table);
+                }
+                if let Some(lease) = self.lock_lease {
+                    config = config.lock_lease(lease);
+                }
+                if let Some(codec) = self.codec {
+                    config = config.codec(codec);
+                }
+                AnyBackend::Sqlite(SqliteBackend::open(config, sink).await?)
+            }
+            #[cfg(feature = "redis")]
+            Target::Redis(mut config) => {
+                if let Some(ns) = &self.namespace {
+                    config = config.namespace(ns);
+                }
+                if let Some(lease) = self.lock_lease {
+                    config = config.lock_lease(lease);
+                }
+                if let Some(codec) = self.codec {
+                    config = config.codec(codec);
+                }
+                AnyBackend::Redis(RedisBackend::open(config, sink).await?)
+            }
+        })
+    }
+}
+
+fn parse_target(raw: &str) -> Result<Target> {
+    let mut url = StoreUrl::parse(raw)?;
+    let target = match url.scheme() {
+        "memory" => Target::Memory(MemoryConfig::from_url(&mut url)?),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Target::Sqlite(SqliteConfig::from_url(&mut url)?),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis-cluster" => Target::Redis(RedisConfig::from_url(&mut url)?),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => return Err(url.error("the `sqlite` cargo feature is not enabled")),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" | "redis-cluster" => {
+            return Err(url.error("the `redis` cargo feature is not enabled"));
+        }
+        other => {
+            return Err(url.error(format!(
+                "unknown scheme `{other}` (expected memory, sqlite, redis)"
+            )));
+        }
+    };
+    url.finish()?;
+    Ok(target)
+}

@@ -1,0 +1,422 @@
+//! The [`LiveDict`] handle: the typed async API over a Tower stack.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+
+use crate::Value;
+use crate::builder::Builder;
+use crate::callback::{Callback, CallbackId};
+use crate::error::{Error, Result};
+use crate::event::EventKind;
+use crate::guard::KeyGuard;
+use crate::layer::Dispatcher;
+use crate::request::{LockToken, Request, Response, validate_key, validate_ttl};
+use crate::stats::Stats;
+
+/// The type-erased service stack a [`LiveDict`] drives.
+pub type BoxStack<V> = BoxCloneSyncService<Request<V>, Response<V>, Error>;
+
+/// A TTL key-value store: a typed, cloneable async handle over a Tower stack.
+///
+/// Clones share the store. Open one with [`LiveDict::open`] (a URL) or
+/// [`LiveDict::builder`]; compose your own stack with [`LiveDict::from_service`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+/// use std::time::Duration;
+/// use livedict::LiveDict;
+/// let d: LiveDict<String> = LiveDict::open("memory://").await?;
+/// d.set_with_ttl("session", "alice".to_string(), Duration::from_secs(30)).await?;
+/// assert_eq!(d.get("session").await?.as_deref(), Some("alice"));
+/// assert!(d.ttl("session").await?.unwrap() <= Duration::from_secs(30));
+/// assert!(d.delete("session").await?);
+/// # Ok(()) }
+/// ```
+pub struct LiveDict<V> {
+    pub(crate) inner: Arc<Inner<V>>,
+}
+
+pub(crate) struct Inner<V> {
+    pub(crate) service: BoxStack<V>,
+    dispatcher: Dispatcher<V>,
+    default_ttl: Option<Duration>,
+    closed: AtomicBool,
+}
+
+impl<V> Clone for LiveDict<V> {
+    fn clone(&self) -> Self {
+        LiveDict {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<V> std::fmt::Debug for LiveDict<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveDict")
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<V: Value> LiveDict<V> {
+    /// Opens a store from a URL: `memory://`, `sqlite://path.db`,
+    /// `sqlite::memory:`, `redis://host:port/db?namespace=name`.
+    ///
+    /// A bad URL, unknown scheme or option is [`Error::InvalidUrl`] (naming the
+    /// URL without its password); an unreachable backend is an error within
+    /// the connect timeout, never a hang or a panic.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use livedict::{Error, LiveDict};
+    /// assert!(LiveDict::<u32>::open("memory://").await.is_ok());
+    /// let err = LiveDict::<u32>::open("nosuch://x").await.unwrap_err();
+    /// assert!(matches!(err, Error::InvalidUrl { .. }));
+    /// # }
+    /// ```
+    pub async fn open(url: &str) -> Result<Self> {
+        Builder::new().url(url).build().await
+    }
+
+    /// A builder for the default stack with every option.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use std::time::Duration;
+    /// let d = livedict::LiveDict::<u64>::builder()
+    ///     .memory()
+    ///     .default_ttl(Duration::from_secs(60))
+    ///     .max_capacity(100_000)
+    ///     .build()
+    ///     .await?;
+    /// # let _ = d;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> Builder<V> {
+        Builder::new()
+    }
+
+    /// Wraps a user-composed stack. `dispatcher` must be the one its
+    /// [`CallbackLayer`](crate::layer::CallbackLayer) and backend report to;
+    /// `register_callback` and `stats` go through it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use std::time::Duration;
+    /// use livedict::{backend::{MemoryBackend, MemoryConfig}, layer::*, LiveDict};
+    /// let dispatcher = Dispatcher::<u32>::new(DispatchConfig::default())?;
+    /// let backend = MemoryBackend::new(MemoryConfig::default(), dispatcher.sink())?;
+    /// let stack = tower::ServiceBuilder::new()
+    ///     .layer(TraceLayer::new("memory"))
+    ///     .layer(tower::limit::ConcurrencyLimitLayer::new(64))
+    ///     .layer(TimeoutLayer::new(Duration::from_secs(1)))
+    ///     .layer(LockLayer::new())
+    ///     .layer(CallbackLayer::new(dispatcher.clone()))
+    ///     .service(backend);
+    /// let d = LiveDict::from_service(stack, dispatcher);
+    /// d.set("a", 1).await?;
+    /// assert_eq!(d.get("a").await?, Some(1));
+    /// # Ok(()) }
+    /// ```
+    pub fn from_service<S>(service: S, dispatcher: Dispatcher<V>) -> Self
+    where
+        S: tower::Service<Request<V>, Response = Response<V>, Error = Error>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        Self::from_parts(BoxCloneSyncService::new(service), dispatcher, None)
+    }
+
+    pub(crate) fn from_parts(
+        service: BoxStack<V>,
+        dispatcher: Dispatcher<V>,
+        default_ttl: Option<Duration>,
+    ) -> Self {
+        LiveDict {
+            inner: Arc::new(Inner {
+                service,
+                dispatcher,
+                default_ttl,
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub(crate) async fn call(&self, req: Request<V>) -> Result<Response<V>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        self.inner.service.clone().oneshot(req).await
+    }
+
+    /// Stores `value` under `key` with no expiry (or the builder's default
+    /// TTL), replacing any earlier value and deadline.
+    pub async fn set(&self, key: impl AsRef<str>, value: V) -> Result<()> {
+        self.write_set(key.as_ref(), value, self.inner.default_ttl, None)
+            .await
+    }
+
+    /// Stores `value` under `key`, expiring `ttl` from now (millisecond
+    /// precision). A zero TTL or one above [`MAX_TTL`](crate::MAX_TTL) is
+    /// [`Error::InvalidTtl`].
+    pub async fn set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Duration) -> Result<()> {
+        validate_ttl(ttl)?;
+        self.write_set(key.as_ref(), value, Some(ttl), None).await
+    }
+
+    pub(crate) async fn write_set(
+        &self,
+        key: &str,
+        value: V,
+        ttl: Option<Duration>,
+        lock: Option<LockToken>,
+    ) -> Result<()> {
+        validate_key(key)?;
+        match self
+            .call(Request::Set {
+                key: key.to_owned(),
+                value,
+                ttl,
+                lock,
+            })
+            .await?
+        {
+            Response::Done => Ok(()),
+            _ => Err(Response::<V>::mismatch("set")),
+        }
+    }
+
+    /// The live value of `key`; never a value past its deadline.
+    pub async fn get(&self, key: impl AsRef<str>) -> Result<Option<V>> {
+        let key = key.as_ref();
+        validate_key(key)?;
+        match self
+            .call(Request::Get {
+                key: key.to_owned(),
+            })
+            .await?
+        {
+            Response::Value(v) => Ok(v),
+            _ => Err(Response::<V>::mismatch("get")),
+        }
+    }
+
+    /// Removes `key`; true if a live value was removed (only then is a
+    /// `Delete` event fired).
+    pub async fn delete(&self, key: impl AsRef<str>) -> Result<bool> {
+        self.write_delete(key.as_ref(), None).await
+    }
+
+    pub(crate) async fn write_delete(&self, key: &str, lock: Option<LockToken>) -> Result<bool> {
+        validate_key(key)?;
+        match self
+            .call(Request::Delete {
+                key: key.to_owned(),
+                lock,
+            })
+            .await?
+        {
+            Response::Deleted { removed, .. } => Ok(removed),
+            _ => Err(Response::<V>::mismatch("delete")),
+        }
+    }
+
+    /// Whether `key` has a live value.
+    pub async fn exists(&self, key: impl AsRef<str>) -> Result<bool> {
+        let key = key.as_ref();
+        validate_key(key)?;
+        self.bool_op(Request::Exists {
+            key: key.to_owned(),
+        })
+        .await
+    }
+
+    /// Every live key (in no particular order).
+    pub async fn keys(&self) -> Result<Vec<String>> {
+        match self.call(Request::Keys).await? {
+            Response::Keys(k) => Ok(k),
+            _ => Err(Response::<V>::mismatch("keys")),
+        }
+    }
+
+    /// Every live entry (in no particular order).
+    pub async fn items(&self) -> Result<Vec<(String, V)>> {
+        match self.call(Request::Items).await? {
+            Response::Items(i) => Ok(i),
+            _ => Err(Response::<V>::mismatch("items")),
+        }
+    }
+
+    /// The number of live entries.
+    pub async fn len(&self) -> Result<usize> {
+        match self.call(Request::Len).await? {
+            Response::Len(n) => Ok(n),
+            _ => Err(Response::<V>::mismatch("len")),
+        }
+    }
+
+    /// Whether the store has no live entries.
+    pub async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// Removes every entry of this store (its namespace on Redis, its table
+    /// on SQLite). Fires no per-key events.
+    pub async fn clear(&self) -> Result<()> {
+        match self.call(Request::Clear).await? {
+            Response::Done => Ok(()),
+            _ => Err(Response::<V>::mismatch("clear")),
+        }
+    }
+
+    /// The remaining time to live of `key`; `None` if it is missing or has no deadline.
+    pub async fn ttl(&self, key: impl AsRef<str>) -> Result<Option<Duration>> {
+        let key = key.as_ref();
+        validate_key(key)?;
+        match self
+            .call(Request::Ttl {
+                key: key.to_owned(),
+            })
+            .await?
+        {
+            Response::Ttl(t) => Ok(t),
+            _ => Err(Response::<V>::mismatch("ttl")),
+        }
+    }
+
+    /// Gives a live `key` a new deadline `ttl` from now; false if it is missing.
+    pub async fn expire(&self, key: impl AsRef<str>, ttl: Duration) -> Result<bool> {
+        self.write_expire(key.as_ref(), ttl, None).await
+    }
+
+    pub(crate) async fn write_expire(
+        &self,
+        key: &str,
+        ttl: Duration,
+        lock: Option<LockToken>,
+    ) -> Result<bool> {
+        validate_key(key)?;
+        validate_ttl(ttl)?;
+        self.bool_op(Request::Expire {
+            key: key.to_owned(),
+            ttl,
+            lock,
+        })
+        .await
+    }
+
+    /// Drops the deadline of a live `key`; false if it is missing or had none.
+    pub async fn persist(&self, key: impl AsRef<str>) -> Result<bool> {
+        let key = key.as_ref();
+        validate_key(key)?;
+        self.bool_op(Request::Persist {
+            key: key.to_owned(),
+            lock: None,
+        })
+        .await
+    }
+
+    async fn bool_op(&self, req: Request<V>) -> Result<bool> {
+        let op = req.op();
+        match self.call(req).await? {
+            Response::Bool(b) => Ok(b),
+            _ => Err(Response::<V>::mismatch(op)),
+        }
+    }
+
+    /// Waits up to `timeout` for the lock of `key`, else [`Error::LockTimeout`].
+    ///
+    /// While held, writes to `key` through any other handle wait (up to their
+    /// request timeout); reads do not. On SQLite and Redis the lock holds
+    /// across processes and carries a lease. Dropping the guard releases it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use std::time::Duration;
+    /// let d = livedict::LiveDict::<u64>::open("memory://").await?;
+    /// let guard = d.lock("counter", Duration::from_secs(1)).await?;
+    /// let n = guard.get().await?.unwrap_or(0);
+    /// guard.set(n + 1).await?;
+    /// guard.unlock().await?;
+    /// assert_eq!(d.get("counter").await?, Some(1));
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock(&self, key: impl AsRef<str>, timeout: Duration) -> Result<KeyGuard<V>> {
+        let key = key.as_ref();
+        validate_key(key)?;
+        let token = LockToken::new();
+        match self
+            .call(Request::Lock {
+                key: key.to_owned(),
+                timeout,
+                token: token.clone(),
+            })
+            .await?
+        {
+            Response::Locked(grant) => {
+                Ok(KeyGuard::new(self.clone(), key.to_owned(), token, grant))
+            }
+            _ => Err(Response::<V>::mismatch("lock")),
+        }
+    }
+
+    /// Registers `callback` for events of `kind`. See [`Callback`] for the sandbox rules.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use livedict::{Callback, Event, EventKind, LiveDict};
+    /// let d = LiveDict::<u32>::open("memory://").await?;
+    /// let id = d.register_callback(EventKind::Set, Callback::new(|ev: &Event<u32>| {
+    ///     println!("{} = {:?}", ev.key(), ev.value());
+    /// }))?;
+    /// d.set_callback_enabled(id, false)?;
+    /// d.unregister_callback(id)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn register_callback(&self, kind: EventKind, callback: Callback<V>) -> Result<CallbackId> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        self.inner.dispatcher.register(kind, callback)
+    }
+
+    /// Enables or disables a callback; a disabled one is not given events.
+    pub fn set_callback_enabled(&self, id: CallbackId, enabled: bool) -> Result<()> {
+        self.inner.dispatcher.set_enabled(id, enabled)
+    }
+
+    /// Removes a callback; it is never called again.
+    pub fn unregister_callback(&self, id: CallbackId) -> Result<()> {
+        self.inner.dispatcher.unregister(id)
+    }
+
+    /// The store's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.dispatcher.stats()
+    }
+
+    /// Flushes pending writes, stops expiry drivers, delivers queued events
+    /// (or counts them as dropped past the drain timeout). Later calls on any
+    /// handle return [`Error::Closed`].
+    pub async fn shutdown(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Err(Error::Closed);
+        }
+        let flushed = self.inner.service.clone().oneshot(Request::Shutdown).await;
+        self.inner.dispatcher.shutdown().await;
+        flushed.map(|_| ())
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+}

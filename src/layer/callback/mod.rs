@@ -1,0 +1,65 @@
+//! The callback layer: turns responses into events and hands them to the [`Dispatcher`].
+
+mod dispatch;
+mod future;
+mod layer;
+mod sandbox;
+
+use std::task::{Context, Poll};
+
+pub use dispatch::{DispatchConfig, Dispatcher};
+pub use future::CallbacksFuture;
+pub use layer::CallbackLayer;
+pub use sandbox::MAX_ABANDONED;
+
+use crate::error::Error;
+use crate::event::{EventKind, EventTarget};
+use crate::request::{Request, Response};
+use future::Plan;
+
+/// Emits `Set`, `Get` (hits) and `Delete` (removals) events for the requests
+/// that pass through it, and counts hits, misses, sets and deletes.
+///
+/// Events are only built when a callback listens to their kind.
+#[derive(Debug, Clone)]
+pub struct Callbacks<S, V> {
+    inner: S,
+    dispatcher: Dispatcher<V>,
+}
+
+impl<S, V> Callbacks<S, V> {
+    /// Wraps `inner`, reporting to `dispatcher`.
+    pub fn new(inner: S, dispatcher: Dispatcher<V>) -> Self {
+        Callbacks { inner, dispatcher }
+    }
+}
+
+impl<S, V> tower::Service<Request<V>> for Callbacks<S, V>
+where
+    S: tower::Service<Request<V>, Response = Response<V>, Error = Error>,
+    V: Clone + Send + Sync + 'static,
+{
+    type Response = Response<V>;
+    type Error = Error;
+    type Future = CallbacksFuture<S::Future, V>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<V>) -> Self::Future {
+        let d = &self.dispatcher;
+        let plan = match &req {
+            Request::Get { key } => Plan::Get(d.wants(EventKind::Get).then(|| key.clone())),
+            Request::Set { key, value, .. } => Plan::Set(
+                d.wants(EventKind::Set)
+                    .then(|| (key.clone(), value.clone())),
+            ),
+            Request::Delete { key, .. } => {
+                Plan::Delete(d.wants(EventKind::Delete).then(|| key.clone()))
+            }
+            _ => Plan::Other,
+        };
+        CallbacksFuture::new(self.inner.call(req), plan, self.dispatcher.clone())
+    }
+}

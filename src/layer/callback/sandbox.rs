@@ -1,0 +1,207 @@
+//! Where callbacks run: one Tokio task per async callback, one OS thread (plus
+//! at most [`MAX_ABANDONED`] detached ones) per sync callback.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::callback::{AsyncFn, SyncFn};
+use crate::event::Event;
+use crate::stats::Counters;
+
+/// A sync callback whose call overran its timeout keeps its thread until the
+/// call returns; at most this many such detached threads exist per callback.
+/// Beyond it, the callback's events wait in its queue (and overflow is dropped
+/// and counted) until one returns. So a sync callback uses at most
+/// `1 + MAX_ABANDONED` threads.
+pub const MAX_ABANDONED: usize = 4;
+
+/// What a worker needs besides its callback.
+pub(super) struct WorkerContext {
+    pub(super) counters: Arc<Counters>,
+    /// Cleared on unregister (or past the drain timeout): remaining events are counted as dropped.
+    pub(super) alive: Arc<AtomicBool>,
+    pub(super) timeout: Option<Duration>,
+    /// Resolved when the worker has finished (queue closed and drained, or unregistered).
+    pub(super) done: oneshot::Sender<()>,
+}
+
+/// Runs an async callback over its queue, in order, until the queue closes.
+pub(super) fn spawn_async<V: Send + Sync + 'static>(
+    runtime: &Handle,
+    callback: AsyncFn<V>,
+    mut queue: mpsc::Receiver<Event<V>>,
+    cx: WorkerContext,
+) {
+    runtime.spawn(async move {
+        while let Some(event) = queue.recv().await {
+            if !cx.alive.load(Ordering::Acquire) {
+                cx.counters.events_dropped.incr(); // unregistered or past the drain timeout
+                continue;
+            }
+            cx.counters.events_delivered.incr();
+            // Building the future may itself panic; so may polling it.
+            let call = match catch_unwind(AssertUnwindSafe(|| callback(event))) {
+                Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
+                Err(_) => {
+                    cx.counters.callbacks_panicked.incr();
+                    continue;
+                }
+            };
+            let outcome = match cx.timeout {
+                Some(limit) => tokio::time::timeout(limit, call).await.ok(),
+                None => Some(call.await),
+            };
+            match outcome {
+                None => cx.counters.callbacks_timed_out.incr(),
+                Some(Err(_)) => cx.counters.callbacks_panicked.incr(),
+                Some(Ok(())) => {}
+            }
+        }
+        let _ = cx.done.send(());
+    });
+}
+
+/// The state a sync callback's threads share.
+struct SyncWorker<V> {
+    callback: SyncFn<V>,
+    queue: Mutex<mpsc::Receiver<Event<V>>>,
+    counters: Arc<Counters>,
+    alive: Arc<AtomicBool>,
+    /// Detached threads still running an overdue call.
+    abandoned: AtomicUsize,
+    base: Instant,
+}
+
+/// One thread's progress, watched by the watchdog.
+#[derive(Default)]
+struct Slot {
+    /// Micros since `base` + 1 when the current call started; 0 when idle.
+    started: AtomicU64,
+    /// Set by the watchdog: this thread must exit after its current call.
+    abandoned: AtomicBool,
+    /// Set by the thread when it returns for good.
+    exited: AtomicBool,
+}
+
+/// Runs a sync callback on its own thread; with a timeout, a watchdog task
+/// detaches overdue calls and starts a replacement thread.
+pub(super) fn spawn_sync<V: Send + Sync + 'static>(
+    runtime: &Handle,
+    callback: SyncFn<V>,
+    queue: mpsc::Receiver<Event<V>>,
+    cx: WorkerContext,
+) {
+    let worker = Arc::new(SyncWorker {
+        callback,
+        queue: Mutex::new(queue),
+        counters: cx.counters,
+        alive: cx.alive,
+        abandoned: AtomicUsize::new(0),
+        base: Instant::now(),
+    });
+    match cx.timeout {
+        // No timeout: the one thread runs to the end and reports it.
+        None => {
+            start_thread(&worker, Some(cx.done));
+        }
+        Some(limit) => {
+            let slot = start_thread(&worker, None);
+            runtime.spawn(watchdog(worker, slot, limit, cx.done));
+        }
+    }
+}
+
+fn start_thread<V: Send + Sync + 'static>(
+    worker: &Arc<SyncWorker<V>>,
+    done: Option<oneshot::Sender<()>>,
+) -> Arc<Slot> {
+    let slot = Arc::new(Slot::default());
+    let (w, s) = (Arc::clone(worker), Arc::clone(&slot));
+    let spawned = std::thread::Builder::new()
+        .name("livedict-callback".into())
+        .spawn(move || {
+            run_thread(&w, &s);
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        });
+    if spawned.is_err() {
+        // The OS refused a thread: behave as a worker that exited at once; its
+        // events stay queued and are counted as dropped at shutdown.
+        slot.exited.store(true, Ordering::Release);
+    }
+    slot
+}
+
+fn run_thread<V>(worker: &SyncWorker<V>, slot: &Slot) {
+    loop {
+        let event = {
+            let mut queue = worker.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.abandoned.load(Ordering::Acquire) {
+                worker.abandoned.fetch_sub(1, Ordering::AcqRel);
+                break;
+            }
+            queue.blocking_recv()
+        };
+        let Some(event) = event else { break };
+        if !worker.alive.load(Ordering::Acquire) {
+            worker.counters.events_dropped.incr(); // unregistered or past the drain timeout
+            continue;
+        }
+        worker.counters.events_delivered.incr();
+        let started = worker.base.elapsed().as_micros() as u64 + 1;
+        slot.started.store(started, Ordering::Release);
+        if catch_unwind(AssertUnwindSafe(|| (worker.callback)(&event))).is_err() {
+            worker.counters.callbacks_panicked.incr();
+        }
+        slot.started.store(0, Ordering::Release);
+        if slot.abandoned.load(Ordering::Acquire) {
+            worker.abandoned.fetch_sub(1, Ordering::AcqRel);
+            break;
+        }
+    }
+    slot.exited.store(true, Ordering::Release);
+}
+
+/// Watches the active thread of a sync callback; detaches a call that overran
+/// `limit` and starts a replacement, within the [`MAX_ABANDONED`] bound.
+async fn watchdog<V: Send + Sync + 'static>(
+    worker: Arc<SyncWorker<V>>,
+    mut active: Arc<Slot>,
+    limit: Duration,
+    done: oneshot::Sender<()>,
+) {
+    let period = (limit / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    let limit_us = limit.as_micros() as u64;
+    loop {
+        tokio::time::sleep(period).await;
+        if active.exited.load(Ordering::Acquire) && !active.abandoned.load(Ordering::Acquire) {
+            break; // queue closed or unregistered: the worker is finished
+        }
+        let started = active.started.load(Ordering::Acquire);
+        let now = worker.base.elapsed().as_micros() as u64 + 1;
+        if started != 0
+            && now.saturating_sub(started) > limit_us
+            && !active.abandoned.load(Ordering::Acquire)
+        {
+            active.abandoned.store(true, Ordering::Release);
+            worker.abandoned.fetch_add(1, Ordering::AcqRel);
+            worker.counters.callbacks_timed_out.incr();
+        }
+        if active.abandoned.load(Ordering::Acquire)
+            && worker.abandoned.load(Ordering::Acquire) <= MAX_ABANDONED
+        {
+            if !worker.alive.load(Ordering::Acquire) {
+                break;
+            }
+            active = start_thread(&worker, None);
+        }
+    }
+    let _ = done.send(());
+}

@@ -1,0 +1,116 @@
+//! The response future of [`Lock`](super::Lock): ready-made on the fast path, boxed when it must wait.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use pin_project::pin_project;
+use tower::ServiceExt;
+
+use super::table::{LockTable, Want};
+use crate::error::{Error, Result};
+use crate::request::{Request, Response};
+use crate::stats::Counters;
+
+/// Future of [`Lock`](super::Lock).
+#[pin_project(project = LockFutureProj)]
+pub enum LockFuture<F, V> {
+    /// No lock involved: the inner future as is.
+    Ready(#[pin] F),
+    /// Waiting for, taking or releasing a lock (cold path, boxed).
+    Slow(BoxFuture<'static, Result<Response<V>>>),
+}
+
+impl<F, V> LockFuture<F, V> {
+    pub(super) fn ready(inner: F) -> Self {
+        LockFuture::Ready(inner)
+    }
+
+    pub(super) fn slow(fut: impl Future<Output = Result<Response<V>>> + Send + 'static) -> Self {
+        LockFuture::Slow(Box::pin(fut))
+    }
+}
+
+impl<F, V> Future for LockFuture<F, V>
+where
+    F: Future<Output = Result<Response<V>>>,
+{
+    type Output = Result<Response<V>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            LockFutureProj::Ready(f) => f.poll(cx),
+            LockFutureProj::Slow(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Handles `Lock`, `Unlock` and writes to a key held by someone else.
+pub(super) async fn locked_call<S, V>(
+    inner: S,
+    table: Arc<LockTable>,
+    counters: Arc<Counters>,
+    req: Request<V>,
+) -> Result<Response<V>>
+where
+    S: tower::Service<Request<V>, Response = Response<V>, Error = Error>,
+{
+    match req {
+        Request::Lock {
+            key,
+            timeout,
+            token,
+        } => {
+            let started = tokio::time::Instant::now();
+            let deadline = started.checked_add(timeout);
+            let (got, waited) = table.wait(&key, &token, Want::Acquire, deadline).await;
+            if waited {
+                counters.lock_waits.incr();
+            }
+            if !got {
+                counters.lock_timeouts.incr();
+                return Err(Error::LockTimeout { key });
+            }
+            let remaining = timeout.saturating_sub(started.elapsed());
+            let backend = inner.oneshot(Request::Lock {
+                key: key.clone(),
+                timeout: remaining,
+                token: token.clone(),
+            });
+            match backend.await {
+                Ok(resp) => Ok(resp),
+                Err(e) => {
+                    table.release(&key, &token);
+                    if matches!(e, Error::LockTimeout { .. }) {
+                        counters.lock_timeouts.incr();
+                    }
+                    Err(e)
+                }
+            }
+        }
+        Request::Unlock { key, token } => {
+            let result = inner
+                .oneshot(Request::Unlock {
+                    key: key.clone(),
+                    token: token.clone(),
+                })
+                .await;
+            table.release(&key, &token);
+            result
+        }
+        write => {
+            // A write to a key held by another holder: wait (no deadline here;
+            // the TimeoutLayer above bounds it), then pass without taking the lock.
+            if let Some((key, _)) = write.write_target() {
+                let key = key.to_owned();
+                counters.lock_waits.incr();
+                table
+                    .wait(&key, &crate::request::LockToken::new(), Want::Pass, None)
+                    .await;
+            }
+            inner.oneshot(write).await
+        }
+    }
+}

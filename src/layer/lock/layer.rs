@@ -1,0 +1,53 @@
+//! The [`LockLayer`] that builds [`Lock`] services.
+
+use std::sync::Arc;
+
+use super::{Lock, LockTable};
+use crate::stats::Counters;
+
+/// A `tower::Layer` adding enforced per-key locks. All services built from
+/// one layer share one lock table, so build the stack once and clone it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+/// use livedict::{backend::{MemoryBackend, MemoryConfig}, layer::LockLayer, EventSink};
+/// let backend = MemoryBackend::<u32>::new(MemoryConfig::default(), EventSink::none())?;
+/// let svc = tower::ServiceBuilder::new().layer(LockLayer::new()).service(backend);
+/// assert_eq!(svc.locked_keys(), 0);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct LockLayer {
+    table: Arc<LockTable>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for LockLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockLayer").finish_non_exhaustive()
+    }
+}
+
+impl LockLayer {
+    /// A layer with its own lock table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts lock waits and timeouts into the stats of `dispatcher`'s store.
+    pub fn with_stats_of<V>(mut self, dispatcher: &crate::layer::Dispatcher<V>) -> Self
+    where
+        V: Send + Sync + 'static,
+    {
+        self.counters = Arc::clone(dispatcher.counters());
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for LockLayer {
+    type Service = Lock<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Lock::new(inner, Arc::clone(&self.table), Arc::clone(&self.counters))
+    }
+}

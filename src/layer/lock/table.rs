@@ -1,0 +1,156 @@
+//! The [`LockTable`]: which keys are locked in this process, and who waits for them.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::request::LockToken;
+
+const SHARDS: usize = 16;
+
+/// One locked (or contended) key. The entry exists only while the key is held
+/// or has waiters, so the table never grows with keys that are unlocked.
+struct Slot {
+    holder: Option<LockToken>,
+    waiters: usize,
+    /// Woken one at a time on release (FIFO), so contention does not stampede.
+    released: Arc<Notify>,
+}
+
+/// Per-key locks of one store in this process.
+///
+/// A `std::sync::Mutex` per shard (not Tokio's): it is held only for a map
+/// operation, never across an `.await`.
+#[derive(Default)]
+pub(super) struct LockTable {
+    shards: [Mutex<HashMap<String, Slot>>; SHARDS],
+    hasher: RandomState,
+    /// Keys currently held; writes skip the table entirely while it is zero.
+    held: AtomicUsize,
+}
+
+/// What a caller wants from a locked key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want {
+    /// Take the lock.
+    Acquire,
+    /// Only wait until no one else holds it (a plain write).
+    Pass,
+}
+
+impl LockTable {
+    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Slot>> {
+        let i = self.hasher.hash_one(key) as usize % SHARDS;
+        // A panic while holding a shard cannot leave a map half-updated here.
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True if `token` may write `key` now (nobody holds it, or `token` does).
+    pub(super) fn may_write(&self, key: &str, token: Option<&LockToken>) -> bool {
+        if self.held.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        match self.shard(key).get(key).and_then(|s| s.holder.as_ref()) {
+            None => true,
+            Some(holder) => Some(holder) == token,
+        }
+    }
+
+    /// Waits until `want` is satisfied or `deadline` passes. Returns whether
+    /// it was satisfied and whether the caller had to wait.
+    pub(super) async fn wait(
+        &self,
+        key: &str,
+        token: &LockToken,
+        want: Want,
+        deadline: Option<Instant>,
+    ) -> (bool, bool) {
+        let mut waited = false;
+        let mut registered = false;
+        loop {
+            let released = {
+                let mut shard = self.shard(key);
+                let slot = shard.entry(key.to_owned()).or_insert_with(|| Slot {
+                    holder: None,
+                    waiters: 0,
+                    released: Arc::new(Notify::new()),
+                });
+                if slot.holder.is_none() || slot.holder.as_ref() == Some(token) {
+                    if registered {
+                        slot.waiters -= 1;
+                    }
+                    match want {
+                        Want::Acquire => {
+                            if slot.holder.is_none() {
+                                self.held.fetch_add(1, Ordering::AcqRel);
+                            }
+                            slot.holder = Some(token.clone());
+                        }
+                        Want::Pass => Self::leave_free(&mut shard, key),
+                    }
+                    return (true, waited);
+                }
+                if !registered {
+                    slot.waiters += 1;
+                    registered = true;
+                }
+                waited = true;
+                Arc::clone(&slot.released)
+            };
+            let notified = released.notified();
+            let woke = match deadline {
+                Some(at) => tokio::time::timeout_at(at, notified).await.is_ok(),
+                None => {
+                    notified.await;
+                    true
+                }
+            };
+            if !woke {
+                let mut shard = self.shard(key);
+                if let Some(slot) = shard.get_mut(key) {
+                    slot.waiters -= 1;
+                    if slot.holder.is_none() {
+                        // We may have swallowed a wake-up meant for the next waiter.
+                        Self::leave_free(&mut shard, key);
+                    }
+                }
+                return (false, waited);
+            }
+        }
+    }
+
+    /// After a caller left a free key: wake the next waiter, or drop the entry if none.
+    fn leave_free(shard: &mut HashMap<String, Slot>, key: &str) {
+        if let Some(slot) = shard.get(key) {
+            if slot.waiters == 0 {
+                shard.remove(key);
+            } else {
+                slot.released.notify_one();
+            }
+        }
+    }
+
+    /// Releases `key` if `token` holds it; wakes one waiter.
+    pub(super) fn release(&self, key: &str, token: &LockToken) {
+        let mut shard = self.shard(key);
+        if let Some(slot) = shard.get_mut(key)
+            && slot.holder.as_ref() == Some(token)
+        {
+            slot.holder = None;
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            Self::leave_free(&mut shard, key);
+        }
+    }
+
+    /// Entries in the table (held or waited-for keys).
+    pub(super) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+}
