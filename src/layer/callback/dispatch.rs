@@ -171,7 +171,7 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
             done: done_tx,
         };
         match callback.body {
-            CallbackBody::Sync(f) => sandbox::spawn_sync(&reg.runtime, f, events, cx),
+            CallbackBody::Sync(f) => sandbox::spawn_sync(f, events, cx),
             CallbackBody::Async(f) => sandbox::spawn_async(&reg.runtime, f, events, cx),
         }
         subscribers.push(Subscriber {
@@ -232,15 +232,27 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
             }
             std::mem::take(&mut *subs)
         };
-        let deadline = tokio::time::Instant::now() + reg.config.drain_timeout;
+        // Measured on the wall clock: callbacks run on real threads, and a
+        // paused Tokio clock (tests) must not make the drain give up early.
+        let started = std::time::Instant::now();
         for sub in subscribers {
             let Subscriber {
-                queue, done, alive, ..
+                queue,
+                mut done,
+                alive,
+                ..
             } = sub;
             drop(queue); // closes the queue: the worker drains it and finishes
-            if tokio::time::timeout_at(deadline, done).await.is_err() {
-                // Past the drain timeout: the worker counts the rest as dropped.
-                alive.store(false, Ordering::Release);
+            loop {
+                tokio::select! {
+                    _ = &mut done => break,
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                }
+                if started.elapsed() > reg.config.drain_timeout {
+                    // Past the drain timeout: the worker counts the rest as dropped.
+                    alive.store(false, Ordering::Release);
+                    break;
+                }
             }
         }
     }

@@ -89,10 +89,9 @@ struct Slot {
     exited: AtomicBool,
 }
 
-/// Runs a sync callback on its own thread; with a timeout, a watchdog task
+/// Runs a sync callback on its own thread; with a timeout, a watchdog thread
 /// detaches overdue calls and starts a replacement thread.
 pub(super) fn spawn_sync<V: Send + Sync + 'static>(
-    runtime: &Handle,
     callback: SyncFn<V>,
     queue: mpsc::Receiver<Event<V>>,
     cx: WorkerContext,
@@ -112,7 +111,14 @@ pub(super) fn spawn_sync<V: Send + Sync + 'static>(
         }
         Some(limit) => {
             let slot = start_thread(&worker, None);
-            runtime.spawn(watchdog(worker, slot, limit, cx.done));
+            // The watchdog is a thread too: it must keep time even when the
+            // Tokio runtime is busy, blocked or (in tests) on a paused clock.
+            let spawned = std::thread::Builder::new()
+                .name("livedict-watchdog".into())
+                .spawn(move || watchdog(&worker, slot, limit, cx.done));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "no thread for a callback watchdog; its timeout is not enforced");
+            }
         }
     }
 }
@@ -171,8 +177,8 @@ fn run_thread<V>(worker: &SyncWorker<V>, slot: &Slot) {
 
 /// Watches the active thread of a sync callback; detaches a call that overran
 /// `limit` and starts a replacement, within the [`MAX_ABANDONED`] bound.
-async fn watchdog<V: Send + Sync + 'static>(
-    worker: Arc<SyncWorker<V>>,
+fn watchdog<V: Send + Sync + 'static>(
+    worker: &Arc<SyncWorker<V>>,
     mut active: Arc<Slot>,
     limit: Duration,
     done: oneshot::Sender<()>,
@@ -180,7 +186,7 @@ async fn watchdog<V: Send + Sync + 'static>(
     let period = (limit / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
     let limit_us = limit.as_micros() as u64;
     loop {
-        tokio::time::sleep(period).await;
+        std::thread::sleep(period);
         if active.exited.load(Ordering::Acquire) && !active.abandoned.load(Ordering::Acquire) {
             break; // queue closed or unregistered: the worker is finished
         }
@@ -200,7 +206,7 @@ async fn watchdog<V: Send + Sync + 'static>(
             if !worker.alive.load(Ordering::Acquire) {
                 break;
             }
-            active = start_thread(&worker, None);
+            active = start_thread(worker, None);
         }
     }
     let _ = done.send(());
