@@ -22,18 +22,10 @@ async fn main() -> livedict::Result<()> {
             println!("expired {:<12} -> value was {:?}", ev.key(), ev.value());
         }),
     )?;
-    d.set_with_ttl(
-        "session:alice",
-        "token-1".to_string(),
-        Duration::from_millis(300),
-    )
-    .await?;
+    d.set_with_ttl("session:alice", "token-1".to_string(), Duration::from_millis(300)).await?;
     println!("ttl session:alice   -> {:?}", d.ttl("session:alice").await?);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    println!(
-        "get session:alice   -> {:?} (after its TTL)",
-        d.get("session:alice").await?
-    );
+    println!("get session:alice   -> {:?} (after its TTL)", d.get("session:alice").await?);
 
     // A locked read-modify-write: 50 tasks, no lost increment.
     let counter: LiveDict<u64> = LiveDict::open("memory://").await?;
@@ -50,16 +42,10 @@ async fn main() -> livedict::Result<()> {
     for t in tasks {
         t.await.expect("task did not panic")?;
     }
-    println!(
-        "hits after 50 locked increments -> {:?}",
-        counter.get("hits").await?
-    );
+    println!("hits after 50 locked increments -> {:?}", counter.get("hits").await?);
 
     let s = d.stats();
-    println!(
-        "stats: {} sets, {} hits, {} misses, {} expirations",
-        s.sets, s.hits, s.misses, s.expirations
-    );
+    println!("stats: {} sets, {} hits, {} misses, {} expirations", s.sets, s.hits, s.misses, s.expirations);
     d.shutdown().await?;
     counter.shutdown().await?;
     Ok(())

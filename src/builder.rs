@@ -10,11 +10,10 @@ use crate::backend::{RedisBackend, RedisConfig};
 #[cfg(feature = "sqlite")]
 use crate::backend::{SqliteBackend, SqliteConfig};
 use crate::codec::Codec;
-use crate::dict::{BoxStack, LiveDict};
+use crate::dict::LiveDict;
 use crate::error::Result;
-use crate::layer::{
-    CallbackLayer, DispatchConfig, Dispatcher, LockLayer, TimeoutLayer, TraceLayer,
-};
+use crate::layer::{CallbackLayer, DispatchConfig, Dispatcher, LockLayer, TimeoutLayer, TraceLayer};
+use crate::stack::Stack;
 use crate::url::StoreUrl;
 
 /// The default request timeout (see [`Builder::request_timeout`]).
@@ -65,9 +64,7 @@ pub struct Builder<V> {
 
 impl<V> std::fmt::Debug for Builder<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builder")
-            .field("target", &self.target)
-            .finish_non_exhaustive()
+        f.debug_struct("Builder").field("target", &self.target).finish_non_exhaustive()
     }
 }
 
@@ -182,10 +179,7 @@ impl<V: Value> Builder<V> {
 
     /// Opens the backend and builds the stack.
     pub async fn build(mut self) -> Result<LiveDict<V>> {
-        let target = std::mem::replace(
-            &mut self.target,
-            Ok(Target::Memory(MemoryConfig::default())),
-        )?;
+        let target = std::mem::replace(&mut self.target, Ok(Target::Memory(MemoryConfig::default())))?;
         if let Some(ttl) = self.default_ttl {
             crate::request::validate_ttl(ttl)?;
         }
@@ -198,11 +192,7 @@ impl<V: Value> Builder<V> {
             .layer(LockLayer::new().with_stats_of(&dispatcher))
             .layer(CallbackLayer::new(dispatcher.clone()))
             .service(backend);
-        Ok(LiveDict::from_parts(
-            BoxStack::new(stack),
-            dispatcher,
-            self.default_ttl,
-        ))
+        Ok(LiveDict::from_parts(Stack::new(stack), dispatcher, self.default_ttl))
     }
 
     /// Builds a [`blocking::LiveDict`](crate::blocking::LiveDict) on its own runtime.
@@ -216,11 +206,7 @@ impl<V: Value> Builder<V> {
         crate::blocking::LiveDict::from_builder(self)
     }
 
-    async fn open_backend(
-        &self,
-        target: Target,
-        dispatcher: &Dispatcher<V>,
-    ) -> Result<AnyBackend<V>> {
+    async fn open_backend(&self, target: Target, dispatcher: &Dispatcher<V>) -> Result<AnyBackend<V>> {
         let sink = dispatcher.sink();
         Ok(match target {
             Target::Memory(mut config) => {
@@ -274,9 +260,7 @@ fn parse_target(raw: &str) -> Result<Target> {
             return Err(url.error("the `redis` cargo feature is not enabled"));
         }
         other => {
-            return Err(url.error(format!(
-                "unknown scheme `{other}` (expected memory, sqlite, redis)"
-            )));
+            return Err(url.error(format!("unknown scheme `{other}` (expected memory, sqlite, redis)")));
         }
     };
     url.finish()?;

@@ -45,10 +45,7 @@ pub(crate) enum CallbackBody<V> {
 impl<V: 'static> Callback<V> {
     /// A sync callback. It runs on its own OS thread, so it may block.
     pub fn new(f: impl Fn(&Event<V>) + Send + Sync + 'static) -> Self {
-        Callback {
-            body: CallbackBody::Sync(Arc::new(f)),
-            timeout: None,
-        }
+        Callback { body: CallbackBody::Sync(Arc::new(f)), timeout: None }
     }
 
     /// An async callback, run as a Tokio task; cancelled at its timeout.
@@ -57,10 +54,7 @@ impl<V: 'static> Callback<V> {
         F: Fn(Event<V>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        Callback {
-            body: CallbackBody::Async(Arc::new(move |ev| Box::pin(f(ev)))),
-            timeout: None,
-        }
+        Callback { body: CallbackBody::Async(Arc::new(move |ev| Box::pin(f(ev)))), timeout: None }
     }
 
     /// Abandons any single call that runs longer than `timeout` (overrides the
@@ -77,10 +71,7 @@ impl<V> fmt::Debug for Callback<V> {
             CallbackBody::Sync(_) => "sync",
             CallbackBody::Async(_) => "async",
         };
-        f.debug_struct("Callback")
-            .field("kind", &kind)
-            .field("timeout", &self.timeout)
-            .finish()
+        f.debug_struct("Callback").field("kind", &kind).field("timeout", &self.timeout).finish()
     }
 }
 

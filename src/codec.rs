@@ -35,10 +35,7 @@ impl Codec {
             #[cfg(feature = "msgpack")]
             Codec::MessagePack => rmp_serde::to_vec_named(value).map_err(boxed),
         };
-        encoded.map_err(|source| Error::Encode {
-            key: key.to_owned(),
-            source,
-        })
+        encoded.map_err(|source| Error::Encode { key: key.to_owned(), source })
     }
 
     /// Decodes bytes stored under `key`; failure is [`Error::Decode`].
@@ -48,10 +45,7 @@ impl Codec {
             #[cfg(feature = "msgpack")]
             Codec::MessagePack => rmp_serde::from_slice(bytes).map_err(boxed),
         };
-        decoded.map_err(|source| Error::Decode {
-            key: key.to_owned(),
-            source,
-        })
+        decoded.map_err(|source| Error::Decode { key: key.to_owned(), source })
     }
 
     /// Parses a codec name as used in URLs (`json`, `msgpack`).
@@ -65,8 +59,6 @@ impl Codec {
     }
 }
 
-fn boxed<E: std::error::Error + Send + Sync + 'static>(
-    e: E,
-) -> Box<dyn std::error::Error + Send + Sync> {
+fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Box<dyn std::error::Error + Send + Sync> {
     Box::new(e)
 }

@@ -4,9 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
-
 use crate::Value;
 use crate::builder::Builder;
 use crate::callback::{Callback, CallbackId};
@@ -15,10 +12,8 @@ use crate::event::EventKind;
 use crate::guard::KeyGuard;
 use crate::layer::Dispatcher;
 use crate::request::{LockToken, Request, Response, validate_key, validate_ttl};
+use crate::stack::Stack;
 use crate::stats::Stats;
-
-/// The type-erased service stack a [`LiveDict`] drives.
-pub type BoxStack<V> = BoxCloneSyncService<Request<V>, Response<V>, Error>;
 
 /// A TTL key-value store: a typed, cloneable async handle over a Tower stack.
 ///
@@ -41,7 +36,7 @@ pub struct LiveDict<V> {
 }
 
 pub(crate) struct Inner<V> {
-    pub(crate) service: BoxStack<V>,
+    pub(crate) service: Stack<V>,
     dispatcher: Dispatcher<V>,
     default_ttl: Option<Duration>,
     closed: AtomicBool,
@@ -49,17 +44,13 @@ pub(crate) struct Inner<V> {
 
 impl<V> Clone for LiveDict<V> {
     fn clone(&self) -> Self {
-        LiveDict {
-            inner: Arc::clone(&self.inner),
-        }
+        LiveDict { inner: Arc::clone(&self.inner) }
     }
 }
 
 impl<V> std::fmt::Debug for LiveDict<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LiveDict")
-            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
-            .finish()
+        f.debug_struct("LiveDict").field("closed", &self.inner.closed.load(Ordering::Relaxed)).finish()
     }
 }
 
@@ -125,28 +116,19 @@ impl<V: Value> LiveDict<V> {
     /// ```
     pub fn from_service<S>(service: S, dispatcher: Dispatcher<V>) -> Self
     where
-        S: tower::Service<Request<V>, Response = Response<V>, Error = Error>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: tower::Service<Request<V>, Response = Response<V>, Error = Error> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
     {
-        Self::from_parts(BoxCloneSyncService::new(service), dispatcher, None)
+        Self::from_parts(Stack::new(service), dispatcher, None)
     }
 
     pub(crate) fn from_parts(
-        service: BoxStack<V>,
+        service: Stack<V>,
         dispatcher: Dispatcher<V>,
         default_ttl: Option<Duration>,
     ) -> Self {
         LiveDict {
-            inner: Arc::new(Inner {
-                service,
-                dispatcher,
-                default_ttl,
-                closed: AtomicBool::new(false),
-            }),
+            inner: Arc::new(Inner { service, dispatcher, default_ttl, closed: AtomicBool::new(false) }),
         }
     }
 
@@ -154,14 +136,13 @@ impl<V: Value> LiveDict<V> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        self.inner.service.clone().oneshot(req).await
+        self.inner.service.call(req).await
     }
 
     /// Stores `value` under `key` with no expiry (or the builder's default
     /// TTL), replacing any earlier value and deadline.
     pub async fn set(&self, key: impl AsRef<str>, value: V) -> Result<()> {
-        self.write_set(key.as_ref(), value, self.inner.default_ttl, None)
-            .await
+        self.write_set(key.as_ref(), value, self.inner.default_ttl, None).await
     }
 
     /// Stores `value` under `key`, expiring `ttl` from now (millisecond
@@ -180,15 +161,7 @@ impl<V: Value> LiveDict<V> {
         lock: Option<LockToken>,
     ) -> Result<()> {
         validate_key(key)?;
-        match self
-            .call(Request::Set {
-                key: key.to_owned(),
-                value,
-                ttl,
-                lock,
-            })
-            .await?
-        {
+        match self.call(Request::Set { key: key.to_owned(), value, ttl, lock }).await? {
             Response::Done => Ok(()),
             _ => Err(Response::<V>::mismatch("set")),
         }
@@ -198,12 +171,7 @@ impl<V: Value> LiveDict<V> {
     pub async fn get(&self, key: impl AsRef<str>) -> Result<Option<V>> {
         let key = key.as_ref();
         validate_key(key)?;
-        match self
-            .call(Request::Get {
-                key: key.to_owned(),
-            })
-            .await?
-        {
+        match self.call(Request::Get { key: key.to_owned() }).await? {
             Response::Value(v) => Ok(v),
             _ => Err(Response::<V>::mismatch("get")),
         }
@@ -217,13 +185,7 @@ impl<V: Value> LiveDict<V> {
 
     pub(crate) async fn write_delete(&self, key: &str, lock: Option<LockToken>) -> Result<bool> {
         validate_key(key)?;
-        match self
-            .call(Request::Delete {
-                key: key.to_owned(),
-                lock,
-            })
-            .await?
-        {
+        match self.call(Request::Delete { key: key.to_owned(), lock }).await? {
             Response::Deleted { removed, .. } => Ok(removed),
             _ => Err(Response::<V>::mismatch("delete")),
         }
@@ -233,10 +195,7 @@ impl<V: Value> LiveDict<V> {
     pub async fn exists(&self, key: impl AsRef<str>) -> Result<bool> {
         let key = key.as_ref();
         validate_key(key)?;
-        self.bool_op(Request::Exists {
-            key: key.to_owned(),
-        })
-        .await
+        self.bool_op(Request::Exists { key: key.to_owned() }).await
     }
 
     /// Every live key (in no particular order).
@@ -281,12 +240,7 @@ impl<V: Value> LiveDict<V> {
     pub async fn ttl(&self, key: impl AsRef<str>) -> Result<Option<Duration>> {
         let key = key.as_ref();
         validate_key(key)?;
-        match self
-            .call(Request::Ttl {
-                key: key.to_owned(),
-            })
-            .await?
-        {
+        match self.call(Request::Ttl { key: key.to_owned() }).await? {
             Response::Ttl(t) => Ok(t),
             _ => Err(Response::<V>::mismatch("ttl")),
         }
@@ -305,23 +259,14 @@ impl<V: Value> LiveDict<V> {
     ) -> Result<bool> {
         validate_key(key)?;
         validate_ttl(ttl)?;
-        self.bool_op(Request::Expire {
-            key: key.to_owned(),
-            ttl,
-            lock,
-        })
-        .await
+        self.bool_op(Request::Expire { key: key.to_owned(), ttl, lock }).await
     }
 
     /// Drops the deadline of a live `key`; false if it is missing or had none.
     pub async fn persist(&self, key: impl AsRef<str>) -> Result<bool> {
         let key = key.as_ref();
         validate_key(key)?;
-        self.bool_op(Request::Persist {
-            key: key.to_owned(),
-            lock: None,
-        })
-        .await
+        self.bool_op(Request::Persist { key: key.to_owned(), lock: None }).await
     }
 
     async fn bool_op(&self, req: Request<V>) -> Result<bool> {
@@ -353,17 +298,8 @@ impl<V: Value> LiveDict<V> {
         let key = key.as_ref();
         validate_key(key)?;
         let token = LockToken::new();
-        match self
-            .call(Request::Lock {
-                key: key.to_owned(),
-                timeout,
-                token: token.clone(),
-            })
-            .await?
-        {
-            Response::Locked(grant) => {
-                Ok(KeyGuard::new(self.clone(), key.to_owned(), token, grant))
-            }
+        match self.call(Request::Lock { key: key.to_owned(), timeout, token: token.clone() }).await? {
+            Response::Locked(grant) => Ok(KeyGuard::new(self.clone(), key.to_owned(), token, grant)),
             _ => Err(Response::<V>::mismatch("lock")),
         }
     }
@@ -410,7 +346,7 @@ impl<V: Value> LiveDict<V> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(Error::Closed);
         }
-        let flushed = self.inner.service.clone().oneshot(Request::Shutdown).await;
+        let flushed = self.inner.service.call(Request::Shutdown).await;
         self.inner.dispatcher.shutdown().await;
         flushed.map(|_| ())
     }

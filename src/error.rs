@@ -97,9 +97,7 @@ pub enum Error {
     #[error("the store is shut down")]
     Closed,
     /// A `livedict::blocking` method was called from inside an async runtime.
-    #[error(
-        "livedict::blocking called from inside an async runtime; use the async livedict::LiveDict there"
-    )]
+    #[error("livedict::blocking called from inside an async runtime; use the async livedict::LiveDict there")]
     InsideRuntime,
 }
 
@@ -110,27 +108,16 @@ impl Error {
         context: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Error::Backend {
-            backend,
-            context: context.into(),
-            source: Some(Box::new(source)),
-        }
+        Error::Backend { backend, context: context.into(), source: Some(Box::new(source)) }
     }
 
     /// Builds an [`Error::Backend`] with only a message.
     pub fn backend_msg(backend: &'static str, context: impl Into<String>) -> Self {
-        Error::Backend {
-            backend,
-            context: context.into(),
-            source: None,
-        }
+        Error::Backend { backend, context: context.into(), source: None }
     }
 
     /// Builds an [`Error::InvalidUrl`]; the URL's password (if any) is redacted.
     pub fn invalid_url(url: &str, reason: impl Into<String>) -> Self {
-        Error::InvalidUrl {
-            url: crate::url::redact(url),
-            reason: reason.into(),
-        }
+        Error::InvalidUrl { url: crate::url::redact(url), reason: reason.into() }
     }
 }

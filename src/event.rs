@@ -24,13 +24,8 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 5] = [
-        EventKind::Set,
-        EventKind::Get,
-        EventKind::Delete,
-        EventKind::Expire,
-        EventKind::Evict,
-    ];
+    pub const ALL: [EventKind; 5] =
+        [EventKind::Set, EventKind::Get, EventKind::Delete, EventKind::Expire, EventKind::Evict];
 
     /// A dense index (0..5), for per-kind tables.
     pub(crate) fn index(self) -> usize {
@@ -78,14 +73,7 @@ struct EventData<V> {
 impl<V> Event<V> {
     /// A new event stamped with the current wall-clock time.
     pub fn new(kind: EventKind, key: impl Into<String>, value: Option<V>) -> Self {
-        Event {
-            inner: Arc::new(EventData {
-                kind,
-                key: key.into(),
-                value,
-                at: SystemTime::now(),
-            }),
-        }
+        Event { inner: Arc::new(EventData { kind, key: key.into(), value, at: SystemTime::now() }) }
     }
 
     /// What happened.
@@ -113,9 +101,7 @@ impl<V> Event<V> {
 
 impl<V> Clone for Event<V> {
     fn clone(&self) -> Self {
-        Event {
-            inner: Arc::clone(&self.inner),
-        }
+        Event { inner: Arc::clone(&self.inner) }
     }
 }
 
@@ -147,18 +133,12 @@ pub struct EventSink<V> {
 impl<V: 'static> EventSink<V> {
     /// A sink that discards every event (counters are still kept).
     pub fn none() -> Self {
-        EventSink {
-            target: None,
-            counters: Arc::default(),
-        }
+        EventSink { target: None, counters: Arc::default() }
     }
 
     /// A sink delivering to `target` and counting into `counters`.
     pub(crate) fn new(target: Arc<dyn EventTarget<V>>, counters: Arc<Counters>) -> Self {
-        EventSink {
-            target: Some(target),
-            counters,
-        }
+        EventSink { target: Some(target), counters }
     }
 
     /// Whether anything listens to `kind`.
@@ -195,17 +175,12 @@ impl<V: 'static> EventSink<V> {
 
 impl<V> Clone for EventSink<V> {
     fn clone(&self) -> Self {
-        EventSink {
-            target: self.target.clone(),
-            counters: Arc::clone(&self.counters),
-        }
+        EventSink { target: self.target.clone(), counters: Arc::clone(&self.counters) }
     }
 }
 
 impl<V> fmt::Debug for EventSink<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventSink")
-            .field("connected", &self.target.is_some())
-            .finish()
+        f.debug_struct("EventSink").field("connected", &self.target.is_some()).finish()
     }
 }

@@ -1,12 +1,9 @@
 //! [`KeyGuard`]: a held per-key lock, released on drop.
 
-use std::future::Future;
-
 use std::task::Context;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tower::ServiceExt;
 
 use crate::Value;
 use crate::dict::LiveDict;
@@ -43,24 +40,14 @@ pub struct KeyGuard<V> {
 
 impl<V> std::fmt::Debug for KeyGuard<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyGuard")
-            .field("key", &self.key)
-            .field("grant", &self.grant)
-            .finish()
+        f.debug_struct("KeyGuard").field("key", &self.key).field("grant", &self.grant).finish()
     }
 }
 
 impl<V: Value> KeyGuard<V> {
     pub(crate) fn new(dict: LiveDict<V>, key: String, token: LockToken, grant: LockGrant) -> Self {
         let release_on_drop = release_on_drop(&dict, &key, &token);
-        KeyGuard {
-            dict,
-            key,
-            token,
-            grant,
-            release_on_drop,
-            released: false,
-        }
+        KeyGuard { dict, key, token, grant, release_on_drop, released: false }
     }
 
     /// The locked key.
@@ -86,39 +73,28 @@ impl<V: Value> KeyGuard<V> {
 
     /// Stores a value under the locked key, without expiry.
     pub async fn set(&self, value: V) -> Result<()> {
-        self.dict
-            .write_set(&self.key, value, None, Some(self.token.clone()))
-            .await
+        self.dict.write_set(&self.key, value, None, Some(self.token.clone())).await
     }
 
     /// Stores a value under the locked key, expiring `ttl` from now.
     pub async fn set_with_ttl(&self, value: V, ttl: Duration) -> Result<()> {
         crate::request::validate_ttl(ttl)?;
-        self.dict
-            .write_set(&self.key, value, Some(ttl), Some(self.token.clone()))
-            .await
+        self.dict.write_set(&self.key, value, Some(ttl), Some(self.token.clone())).await
     }
 
     /// Deletes the locked key; true if a live value was removed.
     pub async fn delete(&self) -> Result<bool> {
-        self.dict
-            .write_delete(&self.key, Some(self.token.clone()))
-            .await
+        self.dict.write_delete(&self.key, Some(self.token.clone())).await
     }
 
     /// Changes the deadline of the locked key.
     pub async fn expire(&self, ttl: Duration) -> Result<bool> {
-        self.dict
-            .write_expire(&self.key, ttl, Some(self.token.clone()))
-            .await
+        self.dict.write_expire(&self.key, ttl, Some(self.token.clone())).await
     }
 
     /// Extends the lease of a distributed lock; [`Error::LockLost`](crate::Error::LockLost) if it already ran out.
     pub async fn renew(&self) -> Result<()> {
-        let req = Request::Renew {
-            key: self.key.clone(),
-            token: self.token.clone(),
-        };
+        let req = Request::Renew { key: self.key.clone(), token: self.token.clone() };
         match self.dict.call(req).await? {
             Response::Done => Ok(()),
             _ => Err(Response::<V>::mismatch("renew")),
@@ -128,17 +104,8 @@ impl<V: Value> KeyGuard<V> {
     /// Releases the lock now and reports a backend error, which dropping cannot.
     pub async fn unlock(mut self) -> Result<()> {
         self.released = true;
-        let req = Request::Unlock {
-            key: self.key.clone(),
-            token: self.token.clone(),
-        };
-        self.dict
-            .inner
-            .service
-            .clone()
-            .oneshot(req)
-            .await
-            .map(|_| ())
+        let req = Request::Unlock { key: self.key.clone(), token: self.token.clone() };
+        self.dict.inner.service.call(req).await.map(|_| ())
     }
 }
 
@@ -156,10 +123,7 @@ impl<V> Drop for KeyGuard<V> {
 /// a task on the runtime the lock was taken on.
 fn release_on_drop<V: Value>(dict: &LiveDict<V>, key: &str, token: &LockToken) -> ReleaseFn {
     let service = dict.inner.service.clone();
-    let req = Request::Unlock {
-        key: key.to_owned(),
-        token: token.clone(),
-    };
+    let req = Request::Unlock { key: key.to_owned(), token: token.clone() };
     let runtime = Handle::try_current().ok();
     let mut once = Some((service, req));
     Box::new(move || {
@@ -167,7 +131,7 @@ fn release_on_drop<V: Value>(dict: &LiveDict<V>, key: &str, token: &LockToken) -
             return;
         };
         let _entered = runtime.as_ref().map(Handle::enter);
-        let mut release = Box::pin(service.oneshot(req));
+        let mut release = service.call(req);
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
         if release.as_mut().poll(&mut cx).is_pending()
             && let Some(rt) = &runtime

@@ -13,13 +13,14 @@ pub mod event;
 mod guard;
 pub mod layer;
 pub mod request;
+mod stack;
 pub mod stats;
 mod url;
 
 pub use builder::{Builder, DEFAULT_REQUEST_TIMEOUT};
 pub use callback::{Callback, CallbackId};
 pub use codec::Codec;
-pub use dict::{BoxStack, LiveDict};
+pub use dict::LiveDict;
 pub use error::{Error, Result};
 pub use event::{Event, EventKind, EventSink, EventTarget};
 pub use guard::KeyGuard;
@@ -30,12 +31,6 @@ pub use stats::Stats;
 
 /// What a stored value must be: serde-serializable (for SQLite and Redis),
 /// cloneable and shareable across tasks. Implemented for every such type.
-pub trait Value:
-    serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
-{
-}
+pub trait Value: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static {}
 
-impl<T> Value for T where
-    T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
-{
-}
+impl<T> Value for T where T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static {}

@@ -22,9 +22,7 @@ pub fn validate_key(key: &str) -> Result<()> {
     if key.is_empty() {
         Err(Error::InvalidKey { reason: "empty" })
     } else if key.len() > MAX_KEY_LEN {
-        Err(Error::InvalidKey {
-            reason: "longer than 1024 bytes",
-        })
+        Err(Error::InvalidKey { reason: "longer than 1024 bytes" })
     } else {
         Ok(())
     }
@@ -40,15 +38,9 @@ pub fn validate_key(key: &str) -> Result<()> {
 /// ```
 pub fn validate_ttl(ttl: Duration) -> Result<()> {
     if ttl.is_zero() {
-        Err(Error::InvalidTtl {
-            ttl,
-            reason: "zero",
-        })
+        Err(Error::InvalidTtl { ttl, reason: "zero" })
     } else if ttl > MAX_TTL {
-        Err(Error::InvalidTtl {
-            ttl,
-            reason: "longer than 100 years",
-        })
+        Err(Error::InvalidTtl { ttl, reason: "longer than 100 years" })
     } else {
         Ok(())
     }
@@ -67,9 +59,7 @@ impl LockToken {
     /// A fresh random token (128 random bits, hex).
     pub fn new() -> Self {
         let bits: u128 = rand::random();
-        LockToken {
-            owner: format!("{bits:032x}").into(),
-        }
+        LockToken { owner: format!("{bits:032x}").into() }
     }
 
     /// The token as text (stored by distributed backends as the lock owner).
@@ -105,20 +95,12 @@ pub struct LockGrant {
 impl LockGrant {
     /// A grant that needs no backend-side release (the memory backend's).
     pub fn local() -> Self {
-        LockGrant {
-            fence: 0,
-            lease: None,
-            distributed: false,
-        }
+        LockGrant { fence: 0, lease: None, distributed: false }
     }
 
     /// A grant held by a distributed backend (SQLite, Redis).
     pub fn distributed(fence: u64, lease: Duration) -> Self {
-        LockGrant {
-            fence,
-            lease: Some(lease),
-            distributed: true,
-        }
+        LockGrant { fence, lease: Some(lease), distributed: true }
     }
 }
 
@@ -249,9 +231,7 @@ impl<V> Request<V> {
             | Request::Lock { key, .. }
             | Request::Renew { key, .. }
             | Request::Unlock { key, .. } => Some(key),
-            Request::Keys | Request::Items | Request::Len | Request::Clear | Request::Shutdown => {
-                None
-            }
+            Request::Keys | Request::Items | Request::Len | Request::Clear | Request::Shutdown => None,
         }
     }
 
@@ -299,9 +279,6 @@ pub enum Response<V> {
 impl<V> Response<V> {
     /// The error for a response that does not match its request (a bug in a custom service).
     pub(crate) fn mismatch(op: &'static str) -> Error {
-        Error::backend_msg(
-            "stack",
-            format!("service answered `{op}` with the wrong response variant"),
-        )
+        Error::backend_msg("stack", format!("service answered `{op}` with the wrong response variant"))
     }
 }

@@ -87,10 +87,7 @@ impl Counter {
 
     /// The current total.
     pub(crate) fn get(&self) -> u64 {
-        self.stripes
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .sum()
+        self.stripes.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
     }
 }
 

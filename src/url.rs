@@ -22,10 +22,7 @@ impl<'a> StoreUrl<'a> {
             ("sqlite", &raw_trimmed["sqlite:".len()..])
         } else {
             let Some((scheme, rest)) = raw_trimmed.split_once("://") else {
-                return Err(Error::invalid_url(
-                    raw,
-                    "expected `scheme://…` (memory, sqlite, redis)",
-                ));
+                return Err(Error::invalid_url(raw, "expected `scheme://…` (memory, sqlite, redis)"));
             };
             if scheme.is_empty() {
                 return Err(Error::invalid_url(raw, "missing scheme"));
@@ -40,22 +37,14 @@ impl<'a> StoreUrl<'a> {
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             if k.is_empty() {
-                return Err(Error::invalid_url(
-                    raw,
-                    format!("empty option name in `{pair}`"),
-                ));
+                return Err(Error::invalid_url(raw, format!("empty option name in `{pair}`")));
             }
             if params.iter().any(|(name, _)| name == k) {
                 return Err(Error::invalid_url(raw, format!("option `{k}` given twice")));
             }
             params.push((k.to_owned(), v.to_owned()));
         }
-        Ok(StoreUrl {
-            raw,
-            scheme,
-            body,
-            params,
-        })
+        Ok(StoreUrl { raw, scheme, body, params })
     }
 
     /// The scheme, e.g. `redis`.
@@ -97,9 +86,7 @@ impl<'a> StoreUrl<'a> {
 
     /// Removes option `name`, a duration in milliseconds.
     pub(crate) fn take_millis(&mut self, name: &str) -> Result<Option<std::time::Duration>> {
-        Ok(self
-            .take_parsed::<u64>(name)?
-            .map(std::time::Duration::from_millis))
+        Ok(self.take_parsed::<u64>(name)?.map(std::time::Duration::from_millis))
     }
 
     /// An [`Error::InvalidUrl`] about this URL.
@@ -155,12 +142,7 @@ mod tests {
         assert_eq!(u.body(), "a/b.db");
         assert_eq!(u.take("table").as_deref(), Some("t"));
         assert!(u.take("nope").is_none());
-        assert!(
-            StoreUrl::parse("sqlite://x?synchronous=full")
-                .unwrap()
-                .finish()
-                .is_err()
-        );
+        assert!(StoreUrl::parse("sqlite://x?synchronous=full").unwrap().finish().is_err());
     }
 
     #[test]

@@ -240,15 +240,9 @@ for_each_backend! {
 
 #[tokio::test(start_paused = true)]
 async fn capacity_eviction_fires_evict_events() {
-    let d = livedict::LiveDict::<u32>::builder()
-        .memory()
-        .max_capacity(10)
-        .build()
-        .await
-        .unwrap();
+    let d = livedict::LiveDict::<u32>::builder().memory().max_capacity(10).build().await.unwrap();
     let seen = Collector::new();
-    d.register_callback(EventKind::Evict, seen.callback())
-        .unwrap();
+    d.register_callback(EventKind::Evict, seen.callback()).unwrap();
     for i in 0..200 {
         d.set(format!("k{i}"), i).await.unwrap();
         d.get(format!("k{i}")).await.unwrap();

@@ -157,9 +157,7 @@ for_each_backend! {
 #[tokio::test(start_paused = true)]
 async fn memory_values_survive_until_exactly_their_deadline() {
     let d = livedict::LiveDict::<u32>::open("memory://").await.unwrap();
-    d.set_with_ttl("k", 1, Duration::from_millis(1000))
-        .await
-        .unwrap();
+    d.set_with_ttl("k", 1, Duration::from_millis(1000)).await.unwrap();
     tokio::time::advance(Duration::from_millis(999)).await;
     assert_eq!(d.get("k").await.unwrap(), Some(1));
     tokio::time::advance(Duration::from_millis(1)).await;

@@ -35,10 +35,7 @@ impl<S> tower::Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Timeout {
-            inner,
-            after: self.after,
-        }
+        Timeout { inner, after: self.after }
     }
 }
 
@@ -66,12 +63,7 @@ where
             Request::Lock { timeout, .. } => self.after.saturating_add(*timeout),
             _ => self.after,
         };
-        TimeoutFuture {
-            op: req.op(),
-            after,
-            sleep: None,
-            inner: self.inner.call(req),
-        }
+        TimeoutFuture { op: req.op(), after, sleep: None, inner: self.inner.call(req) }
     }
 }
 
@@ -105,9 +97,6 @@ where
         if let Some(sleep) = this.sleep.as_pin_mut() {
             ready!(sleep.poll(cx));
         }
-        Poll::Ready(Err(Error::Timeout {
-            op: this.op,
-            after: *this.after,
-        }))
+        Poll::Ready(Err(Error::Timeout { op: this.op, after: *this.after }))
     }
 }

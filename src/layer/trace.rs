@@ -35,10 +35,7 @@ impl<S> tower::Layer<S> for TraceLayer {
     type Service = Trace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Trace {
-            inner,
-            backend: self.backend,
-        }
+        Trace { inner, backend: self.backend }
     }
 }
 
@@ -70,18 +67,10 @@ where
             latency_us = tracing::field::Empty,
         );
         if span.is_disabled() {
-            return TraceFuture {
-                inner: self.inner.call(req),
-                span: None,
-                started: None,
-            };
+            return TraceFuture { inner: self.inner.call(req), span: None, started: None };
         }
         let inner = span.in_scope(|| self.inner.call(req));
-        TraceFuture {
-            inner,
-            span: Some(span),
-            started: Some(Instant::now()),
-        }
+        TraceFuture { inner, span: Some(span), started: Some(Instant::now()) }
     }
 }
 

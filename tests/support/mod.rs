@@ -34,23 +34,13 @@ static NEXT_NAMESPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 
 impl Harness {
     pub fn memory() -> Self {
-        Harness {
-            kind: Kind::Memory,
-            url: "memory://".into(),
-            _dir: None,
-            _redis: None,
-        }
+        Harness { kind: Kind::Memory, url: "memory://".into(), _dir: None, _redis: None }
     }
 
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        Harness {
-            kind: Kind::Sqlite,
-            url,
-            _dir: Some(dir),
-            _redis: None,
-        }
+        Harness { kind: Kind::Sqlite, url, _dir: Some(dir), _redis: None }
     }
 
     /// `None` when redis-server is missing and not required (the test skips).
@@ -58,12 +48,7 @@ impl Harness {
         let server = redis_server::RedisServer::start()?;
         let n = NEXT_NAMESPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = format!("{}?namespace=t{}", server.url(), n);
-        Some(Harness {
-            kind: Kind::Redis,
-            url,
-            _dir: None,
-            _redis: Some(server),
-        })
+        Some(Harness { kind: Kind::Redis, url, _dir: None, _redis: Some(server) })
     }
 
     /// The store's URL.
@@ -107,11 +92,7 @@ impl Harness {
 
     /// Scales iteration counts down for backends that do I/O per operation.
     pub fn scale(&self, memory: usize, io: usize) -> usize {
-        if self.kind == Kind::Memory {
-            memory
-        } else {
-            io
-        }
+        if self.kind == Kind::Memory { memory } else { io }
     }
 }
 
@@ -121,10 +102,7 @@ impl Harness {
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let started = Instant::now();
     while !cond() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "timed out waiting for: {what}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(10), "timed out waiting for: {what}");
         tokio::task::yield_now().await;
         std::thread::sleep(Duration::from_micros(500));
     }
@@ -146,26 +124,20 @@ pub struct Collector<V> {
 
 impl<V> Clone for Collector<V> {
     fn clone(&self) -> Self {
-        Collector {
-            seen: Arc::clone(&self.seen),
-        }
+        Collector { seen: Arc::clone(&self.seen) }
     }
 }
 
 impl<V: Value> Collector<V> {
     pub fn new() -> Self {
-        Collector {
-            seen: Arc::default(),
-        }
+        Collector { seen: Arc::default() }
     }
 
     /// A sync callback recording into this collector.
     pub fn callback(&self) -> Callback<V> {
         let seen = Arc::clone(&self.seen);
         Callback::new(move |ev: &Event<V>| {
-            seen.lock()
-                .unwrap()
-                .push((ev.kind(), ev.key().to_owned(), ev.value().cloned()));
+            seen.lock().unwrap().push((ev.kind(), ev.key().to_owned(), ev.value().cloned()));
         })
     }
 
@@ -175,9 +147,7 @@ impl<V: Value> Collector<V> {
         Callback::new_async(move |ev: Event<V>| {
             let seen = Arc::clone(&seen);
             async move {
-                seen.lock()
-                    .unwrap()
-                    .push((ev.kind(), ev.key().to_owned(), ev.value().cloned()));
+                seen.lock().unwrap().push((ev.kind(), ev.key().to_owned(), ev.value().cloned()));
             }
         })
     }
@@ -191,12 +161,7 @@ impl<V: Value> Collector<V> {
     }
 
     pub fn keys(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, k, _)| k.clone())
-            .collect()
+        self.seen.lock().unwrap().iter().map(|(_, k, _)| k.clone()).collect()
     }
 }
 

@@ -27,19 +27,12 @@ impl RedisServer {
             if std::env::var_os("LIVEDICT_REQUIRE_REDIS").is_some() {
                 panic!("LIVEDICT_REQUIRE_REDIS is set but redis-server is not on PATH");
             }
-            eprintln!(
-                "skipping: redis-server not found (set LIVEDICT_REQUIRE_REDIS to fail instead)"
-            );
+            eprintln!("skipping: redis-server not found (set LIVEDICT_REQUIRE_REDIS to fail instead)");
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir for redis-server");
         let port = free_port();
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-            appendonly,
-        };
+        let mut server = RedisServer { child: None, port, dir, appendonly };
         server.spawn();
         Some(server)
     }
@@ -70,23 +63,9 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
-            .args([
-                "--appendfsync",
-                "always",
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
+            .args(["--appendfsync", "always", "--daemonize", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -115,10 +94,7 @@ fn redis_available() -> bool {
 
 fn free_port() -> u16 {
     // The OS picks a free port; the tiny race until redis binds it is acceptable in tests.
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 fn wait_until_listening(port: u16, dir: &Path) {
@@ -129,8 +105,5 @@ fn wait_until_listening(port: u16, dir: &Path) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!(
-        "redis-server on port {port} (dir {}) did not start within 10 s",
-        dir.display()
-    );
+    panic!("redis-server on port {port} (dir {}) did not start within 10 s", dir.display());
 }

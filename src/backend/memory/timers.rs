@@ -51,15 +51,12 @@ impl DeadlineTable {
     }
 
     fn micros(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.base)
-            .as_micros()
-            .try_into()
-            .unwrap_or(u64::MAX - 1)
+        at.saturating_duration_since(self.base).as_micros().try_into().unwrap_or(u64::MAX - 1)
     }
 
     /// Records `deadline` for `key`, waking the driver if it is the new earliest.
-    pub(super) fn insert(&self, key: &str, deadline: Deadline) {
-        lock(self.shard(key)).insert(deadline, key.to_owned());
+    pub(super) fn insert(&self, key: String, deadline: Deadline) {
+        lock(self.shard(&key)).insert(deadline, key);
         let at = self.micros(deadline.0);
         if at < self.earliest.fetch_min(at, Ordering::AcqRel) {
             self.wake.notify_one();
@@ -86,15 +83,8 @@ impl DeadlineTable {
 
     /// The earliest pending deadline; records it as what the driver sleeps towards.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        let next = self
-            .shards
-            .iter()
-            .filter_map(|s| lock(s).first_key_value().map(|(d, _)| d.0))
-            .min();
-        self.earliest.store(
-            next.map_or(u64::MAX, |at| self.micros(at)),
-            Ordering::Release,
-        );
+        let next = self.shards.iter().filter_map(|s| lock(s).first_key_value().map(|(d, _)| d.0)).min();
+        self.earliest.store(next.map_or(u64::MAX, |at| self.micros(at)), Ordering::Release);
         next
     }
 

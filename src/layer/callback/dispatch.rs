@@ -104,17 +104,13 @@ pub struct Dispatcher<V> {
 
 impl<V> Clone for Dispatcher<V> {
     fn clone(&self) -> Self {
-        Dispatcher {
-            registry: Arc::clone(&self.registry),
-        }
+        Dispatcher { registry: Arc::clone(&self.registry) }
     }
 }
 
 impl<V> std::fmt::Debug for Dispatcher<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher")
-            .field("config", &self.registry.config)
-            .finish()
+        f.debug_struct("Dispatcher").field("config", &self.registry.config).finish()
     }
 }
 
@@ -174,14 +170,7 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
             CallbackBody::Sync(f) => sandbox::spawn_sync(f, events, cx),
             CallbackBody::Async(f) => sandbox::spawn_async(&reg.runtime, f, events, cx),
         }
-        subscribers.push(Subscriber {
-            id,
-            kind,
-            enabled: true,
-            alive,
-            queue,
-            done,
-        });
+        subscribers.push(Subscriber { id, kind, enabled: true, alive, queue, done });
         reg.interest[kind.index()].fetch_add(1, Ordering::AcqRel);
         Ok(id)
     }
@@ -236,12 +225,7 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
         // paused Tokio clock (tests) must not make the drain give up early.
         let started = std::time::Instant::now();
         for sub in subscribers {
-            let Subscriber {
-                queue,
-                mut done,
-                alive,
-                ..
-            } = sub;
+            let Subscriber { queue, mut done, alive, .. } = sub;
             drop(queue); // closes the queue: the worker drains it and finishes
             loop {
                 tokio::select! {
@@ -266,10 +250,7 @@ impl<V: Send + Sync + 'static> EventTarget<V> for Dispatcher<V> {
     fn emit(&self, event: Event<V>) {
         let reg = &self.registry;
         let subscribers = reg.subscribers.read().unwrap_or_else(|p| p.into_inner());
-        for sub in subscribers
-            .iter()
-            .filter(|s| s.enabled && s.kind == event.kind())
-        {
+        for sub in subscribers.iter().filter(|s| s.enabled && s.kind == event.kind()) {
             if sub.queue.try_send(event.clone()).is_err() {
                 reg.counters.events_dropped.incr();
             }

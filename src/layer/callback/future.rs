@@ -30,11 +30,7 @@ pub struct CallbacksFuture<F, V> {
 
 impl<F, V> CallbacksFuture<F, V> {
     pub(super) fn new(inner: F, plan: Plan<V>, dispatcher: Dispatcher<V>) -> Self {
-        CallbacksFuture {
-            inner,
-            plan: Some(plan),
-            dispatcher,
-        }
+        CallbacksFuture { inner, plan: Some(plan), dispatcher }
     }
 }
 
@@ -71,13 +67,7 @@ fn report<V: Clone + Send + Sync + 'static>(d: &Dispatcher<V>, plan: Plan<V>, re
                 d.emit(Event::new(EventKind::Set, key, Some(value)));
             }
         }
-        (
-            Plan::Delete(key),
-            Response::Deleted {
-                removed: true,
-                value,
-            },
-        ) => {
+        (Plan::Delete(key), Response::Deleted { removed: true, value }) => {
             counters.deletes.incr();
             if let Some(key) = key {
                 d.emit(Event::new(EventKind::Delete, key, value.clone()));

@@ -51,13 +51,10 @@ where
         let d = &self.dispatcher;
         let plan = match &req {
             Request::Get { key } => Plan::Get(d.wants(EventKind::Get).then(|| key.clone())),
-            Request::Set { key, value, .. } => Plan::Set(
-                d.wants(EventKind::Set)
-                    .then(|| (key.clone(), value.clone())),
-            ),
-            Request::Delete { key, .. } => {
-                Plan::Delete(d.wants(EventKind::Delete).then(|| key.clone()))
+            Request::Set { key, value, .. } => {
+                Plan::Set(d.wants(EventKind::Set).then(|| (key.clone(), value.clone())))
             }
+            Request::Delete { key, .. } => Plan::Delete(d.wants(EventKind::Delete).then(|| key.clone())),
             _ => Plan::Other,
         };
         CallbacksFuture::new(self.inner.call(req), plan, self.dispatcher.clone())

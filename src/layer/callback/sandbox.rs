@@ -129,14 +129,12 @@ fn start_thread<V: Send + Sync + 'static>(
 ) -> Arc<Slot> {
     let slot = Arc::new(Slot::default());
     let (w, s) = (Arc::clone(worker), Arc::clone(&slot));
-    let spawned = std::thread::Builder::new()
-        .name("livedict-callback".into())
-        .spawn(move || {
-            run_thread(&w, &s);
-            if let Some(done) = done {
-                let _ = done.send(());
-            }
-        });
+    let spawned = std::thread::Builder::new().name("livedict-callback".into()).spawn(move || {
+        run_thread(&w, &s);
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    });
     if spawned.is_err() {
         // The OS refused a thread: behave as a worker that exited at once; its
         // events stay queued and are counted as dropped at shutdown.
@@ -192,9 +190,7 @@ fn watchdog<V: Send + Sync + 'static>(
         }
         let started = active.started.load(Ordering::Acquire);
         let now = worker.base.elapsed().as_micros() as u64 + 1;
-        if started != 0
-            && now.saturating_sub(started) > limit_us
-            && !active.abandoned.load(Ordering::Acquire)
+        if started != 0 && now.saturating_sub(started) > limit_us && !active.abandoned.load(Ordering::Acquire)
         {
             active.abandoned.store(true, Ordering::Release);
             worker.abandoned.fetch_add(1, Ordering::AcqRel);

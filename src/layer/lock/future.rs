@@ -9,10 +9,10 @@ use futures::future::BoxFuture;
 use pin_project::pin_project;
 use tower::ServiceExt;
 
-use super::table::{LockTable, Want};
+use super::LockShared;
+use super::table::Want;
 use crate::error::{Error, Result};
 use crate::request::{Request, Response};
-use crate::stats::Counters;
 
 /// Future of [`Lock`](super::Lock).
 #[pin_project(project = LockFutureProj)]
@@ -50,19 +50,15 @@ where
 /// Handles `Lock`, `Unlock` and writes to a key held by someone else.
 pub(super) async fn locked_call<S, V>(
     inner: S,
-    table: Arc<LockTable>,
-    counters: Arc<Counters>,
+    shared: Arc<LockShared>,
     req: Request<V>,
 ) -> Result<Response<V>>
 where
     S: tower::Service<Request<V>, Response = Response<V>, Error = Error>,
 {
+    let (table, counters) = (&shared.table, &shared.counters);
     match req {
-        Request::Lock {
-            key,
-            timeout,
-            token,
-        } => {
+        Request::Lock { key, timeout, token } => {
             let started = tokio::time::Instant::now();
             let deadline = started.checked_add(timeout);
             let (got, waited) = table.wait(&key, &token, Want::Acquire, deadline).await;
@@ -74,11 +70,8 @@ where
                 return Err(Error::LockTimeout { key });
             }
             let remaining = timeout.saturating_sub(started.elapsed());
-            let backend = inner.oneshot(Request::Lock {
-                key: key.clone(),
-                timeout: remaining,
-                token: token.clone(),
-            });
+            let backend =
+                inner.oneshot(Request::Lock { key: key.clone(), timeout: remaining, token: token.clone() });
             match backend.await {
                 Ok(resp) => Ok(resp),
                 Err(e) => {
@@ -91,12 +84,7 @@ where
             }
         }
         Request::Unlock { key, token } => {
-            let result = inner
-                .oneshot(Request::Unlock {
-                    key: key.clone(),
-                    token: token.clone(),
-                })
-                .await;
+            let result = inner.oneshot(Request::Unlock { key: key.clone(), token: token.clone() }).await;
             table.release(&key, &token);
             result
         }
@@ -106,9 +94,7 @@ where
             if let Some((key, _)) = write.write_target() {
                 let key = key.to_owned();
                 counters.lock_waits.incr();
-                table
-                    .wait(&key, &crate::request::LockToken::new(), Want::Pass, None)
-                    .await;
+                table.wait(&key, &crate::request::LockToken::new(), Want::Pass, None).await;
             }
             inner.oneshot(write).await
         }

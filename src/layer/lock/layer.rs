@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Lock, LockTable};
-use crate::stats::Counters;
+use super::{Lock, LockShared};
 
 /// A `tower::Layer` adding enforced per-key locks. All services built from
 /// one layer share one lock table, so build the stack once and clone it.
@@ -18,8 +17,7 @@ use crate::stats::Counters;
 /// ```
 #[derive(Clone, Default)]
 pub struct LockLayer {
-    table: Arc<LockTable>,
-    counters: Arc<Counters>,
+    shared: Arc<LockShared>,
 }
 
 impl std::fmt::Debug for LockLayer {
@@ -35,12 +33,12 @@ impl LockLayer {
     }
 
     /// Counts lock waits and timeouts into the stats of `dispatcher`'s store.
-    pub fn with_stats_of<V>(mut self, dispatcher: &crate::layer::Dispatcher<V>) -> Self
+    pub fn with_stats_of<V>(self, dispatcher: &crate::layer::Dispatcher<V>) -> Self
     where
         V: Send + Sync + 'static,
     {
-        self.counters = Arc::clone(dispatcher.counters());
-        self
+        let shared = LockShared { table: Default::default(), counters: Arc::clone(dispatcher.counters()) };
+        LockLayer { shared: Arc::new(shared) }
     }
 }
 
@@ -48,6 +46,6 @@ impl<S> tower::Layer<S> for LockLayer {
     type Service = Lock<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Lock::new(inner, Arc::clone(&self.table), Arc::clone(&self.counters))
+        Lock::new(inner, Arc::clone(&self.shared))
     }
 }

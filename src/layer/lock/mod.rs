@@ -25,31 +25,31 @@ use table::LockTable;
 #[derive(Clone)]
 pub struct Lock<S> {
     inner: S,
-    table: Arc<LockTable>,
-    counters: Arc<Counters>,
+    shared: Arc<LockShared>,
+}
+
+/// What every service built by one [`LockLayer`] shares (one `Arc`, so a
+/// per-request clone of the stack costs one reference count here).
+#[derive(Default)]
+pub(super) struct LockShared {
+    pub(super) table: LockTable,
+    pub(super) counters: Arc<Counters>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Lock<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lock")
-            .field("inner", &self.inner)
-            .field("locked", &self.table.len())
-            .finish()
+        f.debug_struct("Lock").field("inner", &self.inner).field("locked", &self.shared.table.len()).finish()
     }
 }
 
 impl<S> Lock<S> {
-    fn new(inner: S, table: Arc<LockTable>, counters: Arc<Counters>) -> Self {
-        Lock {
-            inner,
-            table,
-            counters,
-        }
+    fn new(inner: S, shared: Arc<LockShared>) -> Self {
+        Lock { inner, shared }
     }
 
     /// Keys currently held or waited for (0 when no lock is in use).
     pub fn locked_keys(&self) -> usize {
-        self.table.len()
+        self.shared.table.len()
     }
 }
 
@@ -70,9 +70,7 @@ where
     fn call(&mut self, req: Request<V>) -> Self::Future {
         let needs_table = match &req {
             Request::Lock { .. } | Request::Unlock { .. } => true,
-            _ => req
-                .write_target()
-                .is_some_and(|(key, token)| !self.table.may_write(key, token)),
+            _ => req.write_target().is_some_and(|(key, token)| !self.shared.table.may_write(key, token)),
         };
         if !needs_table {
             // Fast path: no lock involved (measured: the common case costs one atomic load).
@@ -80,11 +78,6 @@ where
         }
         let inner = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, inner);
-        LockFuture::slow(future::locked_call(
-            inner,
-            Arc::clone(&self.table),
-            Arc::clone(&self.counters),
-            req,
-        ))
+        LockFuture::slow(future::locked_call(inner, Arc::clone(&self.shared), req))
     }
 }

@@ -26,7 +26,7 @@ struct Slot {
 /// A `std::sync::Mutex` per shard (not Tokio's): it is held only for a map
 /// operation, never across an `.await`.
 #[derive(Default)]
-pub(super) struct LockTable {
+pub(crate) struct LockTable {
     shards: [Mutex<HashMap<String, Slot>>; SHARDS],
     hasher: RandomState,
     /// Keys currently held; writes skip the table entirely while it is zero.
@@ -148,9 +148,6 @@ impl LockTable {
 
     /// Entries in the table (held or waited-for keys).
     pub(super) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
     }
 }

@@ -1,0 +1,31 @@
+//! Internal: a tight loop over the memory hot path, for profilers (`perf record`).
+//!
+//! Run: `cargo run --release --example hotpath -- get|set|set_ttl [millions]`
+
+use std::time::{Duration, Instant};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let op = args.next().unwrap_or_else(|| "get".into());
+    let millions: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let n = (millions * 1e6) as usize;
+    let b = livedict::LiveDict::<String>::builder().memory().build_blocking().expect("store");
+    let keys: Vec<String> = (0..10_000).map(|i| format!("k{i}")).collect();
+    let v = "v".repeat(100);
+    for k in &keys {
+        b.set(k, v.clone()).expect("set");
+    }
+    let started = Instant::now();
+    for i in 0..n {
+        let k = &keys[i % keys.len()];
+        match op.as_str() {
+            "get" => {
+                std::hint::black_box(b.get(k).expect("get"));
+            }
+            "set" => b.set(k, v.clone()).expect("set"),
+            _ => b.set_with_ttl(k, v.clone(), Duration::from_secs(3600)).expect("set"),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("{op}: {:.0} ops/s", n as f64 / secs);
+}
