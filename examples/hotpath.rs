@@ -15,6 +15,24 @@ fn main() {
     for k in &keys {
         b.set(k, v.clone()).expect("set");
     }
+    if op.starts_with('a') {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let d = rt.block_on(livedict::LiveDict::<String>::open("memory://")).expect("store");
+        let started = Instant::now();
+        rt.block_on(async {
+            for i in 0..n {
+                let k = &keys[i % keys.len()];
+                match op.as_str() {
+                    "aget" => {
+                        std::hint::black_box(d.get(k).await.expect("get"));
+                    }
+                    _ => d.set_with_ttl(k, v.clone(), Duration::from_secs(3600)).await.expect("set"),
+                }
+            }
+        });
+        println!("{op}: {:.0} ops/s", n as f64 / started.elapsed().as_secs_f64());
+        return;
+    }
     let started = Instant::now();
     for i in 0..n {
         let k = &keys[i % keys.len()];

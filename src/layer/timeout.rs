@@ -73,9 +73,9 @@ pub struct TimeoutFuture<F> {
     #[pin]
     inner: F,
     /// Armed at the first `Pending`, so requests that complete at once
-    /// (memory hits) never touch the timer wheel (measured: ~60 ns saved per op).
-    #[pin]
-    sleep: Option<Sleep>,
+    /// (memory hits) never touch the timer wheel, and boxed, so the future
+    /// stays small on the hot path (measured: ~60 ns saved per op).
+    sleep: Option<Pin<Box<Sleep>>>,
     after: Duration,
     op: &'static str,
 }
@@ -87,16 +87,12 @@ where
     type Output = Result<Response<V>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(out) = this.inner.poll(cx) {
             return Poll::Ready(out);
         }
-        if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep(*this.after)));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
-        }
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*this.after)));
+        ready!(sleep.as_mut().poll(cx));
         Poll::Ready(Err(Error::Timeout { op: this.op, after: *this.after }))
     }
 }
