@@ -23,8 +23,8 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Poll};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::runtime::{Handle, Runtime};

@@ -23,8 +23,12 @@
 //!   counts only what it originates (expirations, evictions) via its sink.
 
 pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use memory::{MemoryBackend, MemoryConfig};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteBackend, SqliteConfig};
 
 use std::future::{Future, Ready};
 use std::pin::Pin;

@@ -1,0 +1,159 @@
+//! [`SqliteConfig`]: where the SQLite store lives and how it behaves.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::url::StoreUrl;
+
+/// Settings of the SQLite backend.
+///
+/// URL form: `sqlite://path/to/file.db?table=orders&synchronous=full&busy_timeout_ms=5000`
+/// (`sqlite::memory:` for a private in-memory database). Options:
+///
+/// | option | default | meaning |
+/// | --- | --- | --- |
+/// | `table` | `livedict` | table name, so several stores share one file |
+/// | `synchronous` | `normal` | `normal`: a commit survives a process crash; `full`: also power loss |
+/// | `busy_timeout_ms` | 5000 | how long to wait for another process's write lock |
+/// | `lock_lease_ms` | 30000 | lease of per-key locks |
+/// | `poll_ms` | 100 | how often the expiry driver looks for other processes' deadlines |
+/// | `readers` | 2 | read connections (reads never queue behind writes) |
+/// | `codec` | `json` | value encoding |
+///
+/// ```
+/// use std::time::Duration;
+/// let config = livedict::backend::SqliteConfig::new("orders.db")
+///     .table("orders")
+///     .synchronous_full(true)
+///     .busy_timeout(Duration::from_secs(2));
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    pub(super) path: PathBuf,
+    pub(super) table: String,
+    pub(super) synchronous_full: bool,
+    pub(super) busy_timeout: Duration,
+    pub(super) lock_lease: Duration,
+    pub(super) codec: Codec,
+    pub(super) poll_interval: Duration,
+    pub(super) readers: usize,
+}
+
+impl SqliteConfig {
+    /// A store in the file at `path` (created if missing); `":memory:"` for a
+    /// private in-memory database.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteConfig {
+            path: path.into(),
+            table: "livedict".into(),
+            synchronous_full: false,
+            busy_timeout: Duration::from_secs(5),
+            lock_lease: Duration::from_secs(30),
+            codec: Codec::Json,
+            poll_interval: Duration::from_millis(100),
+            readers: 2,
+        }
+    }
+
+    /// The table holding this store's entries (letters, digits and `_` only).
+    pub fn table(mut self, name: &str) -> Self {
+        self.table = name.to_owned();
+        self
+    }
+
+    /// `synchronous=FULL`: commits survive power loss, at the cost of an fsync per batch.
+    pub fn synchronous_full(mut self, on: bool) -> Self {
+        self.synchronous_full = on;
+        self
+    }
+
+    /// How long a statement waits for another process's lock before failing.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Lease of per-key locks: a holder that vanished frees the key after it.
+    pub fn lock_lease(mut self, lease: Duration) -> Self {
+        self.lock_lease = lease;
+        self
+    }
+
+    /// Value encoding (default JSON).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// How often the expiry driver checks for deadlines set by other processes.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Number of read connections.
+    pub fn readers(mut self, readers: usize) -> Self {
+        self.readers = readers.max(1);
+        self
+    }
+
+    pub(super) fn in_memory(&self) -> bool {
+        self.path.as_os_str() == ":memory:"
+    }
+
+    /// Checks what cannot be checked while building (the table name).
+    pub(super) fn validate(&self) -> Result<()> {
+        let ok = !self.table.is_empty()
+            && self.table.len() <= 64
+            && self.table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !self.table.starts_with(|c: char| c.is_ascii_digit());
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig(format!(
+                "sqlite table name `{}` must be 1-64 letters, digits or `_`, not starting with a digit",
+                self.table
+            )))
+        }
+    }
+
+    /// Reads a `sqlite://` URL's path and options.
+    pub(crate) fn from_url(url: &mut StoreUrl<'_>) -> Result<Self> {
+        let path = url.body();
+        if path.is_empty() {
+            return Err(url.error("missing database path (use sqlite://file.db or sqlite::memory:)"));
+        }
+        let mut config = SqliteConfig::new(path);
+        if let Some(table) = url.take("table") {
+            config = config.table(&table);
+            config.validate().map_err(|e| url.error(e.to_string()))?;
+        }
+        match url.take("synchronous").as_deref() {
+            None | Some("normal") => {}
+            Some("full") => config.synchronous_full = true,
+            Some(other) => {
+                return Err(url.error(format!("synchronous must be normal or full, not `{other}`")));
+            }
+        }
+        if let Some(d) = url.take_millis("busy_timeout_ms")? {
+            config.busy_timeout = d;
+        }
+        if let Some(d) = url.take_millis("lock_lease_ms")? {
+            config.lock_lease = d;
+        }
+        if let Some(d) = url.take_millis("poll_ms")? {
+            config.poll_interval = d.max(Duration::from_millis(1));
+        }
+        if let Some(n) = url.take_parsed::<usize>("readers")? {
+            config = config.readers(n);
+        }
+        if let Some(name) = url.take("codec") {
+            config.codec =
+                Codec::from_name(&name).ok_or_else(|| url.error(format!("unknown codec `{name}`")))?;
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,96 @@
+//! The SQLite [`ExpiryDriver`]: claims due rows and reports them, exactly once across processes.
+//!
+//! One task, one loop: sleep until the earliest deadline in the table (or a
+//! local write's earlier one, or the poll interval, which bounds how late a
+//! deadline written by another process is noticed), then claim due rows with
+//! `DELETE … RETURNING` in batches. The delete is atomic, so when several
+//! processes share the file each expiration is claimed — and reported — by
+//! exactly one of them. Rows that came due while no process ran are claimed
+//! at the next open.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::writer::{WriteOp, WriteOutcome};
+use crate::Value;
+
+/// Rows claimed per transaction.
+const CLAIM_BATCH: usize = 1000;
+
+/// What writers tell the driver: the earliest deadline they wrote.
+#[derive(Default)]
+pub(super) struct DriverSignal {
+    /// ms since the epoch the driver sleeps towards (`i64::MAX`: none known).
+    earliest: AtomicI64,
+    wake: Notify,
+}
+
+impl DriverSignal {
+    pub(super) fn new() -> Self {
+        DriverSignal { earliest: AtomicI64::new(i64::MAX), wake: Notify::new() }
+    }
+
+    /// A local write set a deadline at `at`: wake the driver if it sleeps past it.
+    pub(super) fn deadline_written(&self, at: i64) {
+        if at < self.earliest.fetch_min(at, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Runs until the backend is dropped or shut down.
+pub(super) async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationToken) {
+    let (signal, poll) = match shared.upgrade() {
+        Some(s) => (Arc::clone(&s.signal), s.config.poll_interval),
+        None => return,
+    };
+    loop {
+        let next_wake = {
+            let Some(shared) = shared.upgrade() else { return };
+            claim_due(&shared).await;
+            match shared.earliest_deadline().await {
+                Ok(Some(at)) => at,
+                Ok(None) => i64::MAX,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sqlite expiry driver could not read deadlines");
+                    i64::MAX
+                }
+            }
+        };
+        signal.earliest.store(next_wake, Ordering::Release);
+        let now = super::now_ms();
+        let sleep = Duration::from_millis(next_wake.saturating_sub(now).max(0) as u64).min(poll);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = signal.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// Claims every due row (in batches) and reports each as expired.
+async fn claim_due<V: Value>(shared: &Shared<V>) {
+    loop {
+        match shared.writer.write(WriteOp::ClaimDue { limit: CLAIM_BATCH }).await {
+            Ok(applied) => {
+                let WriteOutcome::Claimed(rows) = applied.outcome else { return };
+                let full = rows.len() == CLAIM_BATCH;
+                for (key, bytes) in rows {
+                    shared.report_expired(&key, &bytes);
+                }
+                if !full {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sqlite expiry driver could not claim due rows");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! The SQLite backend: a file (or `:memory:`) shared by any number of
+//! processes, with group-committed writes, parallel reads and exactly-once
+//! expiry.
+//!
+//! # Layout
+//!
+//! One table per store (`table` option, default `livedict`):
+//! `key TEXT PRIMARY KEY, value BLOB, expires_at INTEGER` (ms since the Unix
+//! epoch, indexed; `NULL` = no expiry), plus `<table>_locks` (key, owner
+//! token, lease end) and a shared `livedict_meta` table holding the schema
+//! version and each store's fencing counter. Values are encoded by the
+//! store's [`Codec`](crate::Codec) (JSON by default, readable with `sqlite3`).
+//!
+//! # Guarantees
+//!
+//! - A write is acknowledged after the transaction holding it committed
+//!   (WAL, `synchronous=NORMAL`): it survives a crash of the process;
+//!   `synchronous=full` makes it survive power loss too.
+//! - Reads filter on `expires_at`, so an expired value is never returned.
+//! - Each expiration is reported exactly once across every process using
+//!   the file (see [`driver`]).
+//! - A value that does not decode is [`Error::Decode`] and stays in the file.
+
+mod config;
+mod driver;
+mod schema;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use rusqlite::{OpenFlags, OptionalExtension, params};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+pub use config::SqliteConfig;
+
+use crate::Value;
+use crate::error::{Error, Result};
+use crate::event::EventSink;
+use crate::request::{LockGrant, Request, Response};
+use driver::DriverSignal;
+use schema::Sql;
+use writer::{Applied, WriteOp, WriteOutcome, Writer};
+
+/// Rows fetched per query when listing keys or items.
+const PAGE: i64 = 1000;
+
+/// Milliseconds since the Unix epoch, the clock every process shares.
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A TTL in whole milliseconds, rounded up (so a deadline is never early).
+fn ttl_ms(ttl: Duration) -> i64 {
+    ttl.as_nanos().div_ceil(1_000_000).min(i64::MAX as u128) as i64
+}
+
+struct Shared<V> {
+    config: SqliteConfig,
+    sql: Arc<Sql>,
+    writer: Writer,
+    readers: Vec<tokio_rusqlite::Connection>,
+    next_reader: AtomicUsize,
+    sink: EventSink<V>,
+    signal: Arc<DriverSignal>,
+    closed: AtomicBool,
+    /// The path, for error messages.
+    label: Arc<str>,
+    /// Stops the expiry driver when the last backend clone goes.
+    driver: DropGuard,
+}
+
+/// The SQLite backend: a `tower::Service<Request<V>>` over one table of an
+/// SQLite file. See the [module docs](self) for its layout and guarantees.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+/// use livedict::{backend::{SqliteBackend, SqliteConfig}, EventSink, Request, Response};
+/// use tower::ServiceExt;
+/// let dir = tempfile::tempdir().unwrap();
+/// let backend = SqliteBackend::<u32>::open(SqliteConfig::new(dir.path().join("s.db")), EventSink::none()).await?;
+/// backend.clone().oneshot(Request::Set { key: "a".into(), value: 1, ttl: None, lock: None }).await?;
+/// let got = backend.oneshot(Request::Get { key: "a".into() }).await?;
+/// assert!(matches!(got, Response::Value(Some(1))));
+/// # Ok(()) }
+/// ```
+pub struct SqliteBackend<V> {
+    shared: Arc<Shared<V>>,
+}
+
+impl<V> Clone for SqliteBackend<V> {
+    fn clone(&self) -> Self {
+        SqliteBackend { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<V> std::fmt::Debug for SqliteBackend<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBackend").field("path", &self.shared.label).finish()
+    }
+}
+
+fn open_error(label: &str, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::backend_msg("sqlite", format!("cannot open {label}: {what}: {e}"))
+}
+
+impl<V: Value> SqliteBackend<V> {
+    /// Opens (creating if needed) the store and starts its writer and expiry driver.
+    ///
+    /// A path in a missing directory, a file that is not an SQLite database,
+    /// or a read-only file is an [`Error::Backend`] naming the path.
+    pub async fn open(config: SqliteConfig, sink: EventSink<V>) -> Result<Self> {
+        config.validate()?;
+        let label: Arc<str> = config.path.display().to_string().into();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let target = if config.in_memory() {
+            // A named shared-cache database, private to this backend (random name).
+            format!("file:livedict-{:016x}?mode=memory&cache=shared", rand::random::<u64>())
+        } else {
+            config.path.display().to_string()
+        };
+        let conn = tokio_rusqlite::Connection::open_with_flags(&target, flags)
+            .await
+            .map_err(|e| open_error(&label, "open failed", e))?;
+        let setup = config.clone();
+        conn.call(move |c| -> Result<(), String> {
+            schema::configure(c, &setup).map_err(|e| e.to_string())?;
+            schema::create(c, &setup)
+        })
+        .await
+        .map_err(|e| open_error(&label, "not a usable livedict database", e))?;
+
+        let mut readers = Vec::new();
+        if config.in_memory() {
+            // One connection: shared-cache memory databases lock per table, not per WAL snapshot.
+            readers.push(conn.clone());
+        } else {
+            for _ in 0..config.readers {
+                let reader = tokio_rusqlite::Connection::open_with_flags(&target, flags)
+                    .await
+                    .map_err(|e| open_error(&label, "open failed", e))?;
+                let setup = config.clone();
+                reader
+                    .call(move |c| -> rusqlite::Result<()> {
+                        c.busy_timeout(setup.busy_timeout)?;
+                        c.pragma_update(None, "query_only", true)
+                    })
+                    .await
+                    .map_err(|e| open_error(&label, "configuring a reader", e))?;
+                readers.push(reader);
+            }
+        }
+        let sql = Arc::new(Sql::new(&config.table));
+        let writer = Writer::spawn(conn, Arc::clone(&sql), Arc::clone(&label));
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            config,
+            sql,
+            writer,
+            readers,
+            next_reader: AtomicUsize::new(0),
+            sink,
+            signal: Arc::new(DriverSignal::new()),
+            closed: AtomicBool::new(false),
+            label,
+            driver: cancel.clone().drop_guard(),
+        });
+        tokio::spawn(driver::expiry_driver(Arc::downgrade(&shared), cancel));
+        Ok(SqliteBackend { shared })
+    }
+}
+
+impl<V: Value> Shared<V> {
+    /// Runs a read on the next reader connection (never queued behind writes).
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut rusqlite::Connection, &Sql) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let sql = Arc::clone(&self.sql);
+        self.readers[i]
+            .call(move |c| f(c, &sql))
+            .await
+            .map_err(|e| Error::backend_msg("sqlite", format!("read from {}: {e}", self.label)))
+    }
+
+    /// Sends a write, waiting (with backoff) while another owner holds the key's lock.
+    async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let Applied { outcome, expired } = self.writer.write(op.clone()).await?;
+            for (key, bytes) in expired {
+                self.report_expired(&key, &bytes);
+            }
+            match outcome {
+                WriteOutcome::KeyLocked => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
+                WriteOutcome::LockLost => {
+                    let key = match op {
+                        WriteOp::Set { key, .. }
+                        | WriteOp::Delete { key, .. }
+                        | WriteOp::Expire { key, .. }
+                        | WriteOp::Persist { key, .. }
+                        | WriteOp::Renew { key, .. } => key,
+                        _ => String::new(),
+                    };
+                    return Err(Error::LockLost { key });
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn report_expired(&self, key: &str, bytes: &[u8]) {
+        self.sink.expired(key, || match self.config.codec.decode(key, bytes) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "expired value does not decode; reported without it");
+                None
+            }
+        });
+    }
+
+    /// The earliest deadline in the table (any process's).
+    async fn earliest_deadline(&self) -> Result<Option<i64>> {
+        self.read(|c, sql| c.prepare_cached(&sql.earliest)?.query_row([], |r| r.get(0))).await
+    }
+
+    fn deadline(&self, ttl: Duration) -> i64 {
+        let at = now_ms().saturating_add(ttl_ms(ttl));
+        self.signal.deadline_written(at);
+        at
+    }
+
+    async fn handle(&self, req: Request<V>) -> Result<Response<V>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let codec = self.config.codec;
+        match req {
+            Request::Get { key } => {
+                let k = key.clone();
+                let row: Option<Vec<u8>> = self
+                    .read(move |c, sql| {
+                        c.prepare_cached(&sql.get)?.query_row(params![k, now_ms()], |r| r.get(0)).optional()
+                    })
+                    .await?;
+                Ok(Response::Value(row.map(|b| codec.decode(&key, &b)).transpose()?))
+            }
+            Request::Exists { key } => Ok(Response::Bool(self.read_deadline(key).await?.is_some())),
+            Request::Ttl { key } => {
+                let at = self.read_deadline(key).await?.flatten();
+                Ok(Response::Ttl(
+                    at.map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64)),
+                ))
+            }
+            Request::Set { key, value, ttl, lock } => {
+                let value = codec.encode(&key, &value)?;
+                let expires_at = ttl.map(|t| self.deadline(t));
+                let owner = lock.map(|t| t.as_str().to_owned());
+                self.write(WriteOp::Set { key, value, expires_at, owner }).await?;
+                Ok(Response::Done)
+            }
+            Request::Delete { key, lock } => {
+                let owner = lock.map(|t| t.as_str().to_owned());
+                let outcome = self.write(WriteOp::Delete { key: key.clone(), owner }).await?;
+                let removed = matches!(outcome, WriteOutcome::Deleted(Some(_)));
+                let value = match outcome {
+                    WriteOutcome::Deleted(Some(bytes)) => codec.decode(&key, &bytes).ok(),
+                    _ => None,
+                };
+                Ok(Response::Deleted { removed, value })
+            }
+            Request::Expire { key, ttl, lock } => {
+                let expires_at = self.deadline(ttl);
+                let owner = lock.map(|t| t.as_str().to_owned());
+                Ok(Response::Bool(bool_of(self.write(WriteOp::Expire { key, expires_at, owner }).await?)))
+            }
+            Request::Persist { key, lock } => {
+                let owner = lock.map(|t| t.as_str().to_owned());
+                Ok(Response::Bool(bool_of(self.write(WriteOp::Persist { key, owner }).await?)))
+            }
+            Request::Keys => Ok(Response::Keys(self.pages(|c, sql, after| page_keys(c, sql, after)).await?)),
+            Request::Items => {
+                let rows = self.pages(|c, sql, after| page_items(c, sql, after)).await?;
+                let items = rows
+                    .into_iter()
+                    .map(|(k, b)| codec.decode(&k, &b).map(|v| (k, v)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Response::Items(items))
+            }
+            Request::Len => {
+                let n: i64 = self
+                    .read(|c, sql| c.prepare_cached(&sql.count)?.query_row([now_ms()], |r| r.get(0)))
+                    .await?;
+                Ok(Response::Len(n as usize))
+            }
+            Request::Clear => {
+                self.write(WriteOp::Clear).await?;
+                Ok(Response::Done)
+            }
+            Request::Lock { key, timeout, token } => self.lock(key, timeout, token.as_str().to_owned()).await,
+            Request::Renew { key, token } => {
+                let lease_until = now_ms().saturating_add(ttl_ms(self.config.lock_lease));
+                let op = WriteOp::Renew { key: key.clone(), owner: token.as_str().to_owned(), lease_until };
+                match self.write(op).await? {
+                    WriteOutcome::Bool(true) => Ok(Response::Done),
+                    _ => Err(Error::LockLost { key }),
+                }
+            }
+            Request::Unlock { key, token } => {
+                self.write(WriteOp::Unlock { key, owner: token.as_str().to_owned() }).await?;
+                Ok(Response::Done)
+            }
+            Request::Shutdown => {
+                // Every acknowledged write is already committed; stop the driver.
+                self.closed.store(true, Ordering::Release);
+                self.driver_cancel();
+                Ok(Response::Done)
+            }
+        }
+    }
+
+    fn driver_cancel(&self) {
+        // The guard's token is the driver's; cancelling it early is idempotent.
+        self.driver_token().cancel();
+    }
+
+    fn driver_token(&self) -> &CancellationToken {
+        self.driver.token()
+    }
+
+    async fn read_deadline(&self, key: String) -> Result<Option<Option<i64>>> {
+        self.read(move |c, sql| {
+            c.prepare_cached(&sql.deadline)?.query_row(params![key, now_ms()], |r| r.get(0)).optional()
+        })
+        .await
+    }
+
+    /// Reads a whole listing page by page (by key order), so a large table is
+    /// never read in one statement.
+    async fn pages<T, F>(&self, page: F) -> Result<Vec<T>>
+    where
+        T: Send + 'static + KeyOf,
+        F: Fn(&mut rusqlite::Connection, &Sql, String) -> rusqlite::Result<Vec<T>>
+            + Send
+            + Sync
+            + Copy
+            + 'static,
+    {
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let from = std::mem::take(&mut after);
+            let rows = self.read(move |c, sql| page(c, sql, from)).await?;
+            let done = (rows.len() as i64) < PAGE;
+            if let Some(last) = rows.last() {
+                after = last.key().to_owned();
+            }
+            all.extend(rows);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn lock(&self, key: String, timeout: Duration, owner: String) -> Result<Response<V>> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let lease_until = now_ms().saturating_add(ttl_ms(self.config.lock_lease));
+            let op = WriteOp::TryLock { key: key.clone(), owner: owner.clone(), lease_until };
+            if let WriteOutcome::Locked(Some(fence)) = self.write(op).await? {
+                return Ok(Response::Locked(LockGrant::distributed(fence, self.config.lock_lease)));
+            }
+            if started.elapsed() + backoff > timeout {
+                return Err(Error::LockTimeout { key });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Rows of a listing page know their key (to fetch the next page).
+trait KeyOf {
+    fn key(&self) -> &str;
+}
+
+impl KeyOf for String {
+    fn key(&self) -> &str {
+        self
+    }
+}
+
+impl KeyOf for (String, Vec<u8>) {
+    fn key(&self) -> &str {
+        &self.0
+    }
+}
+
+fn page_keys(c: &mut rusqlite::Connection, sql: &Sql, after: String) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = c.prepare_cached(&sql.page_keys)?;
+    let rows = stmt.query_map(params![after, now_ms(), PAGE], |r| r.get(0))?;
+    rows.collect()
+}
+
+fn page_items(
+    c: &mut rusqlite::Connection,
+    sql: &Sql,
+    after: String,
+) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+    let mut stmt = c.prepare_cached(&sql.page_items)?;
+    let rows = stmt.query_map(params![after, now_ms(), PAGE], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+fn bool_of(outcome: WriteOutcome) -> bool {
+    matches!(outcome, WriteOutcome::Bool(true))
+}
+
+impl<V: Value> tower::Service<Request<V>> for SqliteBackend<V> {
+    type Response = Response<V>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Response<V>>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<V>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { shared.handle(req).await })
+    }
+}

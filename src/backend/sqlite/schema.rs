@@ -1,0 +1,114 @@
+//! The SQLite schema: creation, version check, and every statement livedict runs.
+
+use rusqlite::Connection;
+
+use super::config::SqliteConfig;
+
+/// The schema version this release writes and understands.
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// Every statement of one store, with its table name filled in.
+#[derive(Debug)]
+pub(super) struct Sql {
+    pub(super) get: String,
+    pub(super) deadline: String,
+    pub(super) upsert: String,
+    pub(super) take_expired: String,
+    pub(super) delete: String,
+    pub(super) expire: String,
+    pub(super) persist: String,
+    pub(super) clear: String,
+    pub(super) page_keys: String,
+    pub(super) page_items: String,
+    pub(super) count: String,
+    pub(super) claim_due: String,
+    pub(super) earliest: String,
+    pub(super) lock_owner: String,
+    pub(super) lock_drop_stale: String,
+    pub(super) lock_insert: String,
+    pub(super) lock_renew: String,
+    pub(super) lock_release: String,
+    pub(super) fence_next: String,
+    pub(super) fence_name: String,
+}
+
+impl Sql {
+    pub(super) fn new(t: &str) -> Self {
+        // `t` is validated to [A-Za-z0-9_]+, so quoting it is enough.
+        let live = "(expires_at IS NULL OR expires_at > ?2)";
+        Sql {
+            get: format!("SELECT value, expires_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
+            deadline: format!("SELECT expires_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
+            upsert: format!(
+                "INSERT INTO \"{t}\" (key, value, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+            ),
+            take_expired: format!("DELETE FROM \"{t}\" WHERE key = ?1 AND expires_at <= ?2 RETURNING value"),
+            delete: format!("DELETE FROM \"{t}\" WHERE key = ?1 RETURNING value, expires_at"),
+            expire: format!("UPDATE \"{t}\" SET expires_at = ?3 WHERE key = ?1 AND {live}"),
+            persist: format!(
+                "UPDATE \"{t}\" SET expires_at = NULL WHERE key = ?1 AND expires_at IS NOT NULL AND expires_at > ?2"
+            ),
+            clear: format!("DELETE FROM \"{t}\""),
+            page_keys: format!("SELECT key FROM \"{t}\" WHERE key > ?1 AND {live} ORDER BY key LIMIT ?3"),
+            page_items: format!(
+                "SELECT key, value FROM \"{t}\" WHERE key > ?1 AND {live} ORDER BY key LIMIT ?3"
+            ),
+            count: format!("SELECT count(*) FROM \"{t}\" WHERE expires_at IS NULL OR expires_at > ?1"),
+            claim_due: format!(
+                "DELETE FROM \"{t}\" WHERE key IN \
+                 (SELECT key FROM \"{t}\" WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2) \
+                 RETURNING key, value"
+            ),
+            earliest: format!("SELECT min(expires_at) FROM \"{t}\""),
+            lock_owner: format!("SELECT owner FROM \"{t}_locks\" WHERE key = ?1 AND lease_until > ?2"),
+            lock_drop_stale: format!("DELETE FROM \"{t}_locks\" WHERE key = ?1 AND lease_until <= ?2"),
+            lock_insert: format!(
+                "INSERT INTO \"{t}_locks\" (key, owner, lease_until) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO NOTHING"
+            ),
+            lock_renew: format!(
+                "UPDATE \"{t}_locks\" SET lease_until = ?3 WHERE key = ?1 AND owner = ?2 AND lease_until > ?4"
+            ),
+            lock_release: format!("DELETE FROM \"{t}_locks\" WHERE key = ?1 AND owner = ?2"),
+            fence_next: "UPDATE livedict_meta SET value = value + 1 WHERE name = ?1 RETURNING value".into(),
+            fence_name: format!("fence:{t}"),
+        }
+    }
+}
+
+/// Sets the connection's pragmas (every connection, readers included).
+pub(super) fn configure(conn: &Connection, config: &SqliteConfig) -> rusqlite::Result<()> {
+    conn.busy_timeout(config.busy_timeout)?;
+    if !config.in_memory() {
+        // WAL: readers proceed during writes, and one fsync per committed batch.
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+    }
+    conn.pragma_update(None, "synchronous", if config.synchronous_full { "FULL" } else { "NORMAL" })?;
+    Ok(())
+}
+
+/// Creates the tables if missing and checks the schema version.
+pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(), String> {
+    let t = &config.table;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS livedict_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+         INSERT OR IGNORE INTO livedict_meta (name, value) VALUES ('schema_version', {SCHEMA_VERSION});
+         INSERT OR IGNORE INTO livedict_meta (name, value) VALUES ('fence:{t}', 0);
+         CREATE TABLE IF NOT EXISTS \"{t}\" (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL, expires_at INTEGER);
+         CREATE INDEX IF NOT EXISTS \"{t}_expires_at\" ON \"{t}\" (expires_at) WHERE expires_at IS NOT NULL;
+         CREATE TABLE IF NOT EXISTS \"{t}_locks\" (key TEXT PRIMARY KEY NOT NULL, owner TEXT NOT NULL, lease_until INTEGER NOT NULL);"
+    ))
+    .map_err(|e| e.to_string())?;
+    let version: i64 = tx
+        .query_row("SELECT value FROM livedict_meta WHERE name = 'schema_version'", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "schema version {version} is newer than this livedict understands ({SCHEMA_VERSION}); upgrade livedict"
+        ));
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
