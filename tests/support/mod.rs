@@ -7,6 +7,7 @@
 //! suite by adding one arm to the macro.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod redis_server;
 
 use std::sync::{Arc, Mutex};
