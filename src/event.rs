@@ -155,11 +155,6 @@ impl<V: 'static> EventSink<V> {
         }
     }
 
-    /// The store's counters.
-    pub(crate) fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
     /// Records that a value expired and reports it as an `Expire` event.
     pub fn expired(&self, key: &str, value: impl FnOnce() -> Option<V>) {
         self.counters.expirations.incr();

@@ -80,11 +80,6 @@ impl Counter {
         self.stripes[stripe()].0.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Adds `n`.
-    pub(crate) fn add(&self, n: u64) {
-        self.stripes[stripe()].0.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// The current total.
     pub(crate) fn get(&self) -> u64 {
         self.stripes.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()

@@ -57,16 +57,6 @@ impl<'a> StoreUrl<'a> {
         self.body
     }
 
-    /// The URL as given (use [`StoreUrl::redacted`] in messages).
-    pub(crate) fn raw(&self) -> &'a str {
-        self.raw
-    }
-
-    /// The URL with any password replaced by `***`.
-    pub(crate) fn redacted(&self) -> String {
-        redact(self.raw)
-    }
-
     /// Removes and returns option `name`.
     pub(crate) fn take(&mut self, name: &str) -> Option<String> {
         let i = self.params.iter().position(|(k, _)| k == name)?;

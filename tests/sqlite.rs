@@ -129,7 +129,8 @@ async fn undecodable_value_is_a_decode_error_and_stays_in_place() {
         assert!(matches!(err, Error::Decode { ref key, .. } if key == "k"), "{err}");
     }
     assert!(matches!(d.items().await, Err(Error::Decode { .. })));
-    let still: Vec<u8> = raw.query_row("SELECT value FROM livedict WHERE key = 'k'", [], |r| r.get(0)).unwrap();
+    let still: Vec<u8> =
+        raw.query_row("SELECT value FROM livedict WHERE key = 'k'", [], |r| r.get(0)).unwrap();
     assert_eq!(still, vec![0xff, 0x00, 0xff]);
     assert!(d.exists("k").await.unwrap());
 }
@@ -238,8 +239,12 @@ async fn two_processes_deliver_each_expiration_exactly_once() {
     for i in 0..n {
         d.set_with_ttl(format!("k{i}"), i, Duration::from_millis(300)).await.unwrap();
     }
-    let theirs: Vec<String> =
-        tokio::task::spawn_blocking(move || child::lines(out)).await.unwrap().into_iter().filter(|l| l.starts_with("exp ")).collect();
+    let theirs: Vec<String> = tokio::task::spawn_blocking(move || child::lines(out))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.starts_with("exp "))
+        .collect();
     let mut proc = proc;
     assert!(proc.wait().unwrap().success());
     d.shutdown().await.unwrap();

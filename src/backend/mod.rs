@@ -23,10 +23,14 @@
 //!   counts only what it originates (expirations, evictions) via its sink.
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 pub use memory::{MemoryBackend, MemoryConfig};
+#[cfg(feature = "redis")]
+pub use redis::{RedisBackend, RedisConfig};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteBackend, SqliteConfig};
 

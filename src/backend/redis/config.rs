@@ -1,0 +1,175 @@
+//! [`RedisConfig`]: which server, which namespace, and how the client behaves.
+
+use std::time::Duration;
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::url::StoreUrl;
+
+/// Settings of the Redis backend.
+///
+/// URL form: `redis://[user:password@]host[:port][/db]?namespace=orders&pool_size=4`
+/// (`rediss://` for TLS where fred is built with it, `redis-cluster://` for a
+/// cluster). Options:
+///
+/// | option | default | meaning |
+/// | --- | --- | --- |
+/// | `namespace` | `livedict` | every key lives under `ld:{namespace}:` |
+/// | `pool_size` | 4 | connections in the pool |
+/// | `connect_timeout_ms` | 5000 | how long opening may take before it fails |
+/// | `lock_lease_ms` | 30000 | lease of per-key locks |
+/// | `grace_ms` | 60000 | how long an expired value is kept for its `Expire` event when no instance runs |
+/// | `sweep_ms` | 10 | how often each instance looks for deadlines set by other instances |
+/// | `command_timeout_ms` | 4000 | how long a command may wait (e.g. during a reconnect) before failing |
+/// | `codec` | `json` | value encoding |
+///
+/// ```
+/// use std::time::Duration;
+/// let config = livedict::backend::RedisConfig::new("redis://127.0.0.1:6379/0")
+///     .namespace("orders")
+///     .pool_size(8)
+///     .connect_timeout(Duration::from_secs(2));
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The URL handed to fred (without livedict's options).
+    pub(super) server_url: String,
+    pub(super) namespace: String,
+    pub(super) pool_size: usize,
+    pub(super) connect_timeout: Duration,
+    pub(super) lock_lease: Duration,
+    pub(super) grace: Duration,
+    pub(super) sweep_interval: Duration,
+    pub(super) command_timeout: Duration,
+    pub(super) codec: Codec,
+}
+
+impl RedisConfig {
+    /// A store on the server at `url` (`redis://`, `rediss://`, `redis-cluster://`).
+    pub fn new(url: &str) -> Self {
+        RedisConfig {
+            server_url: url.to_owned(),
+            namespace: "livedict".into(),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(5),
+            lock_lease: Duration::from_secs(30),
+            grace: Duration::from_secs(60),
+            sweep_interval: Duration::from_millis(10),
+            command_timeout: Duration::from_secs(4),
+            codec: Codec::Json,
+        }
+    }
+
+    /// The namespace: letters, digits, `_`, `-`, `.` and `:` (default `livedict`).
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_owned();
+        self
+    }
+
+    /// Connections in the pool (default 4).
+    pub fn pool_size(mut self, connections: usize) -> Self {
+        self.pool_size = connections.max(1);
+        self
+    }
+
+    /// How long `open` may take to connect before failing (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Lease of per-key locks (default 30 s).
+    pub fn lock_lease(mut self, lease: Duration) -> Self {
+        self.lock_lease = lease;
+        self
+    }
+
+    /// Value encoding (default JSON).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// How long an expired value is kept so an instance can still report it (default 60 s).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// How often the sweeper polls for deadlines written by other instances (default 10 ms).
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long one command may wait (e.g. while the client reconnects) before
+    /// failing with [`Error::Backend`] (default 4 s, under the default 5 s request timeout).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    pub(super) fn validate(&self) -> Result<()> {
+        let ok = !self.namespace.is_empty()
+            && self.namespace.len() <= 128
+            && self.namespace.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c));
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig(format!(
+                "redis namespace `{}` must be 1-128 letters, digits, `_`, `-`, `.` or `:`",
+                self.namespace
+            )))
+        }
+    }
+
+    /// Reads a `redis://` URL: checks host and port, takes livedict's options.
+    pub(crate) fn from_url(url: &mut StoreUrl<'_>) -> Result<Self> {
+        let body = url.body();
+        let authority = body.split('/').next().unwrap_or("");
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || host_port.starts_with('[') => (h, Some(p)),
+            _ => (host_port, None),
+        };
+        if host.is_empty() {
+            return Err(url.error("missing host"));
+        }
+        if let Some(port) = port
+            && port.parse::<u16>().map_or(true, |p| p == 0)
+        {
+            return Err(url.error(format!("bad port `{port}`")));
+        }
+        let mut config = RedisConfig::new(&format!("{}://{}", url.scheme(), body));
+        if let Some(ns) = url.take("namespace") {
+            config.namespace = ns;
+            config.validate().map_err(|e| url.error(e.to_string()))?;
+        }
+        if let Some(n) = url.take_parsed::<usize>("pool_size")? {
+            config = config.pool_size(n);
+        }
+        if let Some(d) = url.take_millis("connect_timeout_ms")? {
+            config.connect_timeout = d;
+        }
+        if let Some(d) = url.take_millis("lock_lease_ms")? {
+            config.lock_lease = d;
+        }
+        if let Some(d) = url.take_millis("grace_ms")? {
+            config.grace = d;
+        }
+        if let Some(d) = url.take_millis("command_timeout_ms")? {
+            config.command_timeout = d;
+        }
+        if let Some(d) = url.take_millis("sweep_ms")? {
+            config = config.sweep_interval(d);
+        }
+        if let Some(name) = url.take("codec") {
+            config.codec =
+                Codec::from_name(&name).ok_or_else(|| url.error(format!("unknown codec `{name}`")))?;
+        }
+        fred::types::config::Config::from_url(&config.server_url)
+            .map_err(|e| url.error(format!("not a redis url: {}", e.details())))?;
+        Ok(config)
+    }
+}
