@@ -1,0 +1,250 @@
+//! Redis-only behaviour: precision, several instances, restarts, outages, corruption.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fred::interfaces::{ClientLike, KeysInterface};
+use livedict::{Callback, Error, Event, EventKind, LiveDict};
+use support::redis_server::RedisServer;
+
+fn url(server: &RedisServer, ns: &str) -> String {
+    format!("{}?namespace={ns}", server.url())
+}
+
+async fn raw_client(server: &RedisServer) -> fred::clients::Client {
+    let config = fred::types::config::Config::from_url(&server.url()).unwrap();
+    let client = fred::types::Builder::from_config(config).build().unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+/// Collects `(key, value)` of every Expire event of one instance.
+fn collect_expires(d: &LiveDict<u64>) -> Arc<Mutex<Vec<(String, Option<u64>)>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    d.register_callback(
+        EventKind::Expire,
+        Callback::new(move |ev: &Event<u64>| {
+            s.lock().unwrap().push((ev.key().to_owned(), ev.value().copied()))
+        }),
+    )
+    .unwrap();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_second_ttls_are_millisecond_precise() {
+    let Some(server) = RedisServer::start() else { return };
+    let d = LiveDict::<u64>::open(&url(&server, "p")).await.unwrap();
+    d.set_with_ttl("k", 1, Duration::from_millis(750)).await.unwrap();
+    let raw = raw_client(&server).await;
+    let pttl: i64 = raw.pttl("ld:{p}:v:k").await.unwrap();
+    assert!((740..=750).contains(&pttl), "PTTL {pttl}");
+    let left = d.ttl("k").await.unwrap().unwrap();
+    assert!(left <= Duration::from_millis(750) && left >= Duration::from_millis(700), "{left:?}");
+    d.set_with_ttl("short", 2, Duration::from_millis(40)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(d.get("short").await.unwrap(), None);
+    // The value is readable JSON for redis-cli users.
+    let stored: String = raw.get("ld:{p}:v:k").await.unwrap();
+    assert_eq!(stored, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_deliver_each_expiration_exactly_once_with_its_value() {
+    let Some(server) = RedisServer::start() else { return };
+    let a = LiveDict::<u64>::open(&url(&server, "x")).await.unwrap();
+    let b = LiveDict::<u64>::open(&url(&server, "x")).await.unwrap();
+    let (seen_a, seen_b) = (collect_expires(&a), collect_expires(&b));
+    let n = 2000u64;
+    for i in 0..n {
+        let d = if i % 2 == 0 { &a } else { &b };
+        d.set_with_ttl(format!("k{i}"), i, Duration::from_millis(300)).await.unwrap();
+    }
+    let started = Instant::now();
+    while seen_a.lock().unwrap().len() + seen_b.lock().unwrap().len() < n as usize {
+        assert!(started.elapsed() < Duration::from_secs(10), "not all expirations delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // duplicates would arrive by now
+    let all: Vec<_> = seen_a.lock().unwrap().iter().chain(seen_b.lock().unwrap().iter()).cloned().collect();
+    assert_eq!(all.len(), n as usize);
+    let unique: HashSet<_> = all.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(unique.len(), n as usize, "no duplicates");
+    for (k, v) in all {
+        assert_eq!(Some(k[1..].parse::<u64>().unwrap()), v, "event carries the value");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_the_exit_of_the_instance_that_set_them() {
+    let Some(server) = RedisServer::start() else { return };
+    let watcher = LiveDict::<u64>::open(&url(&server, "e")).await.unwrap();
+    let seen = collect_expires(&watcher);
+    {
+        let setter = LiveDict::<u64>::open(&url(&server, "e")).await.unwrap();
+        for i in 0..100 {
+            setter.set_with_ttl(format!("k{i}"), i, Duration::from_millis(200)).await.unwrap();
+        }
+        setter.shutdown().await.unwrap();
+    }
+    let started = Instant::now();
+    while seen.lock().unwrap().len() < 100 {
+        assert!(started.elapsed() < Duration::from_secs(5), "only {} events", seen.lock().unwrap().len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.lock().unwrap().iter().all(|(_, v)| v.is_some()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_handle_recovers_after_a_server_restart_without_losing_acknowledged_writes() {
+    let Some(mut server) = RedisServer::start_with(true) else { return };
+    let d = LiveDict::<u64>::builder()
+        .url(&url(&server, "r"))
+        .request_timeout(Duration::from_secs(20))
+        .build()
+        .await
+        .unwrap();
+    let writer = {
+        let d = d.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut failed = 0;
+            for i in 0..3000u64 {
+                match d.set(format!("k{i}"), i).await {
+                    Ok(()) => acked.push(i),
+                    Err(Error::Backend { .. } | Error::Timeout { .. }) => failed += 1,
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+                if i % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            (acked, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Keep the restarted server alive until the end of the test.
+    let _server = tokio::task::spawn_blocking(move || {
+        server.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let (acked, failed) = writer.await.unwrap();
+    assert!(!acked.is_empty());
+    for i in &acked {
+        assert_eq!(
+            d.get(format!("k{i}")).await.unwrap(),
+            Some(*i),
+            "acknowledged write k{i} lost ({failed} failed)"
+        );
+    }
+    d.set("after", 1).await.unwrap();
+    assert_eq!(d.get("after").await.unwrap(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_gone_for_good_gives_backend_errors_and_shutdown_completes() {
+    let Some(mut server) = RedisServer::start() else { return };
+    let d = LiveDict::<u64>::builder()
+        .url(&format!("{}&command_timeout_ms=500", url(&server, "g")))
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    d.set("k", 1).await.unwrap();
+    server.kill();
+    let started = Instant::now();
+    let err = d.get("k").await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. } | Error::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(matches!(d.set("k", 2).await, Err(Error::Backend { .. } | Error::Timeout { .. })));
+    tokio::time::timeout(Duration::from_secs(10), d.shutdown()).await.expect("shutdown hangs").ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_increments_across_instances_are_exact() {
+    let Some(server) = RedisServer::start() else { return };
+    let a = LiveDict::<u64>::open(&url(&server, "l")).await.unwrap();
+    let b = LiveDict::<u64>::open(&url(&server, "l")).await.unwrap();
+    let run = |d: LiveDict<u64>| {
+        tokio::spawn(async move {
+            for _ in 0..500 {
+                let g = d.lock("counter", Duration::from_secs(30)).await.unwrap();
+                let v = g.get().await.unwrap().unwrap_or(0);
+                g.set(v + 1).await.unwrap();
+                g.unlock().await.unwrap();
+            }
+        })
+    };
+    let (x, y) = (run(a.clone()), run(b));
+    x.await.unwrap();
+    y.await.unwrap();
+    assert_eq!(a.get("counter").await.unwrap(), Some(1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_holders_lock_frees_at_its_lease_end_and_its_writes_fail() {
+    let Some(server) = RedisServer::start() else { return };
+    let store = format!("{}&lock_lease_ms=300", url(&server, "v"));
+    let a = LiveDict::<u64>::open(&store).await.unwrap();
+    let b = LiveDict::<u64>::open(&store).await.unwrap();
+    let g = a.lock("k", Duration::from_secs(1)).await.unwrap();
+    let fence = g.fence();
+    assert!(matches!(b.lock("k", Duration::from_millis(50)).await, Err(Error::LockTimeout { .. })));
+    let g2 = b.lock("k", Duration::from_secs(3)).await.unwrap();
+    assert!(g2.fence() > fence);
+    assert!(matches!(g.set(1).await, Err(Error::LockLost { .. })));
+    assert!(matches!(g.renew().await, Err(Error::LockLost { .. })));
+    g2.set(2).await.unwrap();
+    assert_eq!(a.get("k").await.unwrap(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_value_is_a_decode_error_and_stays_in_redis() {
+    let Some(server) = RedisServer::start() else { return };
+    let d = LiveDict::<u64>::open(&url(&server, "c")).await.unwrap();
+    let raw = raw_client(&server).await;
+    let _: () = raw.set("ld:{c}:v:k", "not json", None, None, false).await.unwrap();
+    let err = d.get("k").await.unwrap_err();
+    assert!(matches!(err, Error::Decode { ref key, .. } if key == "k"), "{err}");
+    assert!(matches!(d.items().await, Err(Error::Decode { .. })));
+    let still: String = raw.get("ld:{c}:v:k").await.unwrap();
+    assert_eq!(still, "not json");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_within_the_connect_timeout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = Instant::now();
+    let err = LiveDict::<u64>::open(&format!("redis://:hunter2@127.0.0.1:{port}/0?connect_timeout_ms=500"))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(matches!(err, Error::Backend { .. }), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "password leaked: {err}");
+    assert!(err.to_string().contains(&port.to_string()));
+}
+
+#[tokio::test]
+async fn bad_redis_urls_are_invalid_url_errors() {
+    for bad in [
+        "redis://:pw@127.0.0.1:99999/0",
+        "redis://127.0.0.1:abc",
+        "redis://127.0.0.1/0?namespace=bad*ns",
+        "redis://127.0.0.1/0?pool_size=many",
+        "redis://127.0.0.1/0?whatever=1",
+        "redis://",
+    ] {
+        let err = LiveDict::<u64>::open(bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{bad}: {err}");
+        assert!(!err.to_string().contains(":pw@"), "{err}");
+    }
+}
