@@ -22,8 +22,11 @@ async fn raw_client(server: &RedisServer) -> fred::clients::Client {
     client
 }
 
-/// Collects `(key, value)` of every Expire event of one instance.
-fn collect_expires(d: &LiveDict<u64>) -> Arc<Mutex<Vec<(String, Option<u64>)>>> {
+/// `(key, value)` of every Expire event one instance saw.
+type Expired = Arc<Mutex<Vec<(String, Option<u64>)>>>;
+
+/// Collects the Expire events of one instance.
+fn collect_expires(d: &LiveDict<u64>) -> Expired {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = Arc::clone(&seen);
     d.register_callback(

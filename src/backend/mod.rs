@@ -2,8 +2,8 @@
 //!
 //! # The backend contract
 //!
-//! Every backend answers every [`Request`](crate::Request) variant with its
-//! matching [`Response`](crate::Response) and the same semantics, so one
+//! Every backend answers every [`Request`] variant with its
+//! matching [`Response`] and the same semantics, so one
 //! behavioural test suite runs against all of them:
 //!
 //! - `Set { ttl: None }` stores without expiry and drops any earlier deadline;

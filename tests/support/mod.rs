@@ -118,9 +118,12 @@ pub async fn settle() {
     }
 }
 
+/// One recorded event: kind, key, value.
+pub type Seen<V> = (EventKind, String, Option<V>);
+
 /// Records the events a callback sees.
 pub struct Collector<V> {
-    seen: Arc<Mutex<Vec<(EventKind, String, Option<V>)>>>,
+    seen: Arc<Mutex<Vec<Seen<V>>>>,
 }
 
 impl<V> Clone for Collector<V> {
@@ -153,7 +156,7 @@ impl<V: Value> Collector<V> {
         })
     }
 
-    pub fn events(&self) -> Vec<(EventKind, String, Option<V>)> {
+    pub fn events(&self) -> Vec<Seen<V>> {
         self.seen.lock().unwrap().clone()
     }
 

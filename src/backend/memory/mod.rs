@@ -1,4 +1,4 @@
-//! The in-process backend: moka holds the entries, [`DeadlineTable`] and one
+//! The in-process backend: moka holds the entries, a deadline table and one
 //! driver task expire them on time.
 
 mod timers;

@@ -9,8 +9,10 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `ld:{ns}:v:<key>` | string | the value (encoded by the codec, JSON by default), with `PX` = the TTL |
-//! | `ld:{ns}:x:<key>` | string | shadow copy of a TTL'd value for its `Expire` event, `PX` = TTL + grace |
+//! | `ld:{ns}:v:<key>` | string | the value (encoded by the codec, JSON by default), with `PX` =
+//!   the TTL |
+//! | `ld:{ns}:x:<key>` | string | shadow copy of a TTL'd value for its `Expire` event, `PX` = TTL
+//!   + grace |
 //! | `ld:{ns}:deadlines` | sorted set | key → deadline (ms since the epoch, server clock) |
 //! | `ld:{ns}:lock:<key>` | string | lock owner token, `PX` = the lease |
 //! | `ld:{ns}:fence` | integer | fencing counter, incremented per lock acquisition |
@@ -21,7 +23,11 @@
 //!   deadline (millisecond precision), so an expired value is never returned.
 //! - Writes are one Lua script each (one round trip): lock check, value,
 //!   shadow and deadline index change atomically.
-//! - Expiry events: see [`sweeper`]. Listing uses `SCAN` (never `KEYS`),
+//! - Expiry events: each TTL'd write also records its deadline in the sorted set and a shadow
+//! copy of the value that outlives the deadline by the grace period; a sweeper in every instance
+//! claims due keys with one atomic script, so exactly one instance reports each expiry, with its
+//! value. With no instance running, expiries are reported by the next instance that starts within
+//! the grace period (after it, without the value). Listing uses `SCAN` (never `KEYS`),
 //!   clearing deletes by `SCAN` (never `FLUSHDB`).
 
 mod config;

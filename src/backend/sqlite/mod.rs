@@ -18,7 +18,8 @@
 //!   `synchronous=full` makes it survive power loss too.
 //! - Reads filter on `expires_at`, so an expired value is never returned.
 //! - Each expiration is reported exactly once across every process using
-//!   the file (see [`driver`]).
+//! the file (the expiry driver claims due rows with an atomic `DELETE … RETURNING`; rows that
+//!   came due while no process ran are claimed at the next open).
 //! - A value that does not decode is [`Error::Decode`] and stays in the file.
 
 mod config;
@@ -289,9 +290,9 @@ impl<V: Value> Shared<V> {
                 let owner = lock.map(|t| t.as_str().to_owned());
                 Ok(Response::Bool(bool_of(self.write(WriteOp::Persist { key, owner }).await?)))
             }
-            Request::Keys => Ok(Response::Keys(self.pages(|c, sql, after| page_keys(c, sql, after)).await?)),
+            Request::Keys => Ok(Response::Keys(self.pages(page_keys).await?)),
             Request::Items => {
-                let rows = self.pages(|c, sql, after| page_items(c, sql, after)).await?;
+                let rows = self.pages(page_items).await?;
                 let items = rows
                     .into_iter()
                     .map(|(k, b)| codec.decode(&k, &b).map(|v| (k, v)))
