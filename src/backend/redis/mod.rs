@@ -24,10 +24,10 @@
 //! - Writes are one Lua script each (one round trip): lock check, value,
 //!   shadow and deadline index change atomically.
 //! - Expiry events: each TTL'd write also records its deadline in the sorted set and a shadow
-//! copy of the value that outlives the deadline by the grace period; a sweeper in every instance
-//! claims due keys with one atomic script, so exactly one instance reports each expiry, with its
-//! value. With no instance running, expiries are reported by the next instance that starts within
-//! the grace period (after it, without the value). Listing uses `SCAN` (never `KEYS`),
+//!   copy of the value that outlives the deadline by the grace period; a sweeper in every instance
+//!   claims due keys with one atomic script, so exactly one instance reports each expiry, with its
+//!   value. With no instance running, expiries are reported by the next instance that starts within
+//!   the grace period (after it, without the value). Listing uses `SCAN` (never `KEYS`),
 //!   clearing deletes by `SCAN` (never `FLUSHDB`).
 
 mod config;

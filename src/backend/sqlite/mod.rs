@@ -18,7 +18,7 @@
 //!   `synchronous=full` makes it survive power loss too.
 //! - Reads filter on `expires_at`, so an expired value is never returned.
 //! - Each expiration is reported exactly once across every process using
-//! the file (the expiry driver claims due rows with an atomic `DELETE … RETURNING`; rows that
+//!   the file (the expiry driver claims due rows with an atomic `DELETE … RETURNING`; rows that
 //!   came due while no process ran are claimed at the next open).
 //! - A value that does not decode is [`Error::Decode`] and stays in the file.
 
