@@ -121,3 +121,28 @@ impl Error {
         Error::InvalidUrl { url: crate::url::redact(url), reason: reason.into() }
     }
 }
+
+/// Turns the boxed error of third-party Tower middleware back into a livedict
+/// error, so a composed stack can end in `.map_err(Error::from)` and be handed
+/// to [`LiveDict::from_service`](crate::LiveDict::from_service).
+///
+/// A livedict error that passed through a boxing middleware (`tower::buffer`,
+/// `tower::load_shed`) comes back as it was (a `LockTimeout` stays a
+/// `LockTimeout`); any other error (e.g. `tower::load_shed::error::Overloaded`)
+/// becomes [`Error::Backend`] with backend `"tower"` and the original as its source.
+///
+/// ```
+/// use livedict::Error;
+/// let boxed: tower::BoxError = Box::new(Error::LockTimeout { key: "k".into() });
+/// assert!(matches!(Error::from(boxed), Error::LockTimeout { .. }));
+/// let shed: tower::BoxError = Box::new(tower::load_shed::error::Overloaded::new());
+/// assert!(matches!(Error::from(shed), Error::Backend { backend: "tower", .. }));
+/// ```
+impl From<tower::BoxError> for Error {
+    fn from(e: tower::BoxError) -> Self {
+        match e.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(e) => Error::Backend { backend: "tower", context: e.to_string(), source: Some(e) },
+        }
+    }
+}
