@@ -35,6 +35,7 @@ use crate::callback::{Callback, CallbackId};
 use crate::error::{Error, Result};
 use crate::event::EventKind;
 use crate::stats::Stats;
+use crate::watch::{WatchFilter, WatchItem};
 
 /// Owns the runtime; shuts it down without blocking when the last handle goes
 /// (so dropping a handle inside async code does not panic).
@@ -193,6 +194,103 @@ impl<V: Value> LiveDict<V> {
         self.runtime.block_on(self.inner.persist(key))?
     }
 
+    /// See [`crate::LiveDict::update`]: atomic under the key's lock.
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// assert_eq!(d.update("n", |n| Some(n.unwrap_or(0) + 5))?, Some(5));
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn update<F>(&self, key: impl AsRef<str>, f: F) -> Result<Option<V>>
+    where
+        F: FnOnce(Option<V>) -> Option<V>,
+    {
+        self.runtime.block_on(self.inner.update(key, f))?
+    }
+
+    /// See [`crate::LiveDict::update_with_ttl`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// d.update_with_ttl("n", Duration::from_secs(5), |_| Some(1))?;
+    /// assert!(d.ttl("n")?.is_some());
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn update_with_ttl<F>(&self, key: impl AsRef<str>, ttl: Duration, f: F) -> Result<Option<V>>
+    where
+        F: FnOnce(Option<V>) -> Option<V>,
+    {
+        self.runtime.block_on(self.inner.update_with_ttl(key, ttl, f))?
+    }
+
+    /// See [`crate::LiveDict::incr`].
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<i64>::open("memory://")?;
+    /// assert_eq!(d.incr("n", -2)?, -2);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn incr(&self, key: impl AsRef<str>, delta: i64) -> Result<V>
+    where
+        V: TryFrom<i64> + TryInto<i64>,
+    {
+        self.runtime.block_on(self.inner.incr(key, delta))?
+    }
+
+    /// See [`crate::LiveDict::compare_and_set`].
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// assert!(d.compare_and_set("k", None, 1)?);
+    /// assert!(!d.compare_and_set("k", Some(&7), 2)?);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn compare_and_set(&self, key: impl AsRef<str>, expected: Option<&V>, new: V) -> Result<bool>
+    where
+        V: PartialEq,
+    {
+        self.runtime.block_on(self.inner.compare_and_set(key, expected, new))?
+    }
+
+    /// See [`crate::LiveDict::get_or_insert_with`]; the loader is a plain
+    /// closure, run on the thread of one of the waiting callers.
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<String>::open("memory://")?;
+    /// let v = d.get_or_insert_with("k", None, || Ok::<_, std::io::Error>("loaded".to_string()))?;
+    /// assert_eq!(v, "loaded");
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn get_or_insert_with<F, E>(
+        &self,
+        key: impl AsRef<str>,
+        ttl: Option<Duration>,
+        loader: F,
+    ) -> Result<V>
+    where
+        F: FnOnce() -> std::result::Result<V, E> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        self.runtime.block_on(self.inner.get_or_insert_with(key, ttl, move || async move { loader() }))?
+    }
+
+    /// See [`crate::LiveDict::watch`]; the blocking [`Watch`] is read with
+    /// [`Watch::recv`] or iterated.
+    ///
+    /// ```
+    /// use livedict::{EventKind, WatchFilter};
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// let mut w = d.watch(WatchFilter::kinds([EventKind::Set]))?;
+    /// d.set("a", 1)?;
+    /// let item = w.recv()?.unwrap();
+    /// assert_eq!(item.event().unwrap().key(), "a");
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn watch(&self, filter: WatchFilter) -> Result<Watch<V>> {
+        Ok(Watch { inner: self.inner.watch(filter)?, runtime: Arc::clone(&self.runtime) })
+    }
+
     /// See [`crate::LiveDict::lock`].
     pub fn lock(&self, key: impl AsRef<str>, timeout: Duration) -> Result<KeyGuard<V>> {
         let guard = self.runtime.block_on(self.inner.lock(key, timeout))??;
@@ -222,6 +320,54 @@ impl<V: Value> LiveDict<V> {
     /// See [`crate::LiveDict::shutdown`].
     pub fn shutdown(&self) -> Result<()> {
         self.runtime.block_on(self.inner.shutdown())?
+    }
+}
+
+/// The blocking twin of [`crate::Watch`]: a live event stream read without `.await`.
+///
+/// As an [`Iterator`] it yields items until the store is shut down (and,
+/// if it is misused inside an async runtime, ends at once).
+///
+/// ```
+/// use livedict::{EventKind, WatchFilter};
+/// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+/// let w = d.watch(WatchFilter::kinds([EventKind::Delete]))?;
+/// d.set("a", 1)?;
+/// d.delete("a")?;
+/// d.shutdown()?;
+/// let deleted: Vec<_> = w.filter_map(|i| i.event().map(|e| e.key().to_string())).collect();
+/// assert_eq!(deleted, ["a"]);
+/// # Ok::<(), livedict::Error>(())
+/// ```
+pub struct Watch<V: Send + Sync + 'static> {
+    inner: crate::Watch<V>,
+    runtime: Arc<OwnedRuntime>,
+}
+
+impl<V: Send + Sync + 'static> std::fmt::Debug for Watch<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("blocking::Watch").field("inner", &self.inner).finish()
+    }
+}
+
+impl<V: Send + Sync + 'static> Watch<V> {
+    /// Waits for the next item; `Ok(None)` once the store is shut down and
+    /// the queue is empty. See [`crate::Watch::recv`].
+    pub fn recv(&mut self) -> Result<Option<WatchItem<V>>> {
+        self.runtime.block_on(self.inner.recv())
+    }
+
+    /// The next item if one is queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<WatchItem<V>> {
+        self.inner.try_recv()
+    }
+}
+
+impl<V: Send + Sync + 'static> Iterator for Watch<V> {
+    type Item = WatchItem<V>;
+
+    fn next(&mut self) -> Option<WatchItem<V>> {
+        self.recv().ok().flatten()
     }
 }
 

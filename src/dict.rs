@@ -12,6 +12,7 @@ use crate::event::EventKind;
 use crate::guard::KeyGuard;
 use crate::layer::Dispatcher;
 use crate::request::{LockToken, Request, Response, validate_key, validate_ttl};
+use crate::single_flight::Flights;
 use crate::stack::Stack;
 use crate::stats::Stats;
 
@@ -37,9 +38,18 @@ pub struct LiveDict<V> {
 
 pub(crate) struct Inner<V> {
     pub(crate) service: Stack<V>,
-    dispatcher: Dispatcher<V>,
-    default_ttl: Option<Duration>,
+    pub(crate) dispatcher: Dispatcher<V>,
+    pub(crate) default_ttl: Option<Duration>,
     closed: AtomicBool,
+    /// Loads of `get_or_insert_with` in flight (see `single_flight`).
+    pub(crate) flights: Flights<V>,
+}
+
+impl<V> Drop for Inner<V> {
+    fn drop(&mut self) {
+        // The last handle is gone: end the watch streams rather than leave them waiting.
+        self.dispatcher.close_watchers();
+    }
 }
 
 impl<V> Clone for LiveDict<V> {
@@ -128,7 +138,13 @@ impl<V: Value> LiveDict<V> {
         default_ttl: Option<Duration>,
     ) -> Self {
         LiveDict {
-            inner: Arc::new(Inner { service, dispatcher, default_ttl, closed: AtomicBool::new(false) }),
+            inner: Arc::new(Inner {
+                service,
+                dispatcher,
+                default_ttl,
+                closed: AtomicBool::new(false),
+                flights: Flights::default(),
+            }),
         }
     }
 

@@ -96,6 +96,26 @@ pub enum Error {
     /// The store was shut down; no more operations are accepted.
     #[error("the store is shut down")]
     Closed,
+    /// The loader of [`get_or_insert_with`](crate::LiveDict::get_or_insert_with)
+    /// failed. Every caller that waited on that load gets this error (the same
+    /// shared source) and nothing was stored.
+    #[error("loader for key `{key}` failed")]
+    Loader {
+        /// The key whose value was being loaded.
+        key: String,
+        /// The loader's own error.
+        #[source]
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// [`incr`](crate::LiveDict::incr) would leave the value's numeric range
+    /// (or the stored value does not fit in an `i64`); nothing was written.
+    #[error("incrementing key `{key}` by {delta} overflows its value type")]
+    Overflow {
+        /// The key that was incremented.
+        key: String,
+        /// The increment.
+        delta: i64,
+    },
     /// A `livedict::blocking` method was called from inside an async runtime.
     #[error("livedict::blocking called from inside an async runtime; use the async livedict::LiveDict there")]
     InsideRuntime,

@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod atomic;
 pub mod backend;
 pub mod blocking;
 mod builder;
@@ -13,10 +14,13 @@ pub mod event;
 mod guard;
 pub mod layer;
 pub mod request;
+mod single_flight;
 mod stack;
 pub mod stats;
 mod url;
+mod watch;
 
+pub use atomic::ATOMIC_LOCK_TIMEOUT;
 pub use builder::{Builder, DEFAULT_REQUEST_TIMEOUT};
 pub use callback::{Callback, CallbackId};
 pub use codec::Codec;
@@ -28,6 +32,7 @@ pub use request::{
     LockGrant, LockToken, MAX_KEY_LEN, MAX_TTL, Request, Response, validate_key, validate_ttl,
 };
 pub use stats::Stats;
+pub use watch::{Watch, WatchFilter, WatchItem};
 
 /// What a stored value must be: serde-serializable (for SQLite and Redis),
 /// cloneable and shareable across tasks. Implemented for every such type.

@@ -12,6 +12,7 @@ use crate::callback::{Callback, CallbackBody, CallbackId};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, EventSink, EventTarget};
 use crate::stats::{Counters, Stats};
+use crate::watch::{Watch, WatchFilter, WatchQueue, Watchers};
 
 /// Settings of a [`Dispatcher`].
 ///
@@ -79,6 +80,8 @@ struct Registry<V> {
     config: DispatchConfig,
     runtime: Handle,
     closed: AtomicBool,
+    /// The live event streams ([`Watch`]); fed from `emit` like the callbacks.
+    watchers: Watchers<V>,
 }
 
 /// Delivers events to registered callbacks, off the caller's path.
@@ -130,6 +133,7 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
                 config,
                 runtime,
                 closed: AtomicBool::new(false),
+                watchers: Watchers::default(),
             }),
         })
     }
@@ -209,6 +213,33 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
         Ok(())
     }
 
+    /// Opens a live stream of the events matching `filter` (see
+    /// [`LiveDict::watch`](crate::LiveDict::watch)).
+    pub fn watch(&self, filter: WatchFilter) -> Result<Watch<V>> {
+        let reg = &self.registry;
+        // Under the registry lock, like `register`, so `shutdown` sees every watch.
+        let _subscribers = write(&reg.subscribers);
+        if reg.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let queue = reg.watchers.add(filter);
+        for kind in Watchers::kinds_of(&queue) {
+            reg.interest[kind.index()].fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(Watch::new(queue, self.clone()))
+    }
+
+    /// Removes a dropped watch (unless `shutdown` already did).
+    pub(crate) fn unwatch(&self, queue: &Arc<WatchQueue<V>>) {
+        let reg = &self.registry;
+        let _subscribers = write(&reg.subscribers);
+        if reg.watchers.remove(queue) {
+            for kind in Watchers::kinds_of(queue) {
+                reg.interest[kind.index()].fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
     /// Stops accepting events, lets every callback drain its queue (up to the
     /// configured drain timeout), and counts what was left as dropped.
     pub async fn shutdown(&self) {
@@ -219,6 +250,7 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
             for i in reg.interest.iter() {
                 i.store(0, Ordering::Release);
             }
+            reg.watchers.close_all();
             std::mem::take(&mut *subs)
         };
         // Measured on the wall clock: callbacks run on real threads, and a
@@ -253,6 +285,21 @@ impl<V: Send + Sync + 'static> EventTarget<V> for Dispatcher<V> {
         for sub in subscribers.iter().filter(|s| s.enabled && s.kind == event.kind()) {
             if sub.queue.try_send(event.clone()).is_err() {
                 reg.counters.events_dropped.incr();
+            }
+        }
+        drop(subscribers);
+        reg.watchers.emit(&event);
+    }
+}
+
+impl<V> Dispatcher<V> {
+    /// Ends every watch stream (the store's last handle is gone).
+    pub(crate) fn close_watchers(&self) {
+        let reg = &self.registry;
+        let _subscribers = write(&reg.subscribers);
+        for queue in reg.watchers.close_all() {
+            for kind in Watchers::kinds_of(&queue) {
+                reg.interest[kind.index()].fetch_sub(1, Ordering::AcqRel);
             }
         }
     }

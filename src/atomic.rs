@@ -1,0 +1,225 @@
+//! Atomic read-modify-write on one key: [`LiveDict::update`], [`LiveDict::incr`],
+//! [`LiveDict::compare_and_set`].
+//!
+//! Each runs under the key's lock ([`LiveDict::lock`]): take the lock, read,
+//! decide, write through the guard, release. The lock is enforced against
+//! every other writer of the key (plain `set`/`delete`/`expire` wait while it
+//! is held) and, on SQLite and Redis, held across every process sharing the
+//! file or namespace, with a lease and fenced writes. So no concurrent write
+//! from any handle or process can slip between the read and the write.
+
+use std::time::Duration;
+
+use crate::Value;
+use crate::dict::LiveDict;
+use crate::error::{Error, Result};
+use crate::guard::KeyGuard;
+
+/// How long [`update`](LiveDict::update), [`incr`](LiveDict::incr),
+/// [`compare_and_set`](LiveDict::compare_and_set) and
+/// [`get_or_insert_with`](LiveDict::get_or_insert_with) wait for the key's
+/// lock before failing with [`Error::LockTimeout`] (30 s).
+///
+/// ```
+/// assert_eq!(livedict::ATOMIC_LOCK_TIMEOUT.as_secs(), 30);
+/// ```
+pub const ATOMIC_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a read-modify-write decided to do with the key.
+pub(crate) enum Change<V> {
+    /// Leave the key as it is (no write, no event).
+    Keep,
+    /// Store this value.
+    Set(V),
+    /// Remove the key.
+    Delete,
+}
+
+impl<V: Value> LiveDict<V> {
+    /// Atomically replaces the value of `key` with `f(current)` and returns
+    /// the new value; `f` returning `None` deletes the key.
+    ///
+    /// `f` sees the live value (`None` if the key is missing or expired) and
+    /// runs once, under the key's lock, so no other write to the key — from
+    /// this handle, another handle, or (SQLite, Redis) another process — lands
+    /// between the read and the write. Waits up to [`ATOMIC_LOCK_TIMEOUT`] for
+    /// the lock. `f` must not write to `key` itself (that write would wait for
+    /// the lock `update` holds).
+    ///
+    /// **TTL:** the new value is stored like [`set`](Self::set) — with the
+    /// builder's default TTL if one is configured, otherwise without expiry;
+    /// an earlier deadline is dropped (the last write decides the deadline).
+    /// Use [`update_with_ttl`](Self::update_with_ttl) to give it a deadline.
+    /// `f` returning `None` for a missing key writes nothing.
+    ///
+    /// Fires a `Set` event (or a `Delete` event if something was removed),
+    /// like the plain write would.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// let d = livedict::LiveDict::<Vec<String>>::open("memory://").await?;
+    /// let list = d.update("names", |cur| {
+    ///     let mut names = cur.unwrap_or_default();
+    ///     names.push("ada".to_string());
+    ///     Some(names)
+    /// }).await?;
+    /// assert_eq!(list, Some(vec!["ada".to_string()]));
+    /// assert_eq!(d.update("names", |_| None).await?, None); // deleted
+    /// assert!(!d.exists("names").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn update<F>(&self, key: impl AsRef<str>, f: F) -> Result<Option<V>>
+    where
+        F: FnOnce(Option<V>) -> Option<V>,
+    {
+        self.update_inner(key.as_ref(), self.inner.default_ttl, f).await
+    }
+
+    /// Like [`update`](Self::update), but the new value expires `ttl` from
+    /// now (whatever deadline the old value had).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use std::time::Duration;
+    /// let d = livedict::LiveDict::<u32>::open("memory://").await?;
+    /// let hits = d.update_with_ttl("hits", Duration::from_secs(60), |n| Some(n.unwrap_or(0) + 1)).await?;
+    /// assert_eq!(hits, Some(1));
+    /// assert!(d.ttl("hits").await?.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn update_with_ttl<F>(&self, key: impl AsRef<str>, ttl: Duration, f: F) -> Result<Option<V>>
+    where
+        F: FnOnce(Option<V>) -> Option<V>,
+    {
+        crate::request::validate_ttl(ttl)?;
+        self.update_inner(key.as_ref(), Some(ttl), f).await
+    }
+
+    async fn update_inner<F>(&self, key: &str, ttl: Option<Duration>, f: F) -> Result<Option<V>>
+    where
+        F: FnOnce(Option<V>) -> Option<V>,
+    {
+        self.read_modify_write(key, ttl, |current| {
+            let existed = current.is_some();
+            Ok(match f(current) {
+                Some(new) => (Change::Set(new.clone()), Some(new)),
+                None if existed => (Change::Delete, None),
+                None => (Change::Keep, None),
+            })
+        })
+        .await
+    }
+
+    /// Stores `new` under `key` only if the live value equals `expected`
+    /// (`None`: only if the key is missing); true if it was stored.
+    ///
+    /// Atomic in the same way as [`update`](Self::update) (under the key's
+    /// lock, across processes on SQLite and Redis), and stores like
+    /// [`set`](Self::set) (the builder's default TTL, else no expiry). A
+    /// failed comparison writes nothing and fires no event.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// let d = livedict::LiveDict::<String>::open("memory://").await?;
+    /// assert!(d.compare_and_set("leader", None, "node-a".into()).await?); // insert if absent
+    /// assert!(!d.compare_and_set("leader", None, "node-b".into()).await?);
+    /// let a = "node-a".to_string();
+    /// assert!(d.compare_and_set("leader", Some(&a), "node-b".into()).await?);
+    /// assert_eq!(d.get("leader").await?.as_deref(), Some("node-b"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn compare_and_set(&self, key: impl AsRef<str>, expected: Option<&V>, new: V) -> Result<bool>
+    where
+        V: PartialEq,
+    {
+        self.read_modify_write(key.as_ref(), self.inner.default_ttl, |current| {
+            Ok(if current.as_ref() == expected { (Change::Set(new), true) } else { (Change::Keep, false) })
+        })
+        .await
+    }
+
+    /// Atomically adds `delta` to the integer stored under `key` (a missing
+    /// key counts as 0) and returns the new value.
+    ///
+    /// Works for every value type that converts to and from `i64`
+    /// (`i8`..`i64`, `u8`..`u64`, `isize`, `usize`, `i128`, `u128`): the
+    /// arithmetic is done in `i64` and the result must fit back into `V`,
+    /// else [`Error::Overflow`] and nothing is written (so a `u64` counter
+    /// cannot go below 0). Atomic like [`update`](Self::update), across
+    /// processes on SQLite and Redis.
+    ///
+    /// **TTL:** stores like [`set`](Self::set) (the builder's default TTL,
+    /// else no expiry; an earlier deadline is dropped). For a counter with a
+    /// deadline use [`update_with_ttl`](Self::update_with_ttl).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// let d = livedict::LiveDict::<u64>::open("memory://").await?;
+    /// assert_eq!(d.incr("visits", 1).await?, 1);
+    /// assert_eq!(d.incr("visits", 41).await?, 42);
+    /// assert!(matches!(d.incr("visits", -43).await, Err(livedict::Error::Overflow { .. })));
+    /// assert_eq!(d.get("visits").await?, Some(42));
+    /// # Ok(()) }
+    /// ```
+    pub async fn incr(&self, key: impl AsRef<str>, delta: i64) -> Result<V>
+    where
+        V: TryFrom<i64> + TryInto<i64>,
+    {
+        let key = key.as_ref();
+        let overflow = || Error::Overflow { key: key.to_owned(), delta };
+        self.read_modify_write(key, self.inner.default_ttl, |current| {
+            let old: i64 = match current {
+                Some(v) => v.try_into().map_err(|_| overflow())?,
+                None => 0,
+            };
+            let new = old.checked_add(delta).ok_or_else(overflow)?;
+            let new = V::try_from(new).map_err(|_| overflow())?;
+            Ok((Change::Set(new.clone()), new))
+        })
+        .await
+    }
+
+    /// Locks `key`, reads it, lets `decide` choose the change and the result,
+    /// applies the change through the guard (storing with `ttl`), releases.
+    pub(crate) async fn read_modify_write<T>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        decide: impl FnOnce(Option<V>) -> Result<(Change<V>, T)>,
+    ) -> Result<T> {
+        let guard = self.lock(key, ATOMIC_LOCK_TIMEOUT).await?;
+        let current = guard.get().await?;
+        let (change, out) = decide(current)?;
+        match change {
+            Change::Keep => {}
+            Change::Set(value) => guarded_set(&guard, value, ttl).await?,
+            Change::Delete => {
+                guard.delete().await?;
+            }
+        }
+        release(guard).await;
+        Ok(out)
+    }
+}
+
+/// Stores through the guard with `ttl` (`None`: no expiry).
+pub(crate) async fn guarded_set<V: Value>(
+    guard: &KeyGuard<V>,
+    value: V,
+    ttl: Option<Duration>,
+) -> Result<()> {
+    match ttl {
+        Some(ttl) => guard.set_with_ttl(value, ttl).await,
+        None => guard.set(value).await,
+    }
+}
+
+/// Releases a lock after its write succeeded. A failed release is not the
+/// caller's error (the write happened; reporting failure would invite a
+/// retry that applies it twice): it is logged and the lease frees the key.
+pub(crate) async fn release<V: Value>(guard: KeyGuard<V>) {
+    let key = guard.key().to_owned();
+    if let Err(e) = guard.unlock().await {
+        tracing::warn!(key = %key, error = %e, "releasing a lock after a read-modify-write failed; its lease will free it");
+    }
+}

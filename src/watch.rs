@@ -1,0 +1,411 @@
+//! Live event streams: [`LiveDict::watch`] returns a [`Watch`], a `Stream` of
+//! the events matching a [`WatchFilter`].
+//!
+//! Watches are fed from the same place callbacks are: the
+//! [`Dispatcher`](crate::layer::Dispatcher) hands every event it dispatches
+//! to each watch whose filter matches. Each watch has its own bounded queue,
+//! so a slow consumer never blocks a writer or another watch: when its queue
+//! is full, events are skipped and the stream yields [`WatchItem::Lagged`]
+//! with their number, at the place where they were skipped.
+//!
+//! Events are those of this process's store handle (and its clones): writes
+//! made here and expirations/evictions its expiry driver reports. Writes
+//! made by other processes sharing an SQLite file or Redis namespace do not
+//! reach the stream yet; an expiration is reported by whichever process
+//! claimed it (exactly once in total), as for callbacks.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
+
+use futures::Stream;
+
+use crate::Value;
+use crate::dict::LiveDict;
+use crate::error::Result;
+use crate::event::{Event, EventKind};
+use crate::layer::Dispatcher;
+
+/// Which events a [`Watch`] receives: a set of kinds and an optional key
+/// prefix, and how many events it may queue.
+///
+/// ```
+/// use livedict::{EventKind, WatchFilter};
+/// let all = WatchFilter::new(); // every kind, every key
+/// let sessions = WatchFilter::kinds([EventKind::Set, EventKind::Expire])
+///     .prefix("session:")
+///     .capacity(256);
+/// assert!(sessions.matches(EventKind::Expire, "session:42"));
+/// assert!(!sessions.matches(EventKind::Get, "session:42"));
+/// assert!(!sessions.matches(EventKind::Set, "user:1"));
+/// # let _ = all;
+/// ```
+#[derive(Debug, Clone)]
+pub struct WatchFilter {
+    kinds: [bool; EventKind::ALL.len()],
+    prefix: Option<String>,
+    capacity: usize,
+}
+
+/// The default [`WatchFilter::capacity`].
+const DEFAULT_CAPACITY: usize = 1024;
+
+impl Default for WatchFilter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WatchFilter {
+    /// Every kind (including `Get`, one event per hit), every key.
+    pub fn new() -> Self {
+        WatchFilter { kinds: [true; EventKind::ALL.len()], prefix: None, capacity: DEFAULT_CAPACITY }
+    }
+
+    /// Only events of these kinds, every key.
+    pub fn kinds(kinds: impl IntoIterator<Item = EventKind>) -> Self {
+        let mut filter = WatchFilter { kinds: [false; EventKind::ALL.len()], ..Self::new() };
+        for kind in kinds {
+            filter.kinds[kind.index()] = true;
+        }
+        filter
+    }
+
+    /// Only keys starting with `prefix`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// How many events the watch may hold before it skips events and
+    /// reports [`WatchItem::Lagged`] (default 1024, at least 1).
+    pub fn capacity(mut self, events: usize) -> Self {
+        self.capacity = events.max(1);
+        self
+    }
+
+    /// Whether an event of `kind` on `key` passes this filter.
+    pub fn matches(&self, kind: EventKind, key: &str) -> bool {
+        self.kinds[kind.index()] && self.prefix.as_deref().is_none_or(|p| key.starts_with(p))
+    }
+
+    /// The kinds this filter lets through.
+    pub(crate) fn wanted_kinds(&self) -> impl Iterator<Item = EventKind> + '_ {
+        EventKind::ALL.into_iter().filter(|k| self.kinds[k.index()])
+    }
+}
+
+/// One item of a [`Watch`] stream.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+/// use livedict::{WatchFilter, WatchItem};
+/// let d = livedict::LiveDict::<u32>::open("memory://").await?;
+/// let mut w = d.watch(WatchFilter::new().capacity(1))?;
+/// d.set("a", 1).await?;
+/// d.set("b", 2).await?; // the queue is full: skipped
+/// assert!(matches!(w.try_recv(), Some(WatchItem::Event(ev)) if ev.key() == "a"));
+/// assert!(matches!(w.try_recv(), Some(WatchItem::Lagged(1))));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub enum WatchItem<V> {
+    /// An event that matched the filter.
+    Event(Event<V>),
+    /// The consumer fell behind: this many matching events were skipped here
+    /// (after the items before this one, before the items after it).
+    Lagged(u64),
+}
+
+impl<V> WatchItem<V> {
+    /// The event, if this item is one.
+    pub fn event(&self) -> Option<&Event<V>> {
+        match self {
+            WatchItem::Event(ev) => Some(ev),
+            WatchItem::Lagged(_) => None,
+        }
+    }
+}
+
+/// A live stream of the events matching a [`WatchFilter`]; see [`LiveDict::watch`].
+///
+/// Implements [`futures::Stream`]; [`recv`](Watch::recv) is the same without
+/// `StreamExt`. The stream ends (after yielding what it holds) when the store
+/// is shut down or dropped. Dropping the watch unsubscribes it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+/// use futures::StreamExt;
+/// use livedict::{EventKind, WatchFilter};
+/// let d = livedict::LiveDict::<u32>::open("memory://").await?;
+/// let w = d.watch(WatchFilter::kinds([EventKind::Set]))?;
+/// d.set("a", 1).await?;
+/// d.set("b", 2).await?;
+/// d.shutdown().await?;
+/// let keys: Vec<String> = w.filter_map(|i| async move { i.event().map(|e| e.key().to_string()) }).collect().await;
+/// assert_eq!(keys, ["a", "b"]);
+/// # Ok(()) }
+/// ```
+pub struct Watch<V: Send + Sync + 'static> {
+    queue: Arc<WatchQueue<V>>,
+    dispatcher: Dispatcher<V>,
+}
+
+impl<V: Send + Sync + 'static> fmt::Debug for Watch<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch").field("filter", &self.queue.filter).finish()
+    }
+}
+
+impl<V: Send + Sync + 'static> Watch<V> {
+    pub(crate) fn new(queue: Arc<WatchQueue<V>>, dispatcher: Dispatcher<V>) -> Self {
+        Watch { queue, dispatcher }
+    }
+
+    /// The filter this watch was opened with.
+    pub fn filter(&self) -> &WatchFilter {
+        &self.queue.filter
+    }
+
+    /// The next item; `None` once the store is shut down and the queue is empty.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use livedict::{EventKind, WatchFilter, WatchItem};
+    /// let d = livedict::LiveDict::<u32>::open("memory://").await?;
+    /// let mut w = d.watch(WatchFilter::kinds([EventKind::Set]))?;
+    /// d.set("a", 1).await?;
+    /// let Some(WatchItem::Event(ev)) = w.recv().await else { panic!() };
+    /// assert_eq!((ev.key(), ev.value()), ("a", Some(&1)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn recv(&mut self) -> Option<WatchItem<V>> {
+        std::future::poll_fn(|cx| self.queue.poll_next(cx)).await
+    }
+
+    /// The next item if one is queued, without waiting.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use livedict::WatchFilter;
+    /// let d = livedict::LiveDict::<u32>::open("memory://").await?;
+    /// let mut w = d.watch(WatchFilter::new())?;
+    /// assert!(w.try_recv().is_none());
+    /// d.set("a", 1).await?;
+    /// assert_eq!(w.try_recv().and_then(|i| i.event().map(|e| e.key().to_string())).as_deref(), Some("a"));
+    /// # Ok(()) }
+    /// ```
+    pub fn try_recv(&mut self) -> Option<WatchItem<V>> {
+        self.queue.try_pop()
+    }
+}
+
+impl<V: Send + Sync + 'static> Stream for Watch<V> {
+    type Item = WatchItem<V>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.queue.poll_next(cx)
+    }
+}
+
+impl<V: Send + Sync + 'static> Drop for Watch<V> {
+    fn drop(&mut self) {
+        self.dispatcher.unwatch(&self.queue);
+    }
+}
+
+/// The bounded queue of one watch, filled by emitters and drained by the stream.
+pub(crate) struct WatchQueue<V> {
+    filter: WatchFilter,
+    /// A `std` mutex: emitters only push and never `.await` while holding it.
+    state: Mutex<QueueState<V>>,
+}
+
+struct QueueState<V> {
+    items: VecDeque<WatchItem<V>>,
+    /// `Event` items in `items` (a trailing `Lagged` marker does not count).
+    events: usize,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+impl<V> WatchQueue<V> {
+    fn new(filter: WatchFilter) -> Self {
+        let state = QueueState { items: VecDeque::new(), events: 0, waker: None, closed: false };
+        WatchQueue { filter, state: Mutex::new(state) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState<V>> {
+        // No code path panics while holding it; a poisoned queue is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `event`, or counts it into a `Lagged` marker when full. Never blocks.
+    fn push(&self, event: &Event<V>) {
+        let waker = {
+            let mut st = self.state();
+            if st.closed {
+                return;
+            }
+            if st.events < self.filter.capacity {
+                st.items.push_back(WatchItem::Event(event.clone()));
+                st.events += 1;
+            } else if let Some(WatchItem::Lagged(n)) = st.items.back_mut() {
+                *n += 1;
+            } else {
+                st.items.push_back(WatchItem::Lagged(1));
+            }
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn close(&self) {
+        let waker = {
+            let mut st = self.state();
+            st.closed = true;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn pop(st: &mut QueueState<V>) -> Option<WatchItem<V>> {
+        let item = st.items.pop_front()?;
+        if matches!(item, WatchItem::Event(_)) {
+            st.events -= 1;
+        }
+        Some(item)
+    }
+
+    fn try_pop(&self) -> Option<WatchItem<V>> {
+        Self::pop(&mut self.state())
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<WatchItem<V>>> {
+        let mut st = self.state();
+        match Self::pop(&mut st) {
+            Some(item) => Poll::Ready(Some(item)),
+            None if st.closed => Poll::Ready(None),
+            None => {
+                st.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The watches of one dispatcher.
+pub(crate) struct Watchers<V> {
+    queues: RwLock<Vec<Arc<WatchQueue<V>>>>,
+    /// `queues.len()`, read without the lock so emitting costs one atomic load when nobody watches.
+    count: AtomicUsize,
+}
+
+impl<V> Default for Watchers<V> {
+    fn default() -> Self {
+        Watchers { queues: RwLock::default(), count: AtomicUsize::new(0) }
+    }
+}
+
+impl<V> Watchers<V> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<WatchQueue<V>>>> {
+        self.queues.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a watch with `filter`.
+    pub(crate) fn add(&self, filter: WatchFilter) -> Arc<WatchQueue<V>> {
+        let queue = Arc::new(WatchQueue::new(filter));
+        let mut queues = self.write();
+        queues.push(Arc::clone(&queue));
+        self.count.store(queues.len(), Ordering::Release);
+        queue
+    }
+
+    /// Removes a watch; false if it was not there (already closed).
+    pub(crate) fn remove(&self, queue: &Arc<WatchQueue<V>>) -> bool {
+        let mut queues = self.write();
+        let Some(i) = queues.iter().position(|q| Arc::ptr_eq(q, queue)) else {
+            return false;
+        };
+        queues.swap_remove(i);
+        self.count.store(queues.len(), Ordering::Release);
+        true
+    }
+
+    /// Hands `event` to every watch whose filter matches.
+    pub(crate) fn emit(&self, event: &Event<V>) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let queues = self.queues.read().unwrap_or_else(|p| p.into_inner());
+        for q in queues.iter().filter(|q| q.filter.matches(event.kind(), event.key())) {
+            q.push(event);
+        }
+    }
+
+    /// Ends every watch (their streams finish after draining) and forgets
+    /// them; returns them so the caller can adjust its interest counts.
+    pub(crate) fn close_all(&self) -> Vec<Arc<WatchQueue<V>>> {
+        let queues = std::mem::take(&mut *self.write());
+        self.count.store(0, Ordering::Release);
+        for q in &queues {
+            q.close();
+        }
+        queues
+    }
+
+    /// The kinds `queue` listens to (for the dispatcher's interest counts).
+    pub(crate) fn kinds_of(queue: &WatchQueue<V>) -> impl Iterator<Item = EventKind> + '_ {
+        queue.filter.wanted_kinds()
+    }
+}
+
+impl<V: Value> LiveDict<V> {
+    /// A live stream of this store's events that match `filter`, for async
+    /// consumers (alongside or instead of callbacks).
+    ///
+    /// Each watch sees the matching events in the order the store dispatched
+    /// them (the order callbacks see them), from the moment it was opened.
+    /// It queues up to [`WatchFilter::capacity`] events; a consumer that falls
+    /// further behind never slows the store: the skipped events are counted
+    /// and reported as one [`WatchItem::Lagged`] at the place they were
+    /// skipped. The stream ends when the store is shut down or dropped.
+    ///
+    /// **Scope:** events of this process (writes through this store's
+    /// handles, expirations and evictions its driver reports). On SQLite and
+    /// Redis, writes made by other processes are not streamed yet; each
+    /// expiration is reported exactly once in total, by the process that
+    /// claimed it. Fails with [`Error::Closed`](crate::Error::Closed) after
+    /// shutdown.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use futures::StreamExt;
+    /// use livedict::{EventKind, LiveDict, WatchFilter, WatchItem};
+    /// let d = LiveDict::<u32>::open("memory://").await?;
+    /// let mut orders = d.watch(WatchFilter::kinds([EventKind::Set, EventKind::Delete]).prefix("order:"))?;
+    /// d.set("order:1", 10).await?;
+    /// d.set("user:1", 5).await?; // other prefix: not streamed
+    /// d.delete("order:1").await?;
+    /// let mut seen = Vec::new();
+    /// while let Some(WatchItem::Event(ev)) = orders.next().await {
+    ///     seen.push((ev.kind(), ev.key().to_string()));
+    ///     if seen.len() == 2 { break; }
+    /// }
+    /// assert_eq!(seen, [(EventKind::Set, "order:1".to_string()), (EventKind::Delete, "order:1".to_string())]);
+    /// # Ok(()) }
+    /// ```
+    pub fn watch(&self, filter: WatchFilter) -> Result<Watch<V>> {
+        if self.is_closed() {
+            return Err(crate::Error::Closed);
+        }
+        self.inner.dispatcher.watch(filter)
+    }
+}
