@@ -110,12 +110,133 @@ for_each_backend! {
         }
     }
 
+    async fn a_thousand_tasks_of_ten_locked_increments_lose_no_update(h: Harness) {
+        // On SQLite and Redis each increment also takes the cross-process lock.
+        let d = h.open::<u64>().await;
+        let (tasks, rounds) = (1000, 10);
+        let all: Vec<_> = (0..tasks)
+            .map(|_| {
+                let d = d.clone();
+                tokio::spawn(async move {
+                    for _ in 0..rounds {
+                        let g = d.lock("counter", Duration::from_secs(120)).await.unwrap();
+                        let n = g.get().await.unwrap().unwrap_or(0);
+                        g.set(n + 1).await.unwrap();
+                        // Half the guards are dropped rather than unlocked.
+                        if n % 2 == 0 {
+                            g.unlock().await.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in all {
+            t.await.unwrap();
+        }
+        assert_eq!(d.get("counter").await.unwrap(), Some((tasks * rounds) as u64));
+        assert_eq!(d.stats().lock_timeouts, 0);
+        assert!(distributed_locks_drain(&h).await, "the distributed lock table is not empty");
+    }
+
+    async fn lock_timeouts_under_contention_are_lock_timeout_and_leak_nothing(h: Harness) {
+        let d = h.open::<u64>().await;
+        let tasks = h.scale(200, 40);
+        let all: Vec<_> = (0..tasks)
+            .map(|t| {
+                let d = d.clone();
+                tokio::spawn(async move {
+                    let (mut got, mut timed_out) = (0u64, 0u64);
+                    for i in 0..5u64 {
+                        // Timeouts from 1 to 8 ms against holders that keep the lock ~2 ms.
+                        match d.lock("hot", Duration::from_millis(1 + (t as u64 + i) % 8)).await {
+                            Ok(g) => {
+                                let n = g.get().await.unwrap().unwrap_or(0);
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                                g.set(n + 1).await.unwrap();
+                                if i % 2 == 0 { g.unlock().await.unwrap() } else { drop(g) }
+                                got += 1;
+                            }
+                            Err(Error::LockTimeout { key }) => {
+                                assert_eq!(key, "hot");
+                                timed_out += 1;
+                            }
+                            Err(e) => panic!("expected LockTimeout, got {e:?}"),
+                        }
+                    }
+                    (got, timed_out)
+                })
+            })
+            .collect();
+        let (mut got, mut timed_out) = (0, 0);
+        for t in all {
+            let (g, o) = t.await.unwrap();
+            got += g;
+            timed_out += o;
+        }
+        assert!(timed_out > 0, "no contention");
+        assert_eq!(d.stats().lock_timeouts, timed_out);
+        // Every successful holder's increment is there: no timed-out waiter wrote.
+        assert_eq!(d.get("hot").await.unwrap(), Some(got));
+        // Nothing leaked: the lock is free at once, locally and in the shared table.
+        assert!(distributed_locks_drain(&h).await, "the distributed lock table is not empty");
+        let g = d.lock("hot", Duration::from_millis(50)).await.unwrap();
+        g.unlock().await.unwrap();
+    }
+
     async fn locks_on_different_keys_are_independent(h: Harness) {
         let d = h.open::<u32>().await;
         let a = d.lock("a", Duration::from_secs(1)).await.unwrap();
         let b = d.lock("b", Duration::from_millis(100)).await.unwrap();
         d.set("c", 1).await.unwrap();
         drop((a, b));
+    }
+}
+
+/// Waits (up to 10 s) for dropped guards' background releases; true once the shared lock table is empty.
+async fn distributed_locks_drain(h: &support::Harness) -> bool {
+    for _ in 0..500 {
+        if distributed_locks(h).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Whether the backend's shared lock table (SQLite rows, Redis keys) is empty;
+/// memory has none (its in-process table is checked below).
+async fn distributed_locks(h: &support::Harness) -> bool {
+    match h.kind {
+        Kind::Memory => true,
+        #[cfg(feature = "sqlite")]
+        Kind::Sqlite => {
+            let path = h.url().strip_prefix("sqlite://").unwrap().to_owned();
+            let raw = rusqlite::Connection::open(path).unwrap();
+            raw.query_row("SELECT count(*) FROM livedict_locks", [], |r| r.get::<_, i64>(0)).unwrap() == 0
+        }
+        #[cfg(feature = "redis")]
+        Kind::Redis => {
+            use fred::interfaces::{ClientLike, KeysInterface};
+            let (server, ns) = h.url().split_once("?namespace=").unwrap();
+            let config = fred::types::config::Config::from_url(server).unwrap();
+            let client = fred::types::Builder::from_config(config).build().unwrap();
+            client.init().await.unwrap();
+            let mut cursor = "0".to_string();
+            let mut empty = true;
+            loop {
+                let (next, keys): (String, Vec<String>) =
+                    client.scan_page(cursor, format!("ld:{{{ns}}}:lock:*"), Some(1000), None).await.unwrap();
+                empty &= keys.is_empty();
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
+            }
+            let _ = client.quit().await;
+            empty
+        }
+        #[allow(unreachable_patterns)]
+        _ => true,
     }
 }
 
