@@ -13,6 +13,8 @@ pub mod error;
 pub mod event;
 mod guard;
 pub mod layer;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod request;
 mod single_flight;
 mod stack;

@@ -9,10 +9,8 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `ld:{ns}:v:<key>` | string | the value (encoded by the codec, JSON by default), with `PX` =
-//!   the TTL |
-//! | `ld:{ns}:x:<key>` | string | shadow copy of a TTL'd value for its `Expire` event, `PX` = TTL
-//!   + grace |
+//! | `ld:{ns}:v:<key>` | string | the value (codec-encoded, JSON by default), `PX` = the TTL |
+//! | `ld:{ns}:x:<key>` | string | shadow copy of a TTL'd value for its `Expire` event, `PX` = TTL + grace |
 //! | `ld:{ns}:deadlines` | sorted set | key → deadline (ms since the epoch, server clock) |
 //! | `ld:{ns}:lock:<key>` | string | lock owner token, `PX` = the lease |
 //! | `ld:{ns}:fence` | integer | fencing counter, incremented per lock acquisition |
