@@ -1,0 +1,103 @@
+//! Expire-event lateness: 10,000 keys with a TTL on each backend; how long
+//! after its deadline each `Expire` event reached a callback.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use livedict::{Callback, Event, EventKind, LiveDict};
+
+use crate::report::Report;
+use crate::{Opts, runtime, value};
+
+type Fired = Arc<Mutex<Vec<(usize, Instant)>>>;
+
+pub fn run(rep: &mut Report, o: &Opts, redis: Option<&crate::redis::Server>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = format!("sqlite://{}", dir.path().join("expire.db").display());
+    one(rep, o, "memory", "memory://", 10.0);
+    one(rep, o, "sqlite", &sqlite, 10.0);
+    match redis {
+        Some(s) => one(rep, o, "redis", &s.url("expire"), 50.0),
+        None => rep.skipped("expire", "redis", "no redis-server on PATH"),
+    }
+}
+
+fn one(rep: &mut Report, _o: &Opts, backend: &str, url: &str, p99_target_ms: f64) {
+    let n = 10_000;
+    let ttl = Duration::from_millis(1000);
+    let writers = 32;
+    let rt = runtime();
+    let d: LiveDict<String> = rt.block_on(LiveDict::open(url)).expect("store");
+    rt.block_on(async { d.clear().await.expect("clear") });
+    let fired: Fired = Arc::default();
+    let f = Arc::clone(&fired);
+    d.register_callback(
+        EventKind::Expire,
+        Callback::new(move |ev: &Event<String>| {
+            let at = Instant::now();
+            let i: usize = ev.key()[1..].parse().expect("key index");
+            f.lock().unwrap().push((i, at));
+        }),
+    )
+    .expect("register");
+    // Deadlines as seen from here: taken before each call, so the measured
+    // lateness is never less than the real one.
+    let deadlines: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
+    let v = value();
+    rt.block_on(async {
+        let mut hs = Vec::new();
+        for t in 0..writers {
+            let (d, v, deadlines) = (d.clone(), v.clone(), Arc::clone(&deadlines));
+            hs.push(tokio::spawn(async move {
+                for i in crate::part(t, writers, n) {
+                    let at = Instant::now() + ttl;
+                    d.set_with_ttl(format!("e{i}"), v.clone(), ttl).await.expect("set");
+                    deadlines.lock().unwrap()[i] = Some(at);
+                }
+            }));
+        }
+        for h in hs {
+            h.await.expect("writer");
+        }
+    });
+    let deadlines: Vec<Instant> =
+        deadlines.lock().unwrap().iter().map(|d| d.expect("every key written")).collect();
+    let last = deadlines.iter().max().copied().expect("keys");
+    let window = last + Duration::from_secs(5);
+    crate::wait_until(window.saturating_duration_since(Instant::now()), || fired.lock().unwrap().len() >= n);
+    // A little longer, to catch duplicates.
+    std::thread::sleep(Duration::from_millis(200));
+    let fired = fired.lock().unwrap().clone();
+    let mut count: HashMap<usize, usize> = HashMap::new();
+    let mut late = Vec::with_capacity(fired.len());
+    for (i, at) in &fired {
+        let c = count.entry(*i).or_default();
+        *c += 1;
+        if *c == 1 {
+            let d = deadlines[*i];
+            late.push(if *at >= d {
+                (*at - d).as_secs_f64() * 1e3
+            } else {
+                -((d - *at).as_secs_f64() * 1e3)
+            });
+        }
+    }
+    let duplicates = count.values().map(|c| c - 1).sum();
+    let setting = deadlines.iter().min().map(|first| last - *first + ttl).unwrap_or_default() - ttl;
+    rep.lateness(
+        backend,
+        n,
+        ttl,
+        &mut late,
+        count.len(),
+        duplicates,
+        p99_target_ms,
+        &format!(
+            "ttl {} ms, set by {writers} tasks over {:.0} ms; lateness = callback time - (time before set + ttl)",
+            ttl.as_millis(),
+            setting.as_secs_f64() * 1e3
+        ),
+    );
+    rt.block_on(async { d.shutdown().await.expect("shutdown") });
+}

@@ -1,0 +1,138 @@
+//! Redis rows: livedict next to raw fred, same server, same number of tasks.
+
+use std::hint::black_box;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::bytes::Bytes;
+use fred::prelude::*;
+use livedict::LiveDict;
+
+use crate::report::{Report, Target};
+use crate::{Opts, keys, on_tasks, part, runtime, value};
+
+/// A private `redis-server` on a free loopback port; killed (by its pid) on drop.
+pub struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts one if `redis-server` is on `PATH`.
+    pub fn start() -> Option<Server> {
+        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let dir = tempfile::tempdir().ok()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut server = Server { child, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        None
+    }
+
+    /// The livedict URL of `namespace` on this server.
+    pub fn url(&self, namespace: &str) -> String {
+        format!("redis://127.0.0.1:{}/0?namespace={namespace}", self.port)
+    }
+
+    fn raw_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // this child's pid only
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
+    let Some(server) = server else {
+        rep.skipped("redis", "redis", "no redis-server on PATH");
+        return;
+    };
+    let n = o.pick(2_000, 10_000);
+    let many_ops = o.pick(20_000, 100_000);
+    let keys = Arc::new(keys(n));
+    let v = value();
+    let rt = runtime();
+    let raw: Client = rt.block_on(async {
+        let client = Builder::from_config(Config::from_url(&server.raw_url()).expect("url"))
+            .with_connection_config(|c| c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() })
+            .build()
+            .expect("fred client");
+        client.init().await.expect("connect");
+        client
+    });
+    let d: LiveDict<String> = rt.block_on(LiveDict::open(&server.url("bench"))).expect("redis store");
+    let raw_v = Bytes::from(v.clone().into_bytes());
+
+    let raw_op = |set: bool, tasks: usize, ops: usize| {
+        on_tasks(&rt, tasks, |t| {
+            let (c, keys, v) = (raw.clone(), Arc::clone(&keys), raw_v.clone());
+            async move {
+                for i in part(t, tasks, ops) {
+                    let k = keys[i % n].as_str();
+                    if set {
+                        let _: () = c.set(k, v.clone(), None, None, false).await.expect("SET");
+                    } else {
+                        let got: Option<Bytes> = c.get(k).await.expect("GET");
+                        assert!(black_box(got).is_some());
+                    }
+                }
+            }
+        })
+    };
+    let live_op = |set: bool, tasks: usize, ops: usize| {
+        on_tasks(&rt, tasks, |t| {
+            let (d, keys, v) = (d.clone(), Arc::clone(&keys), v.clone());
+            async move {
+                for i in part(t, tasks, ops) {
+                    let k = &keys[i % n];
+                    if set {
+                        d.set(k, v.clone()).await.expect("set");
+                    } else {
+                        assert!(black_box(d.get(k).await.expect("get")).is_some());
+                    }
+                }
+            }
+        })
+    };
+    let rounds = o.pick(2, 3);
+    for set in [true, false] {
+        for (tasks, ops, target) in [(1, n, 0.9), (50, many_ops, 0.8)] {
+            let (r, l) =
+                crate::best_pair(rounds, ops, || raw_op(set, tasks, ops), || live_op(set, tasks, ops));
+            let (op, note) = if set {
+                ("set", "raw: fred SET (1 connection, pipelined); livedict: one Lua script (pool of 4)")
+            } else {
+                (
+                    "get (hit)",
+                    "raw: fred GET (1 connection, pipelined); livedict: GET + JSON decode (pool of 4)",
+                )
+            };
+            rep.ops("redis", "redis", op, tasks, l, Some(r), Target::Ratio(target), note);
+        }
+    }
+    rt.block_on(async {
+        d.shutdown().await.expect("shutdown");
+        let _ = raw.quit().await;
+    });
+}

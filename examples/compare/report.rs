@@ -1,0 +1,240 @@
+//! Rows: one JSON object per line as they are measured, then a human table.
+
+use std::time::Duration;
+
+use serde_json::{Value as J, json};
+
+use crate::Opts;
+
+/// A throughput target, checked against the ratio or an absolute rate.
+#[derive(Clone, Copy)]
+pub enum Target {
+    /// No target for this row (shown for context).
+    None,
+    /// `livedict / raw >= x`.
+    Ratio(f64),
+    /// `livedict >= x` ops/s.
+    AtLeast(f64),
+    /// Microseconds per op `<= x`.
+    MicrosAtMost(f64),
+    /// Throughput with 2 tasks above the 1-task throughput (given).
+    Grows(f64),
+}
+
+pub struct Report {
+    json_only: bool,
+    rows: Vec<J>,
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+fn rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M/s", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k/s", x / 1e3)
+    } else {
+        format!("{x:.0}/s")
+    }
+}
+
+impl Report {
+    pub fn new(json_only: bool) -> Self {
+        Report { json_only, rows: Vec::new() }
+    }
+
+    pub fn meta(&mut self, o: &Opts) {
+        let meta = json!({
+            "suite": "meta", "quick": o.quick, "value_bytes": crate::VALUE_LEN,
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "tokio_worker_threads": 2, "rounds": o.rounds(),
+            "sqlite_version": rusqlite::version(),
+            "note": "ops/s: best of `rounds` rounds, raw and livedict alternating",
+        });
+        println!("{meta}");
+    }
+
+    fn emit(&mut self, row: J) {
+        println!("{row}");
+        self.rows.push(row);
+    }
+
+    /// A throughput row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ops(
+        &mut self,
+        suite: &str,
+        backend: &str,
+        op: &str,
+        tasks: usize,
+        live: f64,
+        raw: Option<f64>,
+        target: Target,
+        note: &str,
+    ) {
+        let ratio = raw.map(|r| live / r);
+        let (target_s, meets) = match target {
+            Target::None => (None, None),
+            Target::Ratio(x) => (Some(format!(">= {x}x raw")), ratio.map(|r| r >= x)),
+            Target::AtLeast(x) => (Some(format!(">= {}", rate(x))), Some(live >= x)),
+            Target::MicrosAtMost(x) => (Some(format!("<= {x} us/op")), Some(1e6 / live <= x)),
+            Target::Grows(one) => (Some(format!("> 1 task ({})", rate(one))), Some(live > one)),
+        };
+        self.emit(json!({
+            "suite": suite, "backend": backend, "op": op, "tasks": tasks,
+            "livedict_ops_per_s": round(live, 0),
+            "raw_ops_per_s": raw.map(|r| round(r, 0)),
+            "ratio": ratio.map(|r| round(r, 3)),
+            "target": target_s, "meets": meets,
+            "us_per_op": round(1e6 / live, 3),
+            "note": note,
+        }));
+    }
+
+    /// An end-to-end callback row: events delivered per second.
+    pub fn events(&mut self, backend: &str, op: &str, per_s: f64, delivered: u64, dropped: u64, sent: u64) {
+        let target = 500_000.0;
+        self.emit(json!({
+            "suite": "callback", "backend": backend, "op": op, "tasks": 1,
+            "livedict_ops_per_s": round(per_s, 0), "raw_ops_per_s": null, "ratio": null,
+            "target": format!(">= {} events", rate(target)), "meets": per_s >= target,
+            "sent": sent, "delivered": delivered, "dropped": dropped,
+            "note": "events delivered to the callback / time until every event was delivered or counted dropped",
+        }));
+    }
+
+    /// An expire-lateness row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lateness(
+        &mut self,
+        backend: &str,
+        n: usize,
+        ttl: Duration,
+        late_ms: &mut [f64],
+        delivered: usize,
+        duplicates: usize,
+        p99_target_ms: f64,
+        note: &str,
+    ) {
+        late_ms.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            (!late_ms.is_empty())
+                .then(|| late_ms[((p / 100.0) * (late_ms.len() - 1) as f64).round() as usize])
+        };
+        let (p50, p99, max) = (pct(50.0), pct(99.0), late_ms.last().copied());
+        let meets = delivered == n && duplicates == 0 && p99.is_some_and(|p| p <= p99_target_ms);
+        self.emit(json!({
+            "suite": "expire", "backend": backend, "op": "expire lateness", "tasks": null,
+            "livedict_ops_per_s": null, "raw_ops_per_s": null, "ratio": null,
+            "n": n, "ttl_ms": ttl.as_millis() as u64,
+            "p50_ms": p50.map(|x| round(x, 2)), "p99_ms": p99.map(|x| round(x, 2)),
+            "max_ms": max.map(|x| round(x, 2)),
+            "delivered": delivered, "duplicates": duplicates,
+            "target": format!("p99 <= {p99_target_ms} ms, 100% delivered, 0 duplicates"),
+            "meets": meets, "note": note,
+        }));
+    }
+
+    /// A memory-size row.
+    pub fn size(&mut self, n: usize, live_bytes: f64, map_bytes: f64, moka_bytes: f64, note: &str) {
+        let ratio = live_bytes / map_bytes;
+        self.emit(json!({
+            "suite": "memory-size", "backend": "memory", "op": "bytes/entry (ttl, 100 B value)",
+            "tasks": null, "livedict_ops_per_s": null, "raw_ops_per_s": null,
+            "n": n, "livedict_bytes_per_entry": round(live_bytes, 1),
+            "hashmap_bytes_per_entry": round(map_bytes, 1),
+            "raw_moka_bytes_per_entry": round(moka_bytes, 1),
+            "ratio": round(ratio, 3), "target": "<= 1.5x HashMap<String, String>",
+            "meets": ratio <= 1.5, "note": note,
+        }));
+    }
+
+    /// A row that could not run.
+    pub fn skipped(&mut self, suite: &str, backend: &str, why: &str) {
+        self.emit(json!({
+            "suite": suite, "backend": backend, "op": "skipped", "tasks": null,
+            "livedict_ops_per_s": null, "raw_ops_per_s": null, "ratio": null,
+            "target": null, "meets": null, "note": why,
+        }));
+    }
+
+    pub fn table(&self, elapsed: Duration) {
+        if self.json_only {
+            return;
+        }
+        println!();
+        println!(
+            "{:<11} {:<8} {:<30} {:>5} {:>26} {:>16} {:>7}  {:<30} {:<5}",
+            "suite", "backend", "op", "tasks", "livedict", "raw", "ratio", "target", "meets"
+        );
+        println!("{}", "-".repeat(148));
+        for r in &self.rows {
+            let s = |k: &str| r.get(k).and_then(J::as_str).unwrap_or("").to_owned();
+            let f = |k: &str| r.get(k).and_then(J::as_f64);
+            let tasks = f("tasks").map(|t| format!("{t:.0}")).unwrap_or_default();
+            let ratio = f("ratio").map(|x| format!("{x:.2}x")).unwrap_or_default();
+            let meets = match r.get("meets").and_then(J::as_bool) {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "",
+            };
+            let (live, raw) = match s("suite").as_str() {
+                "expire" => (
+                    format!("p50 {} p99 {} max {} ms", opt(f("p50_ms")), opt(f("p99_ms")), opt(f("max_ms"))),
+                    format!(
+                        "{}/{} dup {}",
+                        f("delivered").unwrap_or(0.0),
+                        f("n").unwrap_or(0.0),
+                        f("duplicates").unwrap_or(0.0)
+                    ),
+                ),
+                "memory-size" => (
+                    format!("{:.0} B/entry", f("livedict_bytes_per_entry").unwrap_or(0.0)),
+                    format!(
+                        "{:.0} B map, {:.0} B moka",
+                        f("hashmap_bytes_per_entry").unwrap_or(0.0),
+                        f("raw_moka_bytes_per_entry").unwrap_or(0.0)
+                    ),
+                ),
+                "callback" => (
+                    format!("{} events", rate(f("livedict_ops_per_s").unwrap_or(0.0))),
+                    format!("dropped {}", f("dropped").unwrap_or(0.0)),
+                ),
+                _ if s("op") == "skipped" => (s("note"), String::new()),
+                _ => {
+                    let live = f("livedict_ops_per_s").unwrap_or(0.0);
+                    let us = if live > 0.0 { format!(" ({:.2} us)", 1e6 / live) } else { String::new() };
+                    (format!("{}{us}", rate(live)), f("raw_ops_per_s").map(rate).unwrap_or_default())
+                }
+            };
+            println!(
+                "{:<11} {:<8} {:<30} {:>5} {:>26} {:>16} {:>7}  {:<30} {:<5}",
+                s("suite"),
+                s("backend"),
+                s("op"),
+                tasks,
+                live,
+                raw,
+                ratio,
+                s("target"),
+                meets
+            );
+        }
+        let missed = self.rows.iter().filter(|r| r.get("meets").and_then(J::as_bool) == Some(false)).count();
+        let checked = self.rows.iter().filter(|r| r.get("meets").and_then(J::as_bool).is_some()).count();
+        println!("{}", "-".repeat(148));
+        println!(
+            "{} of {checked} targets met; {} cpus; {:.0} s",
+            checked - missed,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            elapsed.as_secs_f64()
+        );
+    }
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+}
