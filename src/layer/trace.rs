@@ -11,13 +11,34 @@ use tracing::Span;
 use crate::error::Error;
 use crate::request::{Request, Response};
 
-/// A `tower::Layer` opening a `livedict.request` span (at DEBUG level) per
-/// request, with the fields `op`, `backend`, `outcome` (`ok` or the error)
-/// and `latency_us`. With no subscriber interested, it costs one relaxed load.
+/// A `tower::Layer` opening one `tracing` span per request.
+///
+/// The span is named `livedict.request`, at `DEBUG` level, with target
+/// `livedict::layer::trace`. Its fields:
+///
+/// | field | type | value |
+/// | --- | --- | --- |
+/// | `op` | str | the operation, [`Request::op`]: `get`, `set`, `delete`, `exists`, `ttl`, `expire`, `persist`, `keys`, `items`, `len`, `clear`, `lock`, `renew`, `unlock`, `shutdown`, … |
+/// | `backend` | str | the name given to [`TraceLayer::new`]; the default stack uses `memory`, `sqlite` or `redis` |
+/// | `outcome` | str | `ok`, or the error's message (e.g. ``timed out waiting for the lock on key `k` ``); recorded when the response is ready, so it stays empty for a request dropped before it finished |
+/// | `latency_us` | u64 | microseconds from the call to the response (recorded with `outcome`) |
+///
+/// The span is entered while the services below it run, so their own events
+/// (and a backend's) nest under it. In the default stack the layer is the
+/// outermost one: the latency includes time spent waiting for another
+/// holder's lock and the outcome includes [`Error::Timeout`]. With no
+/// subscriber interested in the span, the layer costs one relaxed load per request.
+///
+/// To see the spans, enable `livedict=debug` in your subscriber, e.g. with
+/// `tracing_subscriber::fmt().with_env_filter("livedict=debug").with_span_events(FmtSpan::CLOSE)`
+/// (which logs each span with its fields and timing when it closes).
 ///
 /// ```
-/// let layer = livedict::layer::TraceLayer::new("memory");
-/// # let _ = layer;
+/// use livedict::layer::{TraceLayer, TimeoutLayer};
+/// let stack = tower::ServiceBuilder::new()
+///     .layer(TraceLayer::new("my-backend"))
+///     .layer(TimeoutLayer::new(std::time::Duration::from_secs(1)));
+/// # let _ = stack;
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct TraceLayer {
