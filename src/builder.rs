@@ -239,7 +239,12 @@ impl<V: Value> Builder<V> {
                 if let Some(codec) = self.codec {
                     config = config.codec(codec);
                 }
-                AnyBackend::Redis(RedisBackend::open(config, sink).await?)
+                let share_events = config.shares_events();
+                let backend = RedisBackend::open(config, sink).await?;
+                if share_events {
+                    backend.share_events(dispatcher).await?;
+                }
+                AnyBackend::Redis(backend)
             }
         })
     }

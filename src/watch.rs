@@ -9,10 +9,13 @@
 //! with their number, at the place where they were skipped.
 //!
 //! Events are those of this process's store handle (and its clones): writes
-//! made here and expirations/evictions its expiry driver reports. Writes
-//! made by other processes sharing an SQLite file or Redis namespace do not
-//! reach the stream yet; an expiration is reported by whichever process
-//! claimed it (exactly once in total), as for callbacks.
+//! made here and expirations/evictions its expiry driver reports. On Redis,
+//! with `share_events=true` on every process of a namespace, the events of
+//! the other processes reach the stream too (through the namespace's pub/sub
+//! channel; see [`RedisBackend::share_events`](crate::backend::RedisBackend::share_events)).
+//! On SQLite, writes made by other processes sharing the file do not reach
+//! the stream (there is no change feed yet); an expiration is reported by
+//! whichever process claimed it (exactly once in total), as for callbacks.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -301,6 +304,15 @@ impl<V> WatchQueue<V> {
     }
 }
 
+/// Carries a store's events to the other processes sharing it and theirs
+/// back to its watches (see [`RedisBackend::share_events`](crate::backend::RedisBackend::share_events)).
+pub(crate) trait Relay<V>: Send + Sync {
+    /// Sends one event of this process to the others; must never block.
+    fn publish(&self, event: &Event<V>);
+    /// Stops relaying (the store shut down or was dropped).
+    fn close(&self);
+}
+
 /// The watches of one dispatcher.
 pub(crate) struct Watchers<V> {
     queues: RwLock<Vec<Arc<WatchQueue<V>>>>,
@@ -379,11 +391,13 @@ impl<V: Value> LiveDict<V> {
     /// skipped. The stream ends when the store is shut down or dropped.
     ///
     /// **Scope:** events of this process (writes through this store's
-    /// handles, expirations and evictions its driver reports). On SQLite and
-    /// Redis, writes made by other processes are not streamed yet; each
-    /// expiration is reported exactly once in total, by the process that
-    /// claimed it. Fails with [`Error::Closed`](crate::Error::Closed) after
-    /// shutdown.
+    /// handles, expirations and evictions its driver reports). On Redis with
+    /// `share_events=true` in every process's URL, also the `Set`, `Delete`,
+    /// `Expire` and `Evict` events of the other processes on the namespace
+    /// (see [`RedisBackend::share_events`](crate::backend::RedisBackend::share_events));
+    /// each expiration then reaches every watch once. On SQLite, writes made
+    /// by other processes are not streamed. Fails with
+    /// [`Error::Closed`](crate::Error::Closed) after shutdown.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {

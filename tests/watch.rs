@@ -169,3 +169,78 @@ fn a_blocking_watch_is_read_without_await() {
     d.shutdown().unwrap();
     assert!(w.recv().unwrap().is_none());
 }
+
+/// Events shared across processes through Redis pub/sub (`share_events=true`).
+/// Two stores opened on one namespace stand for two processes: each has its
+/// own stack, dispatcher and relay origin.
+#[cfg(feature = "redis")]
+mod across_processes {
+    use super::*;
+    use livedict::LiveDict;
+
+    async fn two_processes(h: &support::Harness) -> (LiveDict<String>, LiveDict<String>) {
+        let url = format!("{}&share_events=true", h.url());
+        (LiveDict::open(&url).await.unwrap(), LiveDict::open(&url).await.unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_sees_writes_of_other_processes_in_order() {
+        let Some(h) = support::Harness::redis() else { return };
+        let (a, b) = two_processes(&h).await;
+        let mut w = b.watch(WatchFilter::kinds([EventKind::Set, EventKind::Delete]).prefix("k")).unwrap();
+        a.set("k1", "v1".into()).await.unwrap();
+        a.set("other", "x".into()).await.unwrap();
+        assert!(a.delete("k1").await.unwrap());
+        a.set("k2", "v2".into()).await.unwrap();
+        assert_eq!(next(&mut w).await, Some(ev(EventKind::Set, "k1", Some("v1".to_string()))));
+        assert_eq!(next(&mut w).await, Some(ev(EventKind::Delete, "k1", Some("v1".to_string()))));
+        assert_eq!(next(&mut w).await, Some(ev(EventKind::Set, "k2", Some("v2".to_string()))));
+        // Its own writes arrive once (the echo from the channel is skipped).
+        b.set("k3", "v3".into()).await.unwrap();
+        assert_eq!(next(&mut w).await, Some(ev(EventKind::Set, "k3", Some("v3".to_string()))));
+        a.set("k4", "v4".into()).await.unwrap();
+        assert_eq!(next(&mut w).await, Some(ev(EventKind::Set, "k4", Some("v4".to_string()))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_watch_sees_each_expiration_once_and_callbacks_stay_local() {
+        let Some(h) = support::Harness::redis() else { return };
+        let (a, b) = two_processes(&h).await;
+        let seen_a = support::Collector::new();
+        let seen_b = support::Collector::new();
+        a.register_callback(EventKind::Expire, seen_a.callback()).unwrap();
+        b.register_callback(EventKind::Expire, seen_b.callback()).unwrap();
+        let filter = WatchFilter::kinds([EventKind::Set, EventKind::Expire]);
+        let (mut wa, mut wb) = (a.watch(filter.clone()).unwrap(), b.watch(filter).unwrap());
+        a.set_with_ttl("k", "v".into(), h.short_ttl()).await.unwrap();
+        for w in [&mut wa, &mut wb] {
+            assert_eq!(next(w).await, Some(ev(EventKind::Set, "k", Some("v".to_string()))));
+            assert_eq!(next(w).await, Some(ev(EventKind::Expire, "k", Some("v".to_string()))));
+        }
+        // Exactly one process claimed the expiration: callbacks saw it once in total.
+        support::eventually("one expire callback", || seen_a.len() + seen_b.len() == 1).await;
+        // Nothing else is queued before a later marker write.
+        a.set("marker", "m".into()).await.unwrap();
+        for w in [&mut wa, &mut wb] {
+            assert_eq!(next(w).await, Some(ev(EventKind::Set, "marker", Some("m".to_string()))));
+        }
+        support::settle().await;
+        assert_eq!(seen_a.len() + seen_b.len(), 1, "an expiration reached callbacks twice");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sharing_is_off_unless_asked_for() {
+        let Some(h) = support::Harness::redis() else { return };
+        let quiet = LiveDict::<String>::open(h.url()).await.unwrap();
+        let (a, b) = two_processes(&h).await;
+        let mut w = b.watch(WatchFilter::kinds([EventKind::Set])).unwrap();
+        quiet.set("unshared", "x".into()).await.unwrap();
+        a.set("shared", "y".into()).await.unwrap();
+        // The unshared write came first; had it been published it would arrive first.
+        assert_eq!(next(&mut w).await, Some(ev(EventKind::Set, "shared", Some("y".to_string()))));
+        assert!(matches!(
+            LiveDict::<String>::open(&format!("{}&share_events=maybe", h.url())).await,
+            Err(Error::InvalidUrl { .. })
+        ));
+    }
+}

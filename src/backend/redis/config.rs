@@ -22,6 +22,7 @@ use crate::url::StoreUrl;
 /// | `sweep_ms` | 10 | how often each instance looks for deadlines set by other instances |
 /// | `command_timeout_ms` | 4000 | how long a command may wait (e.g. during a reconnect) before failing |
 /// | `codec` | `json` | value encoding |
+/// | `share_events` | `false` | publish events to, and stream events from, the other processes on this namespace (see [`RedisBackend::share_events`](super::RedisBackend::share_events)) |
 ///
 /// ```
 /// use std::time::Duration;
@@ -43,6 +44,7 @@ pub struct RedisConfig {
     pub(super) sweep_interval: Duration,
     pub(super) command_timeout: Duration,
     pub(super) codec: Codec,
+    pub(super) share_events: bool,
 }
 
 impl RedisConfig {
@@ -58,6 +60,7 @@ impl RedisConfig {
             sweep_interval: Duration::from_millis(10),
             command_timeout: Duration::from_secs(4),
             codec: Codec::Json,
+            share_events: false,
         }
     }
 
@@ -108,6 +111,25 @@ impl RedisConfig {
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
+    }
+
+    /// Whether [`LiveDict::open`](crate::LiveDict::open) and the builder
+    /// call [`RedisBackend::share_events`](super::RedisBackend::share_events)
+    /// (default false): events of every sharing process reach the watch
+    /// streams of every other.
+    ///
+    /// ```
+    /// let config = livedict::backend::RedisConfig::new("redis://127.0.0.1/").share_events(true);
+    /// assert!(config.shares_events());
+    /// ```
+    pub fn share_events(mut self, share: bool) -> Self {
+        self.share_events = share;
+        self
+    }
+
+    /// Whether events are shared with other processes (see [`share_events`](Self::share_events)).
+    pub fn shares_events(&self) -> bool {
+        self.share_events
     }
 
     pub(super) fn validate(&self) -> Result<()> {
@@ -163,6 +185,9 @@ impl RedisConfig {
         }
         if let Some(d) = url.take_millis("sweep_ms")? {
             config = config.sweep_interval(d);
+        }
+        if let Some(share) = url.take_parsed::<bool>("share_events")? {
+            config.share_events = share;
         }
         if let Some(name) = url.take("codec") {
             config.codec =

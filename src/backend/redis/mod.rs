@@ -14,6 +14,7 @@
 //! | `ld:{ns}:deadlines` | sorted set | key → deadline (ms since the epoch, server clock) |
 //! | `ld:{ns}:lock:<key>` | string | lock owner token, `PX` = the lease |
 //! | `ld:{ns}:fence` | integer | fencing counter, incremented per lock acquisition |
+//! | `ld:{ns}:events` | pub/sub channel | events of the processes with `share_events=true` ([`RedisBackend::share_events`]) |
 //!
 //! # Guarantees
 //!
@@ -29,6 +30,7 @@
 //!   clearing deletes by `SCAN` (never `FLUSHDB`).
 
 mod config;
+mod feed;
 mod scripts;
 mod sweeper;
 

@@ -1,7 +1,7 @@
 //! The [`Dispatcher`]: the registry of callbacks and the bounded queue of each.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -12,7 +12,7 @@ use crate::callback::{Callback, CallbackBody, CallbackId};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, EventSink, EventTarget};
 use crate::stats::{Counters, Stats};
-use crate::watch::{Watch, WatchFilter, WatchQueue, Watchers};
+use crate::watch::{Relay, Watch, WatchFilter, WatchQueue, Watchers};
 
 /// Settings of a [`Dispatcher`].
 ///
@@ -81,7 +81,9 @@ struct Registry<V> {
     runtime: Handle,
     closed: AtomicBool,
     /// The live event streams ([`Watch`]); fed from `emit` like the callbacks.
-    watchers: Watchers<V>,
+    watchers: Arc<Watchers<V>>,
+    /// Carries this store's events to other processes sharing it, if attached.
+    relay: OnceLock<Arc<dyn Relay<V>>>,
 }
 
 /// Delivers events to registered callbacks, off the caller's path.
@@ -133,7 +135,8 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
                 config,
                 runtime,
                 closed: AtomicBool::new(false),
-                watchers: Watchers::default(),
+                watchers: Arc::default(),
+                relay: OnceLock::new(),
             }),
         })
     }
@@ -251,6 +254,9 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
                 i.store(0, Ordering::Release);
             }
             reg.watchers.close_all();
+            if let Some(relay) = reg.relay.get() {
+                relay.close();
+            }
             std::mem::take(&mut *subs)
         };
         // Measured on the wall clock: callbacks run on real threads, and a
@@ -277,6 +283,7 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
 impl<V: Send + Sync + 'static> EventTarget<V> for Dispatcher<V> {
     fn wants(&self, kind: EventKind) -> bool {
         self.registry.interest[kind.index()].load(Ordering::Relaxed) > 0
+            || (kind != EventKind::Get && self.registry.relay.get().is_some())
     }
 
     fn emit(&self, event: Event<V>) {
@@ -289,13 +296,32 @@ impl<V: Send + Sync + 'static> EventTarget<V> for Dispatcher<V> {
         }
         drop(subscribers);
         reg.watchers.emit(&event);
+        if event.kind() != EventKind::Get
+            && let Some(relay) = reg.relay.get()
+        {
+            relay.publish(&event);
+        }
     }
 }
 
 impl<V> Dispatcher<V> {
+    /// Attaches the relay that carries this store's `Set`, `Delete`, `Expire`
+    /// and `Evict` events to other processes; returns the watches that events
+    /// of other processes are handed to. Only one relay per dispatcher.
+    pub(crate) fn attach_relay(&self, relay: Arc<dyn Relay<V>>) -> Result<Arc<Watchers<V>>> {
+        self.registry
+            .relay
+            .set(relay)
+            .map_err(|_| Error::InvalidConfig("this store already shares its events".into()))?;
+        Ok(Arc::clone(&self.registry.watchers))
+    }
+
     /// Ends every watch stream (the store's last handle is gone).
     pub(crate) fn close_watchers(&self) {
         let reg = &self.registry;
+        if let Some(relay) = reg.relay.get() {
+            relay.close();
+        }
         let _subscribers = write(&reg.subscribers);
         for queue in reg.watchers.close_all() {
             for kind in Watchers::kinds_of(&queue) {
