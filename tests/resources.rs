@@ -1,0 +1,154 @@
+//! Resource bounds: what expired and what was unlocked leaves nothing behind,
+//! and dropping every handle stops every background task, thread and connection.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use livedict::backend::{MemoryBackend, MemoryConfig};
+use livedict::layer::{CallbackLayer, DispatchConfig, Dispatcher, LockLayer};
+use livedict::{Callback, Event, EventKind, LiveDict};
+use support::{Kind, eventually};
+
+#[tokio::test(start_paused = true)]
+async fn timer_and_lock_tables_return_to_empty_after_100k_entries_expire() {
+    let dispatcher = Dispatcher::<u64>::new(DispatchConfig::default()).unwrap();
+    let backend = MemoryBackend::new(MemoryConfig::default(), dispatcher.sink()).unwrap();
+    let stack = tower::ServiceBuilder::new()
+        .layer(LockLayer::new())
+        .layer(CallbackLayer::new(dispatcher.clone()))
+        .service(backend.clone());
+    let locks = stack.clone();
+    let d = LiveDict::from_service(stack, dispatcher);
+    let expired = Arc::new(AtomicUsize::new(0));
+    let e = Arc::clone(&expired);
+    d.register_callback(
+        EventKind::Expire,
+        Callback::new(move |_: &Event<u64>| {
+            e.fetch_add(1, Ordering::Relaxed);
+        }),
+    )
+    .unwrap();
+    let n = 100_000u64;
+    for i in 0..n {
+        // Deadlines spread over 1-1000 ms; every tenth key is re-set, so its first deadline is stale.
+        d.set_with_ttl(format!("k{i}"), i, Duration::from_millis(1 + i % 1000)).await.unwrap();
+        if i % 10 == 0 {
+            d.set_with_ttl(format!("k{i}"), i, Duration::from_millis(1 + (i * 7) % 1000)).await.unwrap();
+        }
+        if i % 100 == 0 {
+            let g = d.lock(format!("k{i}"), Duration::from_secs(1)).await.unwrap();
+            g.expire(Duration::from_millis(500)).await.unwrap();
+        }
+    }
+    assert_eq!(backend.pending_deadlines(), n as usize, "one live deadline per entry");
+    assert_eq!(locks.locked_keys(), 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    eventually("every expire event delivered", || expired.load(Ordering::Relaxed) == n as usize).await;
+    assert_eq!(d.stats().expirations, n);
+    assert_eq!(backend.pending_deadlines(), 0, "the timer table kept expired deadlines");
+    assert_eq!(locks.locked_keys(), 0, "the lock table kept released keys");
+    assert_eq!(d.len().await.unwrap(), 0);
+    // The structures are reusable at the same size afterwards.
+    d.set_with_ttl("again", 1, Duration::from_millis(5)).await.unwrap();
+    assert_eq!(backend.pending_deadlines(), 1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(backend.pending_deadlines(), 0);
+}
+
+/// Open connections to a Redis server, counted by `redis-cli CLIENT LIST`.
+fn redis_clients(url: &str) -> usize {
+    let port = url.split(':').nth(2).and_then(|p| p.split('/').next()).unwrap();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", port, "CLIENT", "LIST"])
+        .output()
+        .expect("redis-cli");
+    // The CLIENT LIST command itself is one of the listed connections.
+    String::from_utf8_lossy(&out.stdout).lines().count().saturating_sub(1)
+}
+
+/// Uses every part of a store that runs in the background: expiry, sync and
+/// async callbacks (with timeouts, so the sync one has a watchdog), locks
+/// released by drop, clones.
+async fn exercise(h: &support::Harness, marker: &Arc<()>) -> LiveDict<u64> {
+    let d = h.open::<u64>().await;
+    let m = Arc::clone(marker);
+    let sync_cb = Callback::new(move |_: &Event<u64>| {
+        let _ = &m;
+    });
+    d.register_callback(EventKind::Set, sync_cb.timeout(Duration::from_secs(1))).unwrap();
+    let m = Arc::clone(marker);
+    let async_cb = Callback::new_async(move |_: Event<u64>| {
+        let m = Arc::clone(&m);
+        async move {
+            drop(m);
+        }
+    });
+    d.register_callback(EventKind::Expire, async_cb.timeout(Duration::from_secs(1))).unwrap();
+    let clone = d.clone();
+    for i in 0..20 {
+        clone.set_with_ttl(format!("k{i}"), i, h.short_ttl()).await.unwrap();
+    }
+    d.set("forever", 1).await.unwrap();
+    let g = d.lock("forever", Duration::from_secs(5)).await.unwrap();
+    g.set(2).await.unwrap();
+    drop(g);
+    h.pass(h.short_ttl() + h.grace()).await;
+    eventually("expirations", || d.stats().expirations == 20).await;
+    d
+}
+
+/// The signals `assert_all_stopped` waits for are really there while a store is open.
+fn assert_running(h: &support::Harness) {
+    match h.kind {
+        Kind::Memory => {}
+        Kind::Sqlite => {
+            let wal = format!("{}-wal", h.url().strip_prefix("sqlite://").unwrap());
+            assert!(std::path::Path::new(&wal).exists(), "no WAL file while open");
+        }
+        Kind::Redis => assert!(redis_clients(h.url()) > 0, "no Redis connection while open"),
+    }
+}
+
+/// Waits until everything `exercise` started has stopped.
+async fn assert_all_stopped(h: &support::Harness, tasks_before: usize, marker: &Arc<()>) {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    eventually("every background task stopped", || metrics.num_alive_tasks() <= tasks_before).await;
+    // The callbacks (and so their threads and tasks) were dropped.
+    eventually("every callback dropped", || Arc::strong_count(marker) == 1).await;
+    match h.kind {
+        Kind::Memory => {}
+        Kind::Sqlite => {
+            // SQLite removes the WAL file when the last connection closes.
+            let wal = format!("{}-wal", h.url().strip_prefix("sqlite://").unwrap());
+            eventually("every SQLite connection closed", || !std::path::Path::new(&wal).exists()).await;
+        }
+        Kind::Redis => {
+            let url = h.url().to_owned();
+            eventually("every Redis connection closed", || redis_clients(&url) == 0).await;
+        }
+    }
+}
+
+for_each_backend! {
+    async fn dropping_every_handle_stops_every_background_task(h: Harness) {
+        let tasks_before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let marker = Arc::new(());
+        let d = exercise(&h, &marker).await;
+        assert!(tokio::runtime::Handle::current().metrics().num_alive_tasks() > tasks_before);
+        assert_running(&h);
+        drop(d); // no shutdown: dropping is enough
+        assert_all_stopped(&h, tasks_before, &marker).await;
+    }
+
+    async fn shutdown_then_drop_stops_every_background_task(h: Harness) {
+        let tasks_before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let marker = Arc::new(());
+        let d = exercise(&h, &marker).await;
+        d.shutdown().await.unwrap();
+        drop(d);
+        assert_all_stopped(&h, tasks_before, &marker).await;
+    }
+}
