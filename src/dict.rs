@@ -106,6 +106,14 @@ impl<V: Value> LiveDict<V> {
     /// [`CallbackLayer`](crate::layer::CallbackLayer) and backend report to;
     /// `register_callback` and `stats` go through it.
     ///
+    /// Third-party middleware that boxes its errors (`tower::buffer`,
+    /// `tower::load_shed`) needs a `.map_err(Error::from)` above it ([`Error`]
+    /// implements `From<tower::BoxError>`, unboxing livedict's own errors).
+    /// Put concurrency limits below the [`LockLayer`](crate::layer::LockLayer):
+    /// a `lock` call waits for its key inside that layer, and a limit above it
+    /// would let waiters hold every permit while the holder's own writes queue
+    /// behind them.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
     /// use std::time::Duration;
@@ -114,9 +122,10 @@ impl<V: Value> LiveDict<V> {
     /// let backend = MemoryBackend::new(MemoryConfig::default(), dispatcher.sink())?;
     /// let stack = tower::ServiceBuilder::new()
     ///     .layer(TraceLayer::new("memory"))
-    ///     .layer(tower::limit::ConcurrencyLimitLayer::new(64))
     ///     .layer(TimeoutLayer::new(Duration::from_secs(1)))
-    ///     .layer(LockLayer::new())
+    ///     .layer(LockLayer::new().with_stats_of(&dispatcher))
+    ///     // third-party limits below the LockLayer, where lock waiters hold no permit
+    ///     .layer(tower::limit::ConcurrencyLimitLayer::new(64))
     ///     .layer(CallbackLayer::new(dispatcher.clone()))
     ///     .service(backend);
     /// let d = LiveDict::from_service(stack, dispatcher);
