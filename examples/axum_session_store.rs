@@ -169,7 +169,9 @@ async fn read_hits(State(state): State<AppState>, Path(id): Path<String>) -> Res
 ///
 /// The read-modify-write runs under the counter's lock: concurrent requests
 /// queue for it (FIFO) instead of overwriting each other's increments. A
-/// request that cannot get the lock within [`LOCK_WAIT`] gets 503.
+/// request that cannot get the lock within [`LOCK_WAIT`] gets 503. (For a
+/// plain counter, `state.hits.incr(&id, 1)` does the same in one call; the
+/// explicit guard shows the general pattern for any read-modify-write.)
 async fn increment_hits(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     if !state.sessions.exists(&id).await? {
         return Ok(StatusCode::NOT_FOUND.into_response());
