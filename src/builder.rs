@@ -226,7 +226,12 @@ impl<V: Value> Builder<V> {
                 if let Some(codec) = self.codec {
                     config = config.codec(codec);
                 }
-                AnyBackend::Sqlite(SqliteBackend::open(config, sink).await?)
+                let share_events = config.shares_events();
+                let backend = SqliteBackend::open(config, sink).await?;
+                if share_events {
+                    backend.share_events(dispatcher).await?;
+                }
+                AnyBackend::Sqlite(backend)
             }
             #[cfg(feature = "redis")]
             Target::Redis(mut config) => {

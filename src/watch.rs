@@ -9,13 +9,15 @@
 //! with their number, at the place where they were skipped.
 //!
 //! Events are those of this process's store handle (and its clones): writes
-//! made here and expirations/evictions its expiry driver reports. On Redis,
-//! with `share_events=true` on every process of a namespace, the events of
-//! the other processes reach the stream too (through the namespace's pub/sub
-//! channel; see [`RedisBackend::share_events`](crate::backend::RedisBackend::share_events)).
-//! On SQLite, writes made by other processes sharing the file do not reach
-//! the stream (there is no change feed yet); an expiration is reported by
-//! whichever process claimed it (exactly once in total), as for callbacks.
+//! made here and expirations/evictions its expiry driver reports. With
+//! `share_events=true` in the URL of every process sharing a Redis namespace
+//! or an SQLite file, the events of the other processes reach the stream too
+//! (Redis: the namespace's pub/sub channel, see
+//! [`RedisBackend::share_events`](crate::backend::RedisBackend::share_events);
+//! SQLite: a change feed table, see
+//! [`SqliteBackend::share_events`](crate::backend::SqliteBackend::share_events)).
+//! Without it, writes of other processes are not streamed, and an expiration
+//! is streamed by whichever process claimed it (exactly once in total).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -305,7 +307,7 @@ impl<V> WatchQueue<V> {
 }
 
 /// Carries a store's events to the other processes sharing it and theirs
-/// back to its watches (see [`RedisBackend::share_events`](crate::backend::RedisBackend::share_events)).
+/// back to its watches (the Redis pub/sub feed, the SQLite change feed).
 pub(crate) trait Relay<V>: Send + Sync {
     /// Sends one event of this process to the others; must never block.
     fn publish(&self, event: &Event<V>);
@@ -391,12 +393,13 @@ impl<V: Value> LiveDict<V> {
     /// skipped. The stream ends when the store is shut down or dropped.
     ///
     /// **Scope:** events of this process (writes through this store's
-    /// handles, expirations and evictions its driver reports). On Redis with
-    /// `share_events=true` in every process's URL, also the `Set`, `Delete`,
-    /// `Expire` and `Evict` events of the other processes on the namespace
-    /// (see [`RedisBackend::share_events`](crate::backend::RedisBackend::share_events));
-    /// each expiration then reaches every watch once. On SQLite, writes made
-    /// by other processes are not streamed. Fails with
+    /// handles, expirations and evictions its driver reports). On Redis and
+    /// SQLite with `share_events=true` in every process's URL, also the
+    /// `Set`, `Delete`, `Expire` and `Evict` events of the other processes on
+    /// the namespace or file (see
+    /// [`RedisBackend::share_events`](crate::backend::RedisBackend::share_events),
+    /// [`SqliteBackend::share_events`](crate::backend::SqliteBackend::share_events));
+    /// each expiration then reaches every watch once. Fails with
     /// [`Error::Closed`](crate::Error::Closed) after shutdown.
     ///
     /// ```

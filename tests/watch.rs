@@ -170,22 +170,25 @@ fn a_blocking_watch_is_read_without_await() {
     assert!(w.recv().unwrap().is_none());
 }
 
-/// Events shared across processes through Redis pub/sub (`share_events=true`).
-/// Two stores opened on one namespace stand for two processes: each has its
-/// own stack, dispatcher and relay origin.
-#[cfg(feature = "redis")]
+/// Events shared across processes (`share_events=true`): Redis pub/sub,
+/// SQLite change feed. Two stores opened on one namespace or file stand for
+/// two processes: each has its own stack, dispatcher and origin.
 mod across_processes {
     use super::*;
     use livedict::LiveDict;
+    use support::Harness;
 
-    async fn two_processes(h: &support::Harness) -> (LiveDict<String>, LiveDict<String>) {
-        let url = format!("{}&share_events=true", h.url());
+    fn sharing_url(h: &Harness, share: &str) -> String {
+        let sep = if h.url().contains('?') { '&' } else { '?' };
+        format!("{}{sep}share_events={share}", h.url())
+    }
+
+    async fn two_processes(h: &Harness) -> (LiveDict<String>, LiveDict<String>) {
+        let url = sharing_url(h, "true");
         (LiveDict::open(&url).await.unwrap(), LiveDict::open(&url).await.unwrap())
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_watch_sees_writes_of_other_processes_in_order() {
-        let Some(h) = support::Harness::redis() else { return };
+    async fn a_watch_sees_writes_of_other_processes_in_order(h: Harness) {
         let (a, b) = two_processes(&h).await;
         let mut w = b.watch(WatchFilter::kinds([EventKind::Set, EventKind::Delete]).prefix("k")).unwrap();
         a.set("k1", "v1".into()).await.unwrap();
@@ -195,16 +198,14 @@ mod across_processes {
         assert_eq!(next(&mut w).await, Some(ev(EventKind::Set, "k1", Some("v1".to_string()))));
         assert_eq!(next(&mut w).await, Some(ev(EventKind::Delete, "k1", Some("v1".to_string()))));
         assert_eq!(next(&mut w).await, Some(ev(EventKind::Set, "k2", Some("v2".to_string()))));
-        // Its own writes arrive once (the echo from the channel is skipped).
+        // Its own writes arrive once (its own entries in the feed are skipped).
         b.set("k3", "v3".into()).await.unwrap();
         assert_eq!(next(&mut w).await, Some(ev(EventKind::Set, "k3", Some("v3".to_string()))));
         a.set("k4", "v4".into()).await.unwrap();
         assert_eq!(next(&mut w).await, Some(ev(EventKind::Set, "k4", Some("v4".to_string()))));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_watch_sees_each_expiration_once_and_callbacks_stay_local() {
-        let Some(h) = support::Harness::redis() else { return };
+    async fn every_watch_sees_each_expiration_once_and_callbacks_stay_local(h: Harness) {
         let (a, b) = two_processes(&h).await;
         let seen_a = support::Collector::new();
         let seen_b = support::Collector::new();
@@ -228,19 +229,47 @@ mod across_processes {
         assert_eq!(seen_a.len() + seen_b.len(), 1, "an expiration reached callbacks twice");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sharing_is_off_unless_asked_for() {
-        let Some(h) = support::Harness::redis() else { return };
+    async fn sharing_is_off_unless_asked_for(h: Harness) {
         let quiet = LiveDict::<String>::open(h.url()).await.unwrap();
         let (a, b) = two_processes(&h).await;
         let mut w = b.watch(WatchFilter::kinds([EventKind::Set])).unwrap();
         quiet.set("unshared", "x".into()).await.unwrap();
         a.set("shared", "y".into()).await.unwrap();
-        // The unshared write came first; had it been published it would arrive first.
+        // The unshared write came first; had it been shared it would arrive first.
         assert_eq!(next(&mut w).await, Some(ev(EventKind::Set, "shared", Some("y".to_string()))));
         assert!(matches!(
-            LiveDict::<String>::open(&format!("{}&share_events=maybe", h.url())).await,
+            LiveDict::<String>::open(&sharing_url(&h, "maybe")).await,
             Err(Error::InvalidUrl { .. })
         ));
     }
+
+    macro_rules! on_shared_backends {
+        ($($name:ident),*) => {
+            #[cfg(feature = "sqlite")]
+            mod sqlite {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        super::$name(super::Harness::sqlite()).await
+                    }
+                )*
+            }
+            #[cfg(feature = "redis")]
+            mod redis {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let Some(h) = super::Harness::redis() else { return };
+                        super::$name(h).await
+                    }
+                )*
+            }
+        };
+    }
+
+    on_shared_backends!(
+        a_watch_sees_writes_of_other_processes_in_order,
+        every_watch_sees_each_expiration_once_and_callbacks_stay_local,
+        sharing_is_off_unless_asked_for
+    );
 }

@@ -21,6 +21,7 @@ use crate::url::StoreUrl;
 /// | `poll_ms` | 100 | how often the expiry driver looks for other processes' deadlines |
 /// | `readers` | 2 | read connections (reads never queue behind writes) |
 /// | `codec` | `json` | value encoding |
+/// | `share_events` | `false` | append events to, and stream events from, the change feed shared by the processes on this file and table (see [`SqliteBackend::share_events`](super::SqliteBackend::share_events)) |
 ///
 /// ```
 /// use std::time::Duration;
@@ -40,6 +41,7 @@ pub struct SqliteConfig {
     pub(super) codec: Codec,
     pub(super) poll_interval: Duration,
     pub(super) readers: usize,
+    pub(super) share_events: bool,
 }
 
 impl SqliteConfig {
@@ -55,6 +57,7 @@ impl SqliteConfig {
             codec: Codec::Json,
             poll_interval: Duration::from_millis(100),
             readers: 2,
+            share_events: false,
         }
     }
 
@@ -98,6 +101,25 @@ impl SqliteConfig {
     pub fn readers(mut self, readers: usize) -> Self {
         self.readers = readers.max(1);
         self
+    }
+
+    /// Whether [`LiveDict::open`](crate::LiveDict::open) and the builder
+    /// call [`SqliteBackend::share_events`](super::SqliteBackend::share_events)
+    /// (default false): events of every sharing process reach the watch
+    /// streams of every other.
+    ///
+    /// ```
+    /// let config = livedict::backend::SqliteConfig::new("orders.db").share_events(true);
+    /// assert!(config.shares_events());
+    /// ```
+    pub fn share_events(mut self, share: bool) -> Self {
+        self.share_events = share;
+        self
+    }
+
+    /// Whether events are shared with other processes (see [`share_events`](Self::share_events)).
+    pub fn shares_events(&self) -> bool {
+        self.share_events
     }
 
     pub(super) fn in_memory(&self) -> bool {
@@ -149,6 +171,9 @@ impl SqliteConfig {
         }
         if let Some(n) = url.take_parsed::<usize>("readers")? {
             config = config.readers(n);
+        }
+        if let Some(share) = url.take_parsed::<bool>("share_events")? {
+            config.share_events = share;
         }
         if let Some(name) = url.take("codec") {
             config.codec =

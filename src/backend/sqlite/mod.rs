@@ -10,6 +10,8 @@
 //! token, lease end) and a shared `livedict_meta` table holding the schema
 //! version and each store's fencing counter. Values are encoded by the
 //! store's [`Codec`](crate::Codec) (JSON by default, readable with `sqlite3`).
+//! With `share_events=true`, `<table>_events` is the change feed
+//! ([`SqliteBackend::share_events`]).
 //!
 //! # Guarantees
 //!
@@ -24,6 +26,7 @@
 
 mod config;
 mod driver;
+mod feed;
 mod schema;
 mod writer;
 

@@ -1,0 +1,268 @@
+//! The change feed: every process sharing a file appends its events to the
+//! table `<table>_events`, and polls it for the events of the others, which
+//! it hands to its watches, so a [`Watch`](crate::Watch) sees the whole store.
+//!
+//! Rows are appended in batches (one transaction each) after the writes they
+//! describe committed, and kept for [`RETENTION`]; each process reads the
+//! rows past the last one it saw every [`POLL`], skipping its own (by origin).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{OpenFlags, params};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{SqliteBackend, now_ms, open_error, schema};
+use crate::Value;
+use crate::codec::Codec;
+use crate::error::Result;
+use crate::event::{Event, EventKind};
+use crate::layer::Dispatcher;
+use crate::stats::Counters;
+use crate::watch::{Relay, Watchers};
+
+/// How often each process reads the feed.
+const POLL: Duration = Duration::from_millis(10);
+/// How long a row stays in the feed (a process that falls further behind misses rows).
+const RETENTION: Duration = Duration::from_secs(60);
+/// Rows waiting to be appended before new ones are dropped.
+const OUTBOX: usize = 8192;
+/// Rows appended per transaction, and read per poll, at most.
+const BATCH: usize = 512;
+
+/// A row read from the feed: seq, origin, kind, key, encoded value.
+type FeedRow = (i64, i64, i64, String, Option<Vec<u8>>);
+
+/// One event on its way into the feed.
+struct Row {
+    kind: EventKind,
+    key: String,
+    value: Option<Vec<u8>>,
+}
+
+/// The statements of one store's feed.
+struct FeedSql {
+    create: String,
+    insert: String,
+    trim: String,
+    head: String,
+    read: String,
+}
+
+impl FeedSql {
+    fn new(t: &str) -> Self {
+        // `t` is validated to [A-Za-z0-9_]+, so quoting it is enough.
+        let e = format!("\"{t}_events\"");
+        FeedSql {
+            create: format!(
+                "CREATE TABLE IF NOT EXISTS {e} (seq INTEGER PRIMARY KEY AUTOINCREMENT, origin INTEGER NOT NULL, \
+                 kind INTEGER NOT NULL, key TEXT NOT NULL, value BLOB, at INTEGER NOT NULL)"
+            ),
+            insert: format!("INSERT INTO {e} (origin, kind, key, value, at) VALUES (?1, ?2, ?3, ?4, ?5)"),
+            trim: format!("DELETE FROM {e} WHERE at < ?1"),
+            head: format!("SELECT coalesce(max(seq), 0) FROM {e}"),
+            read: format!(
+                "SELECT seq, origin, kind, key, value FROM {e} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ),
+        }
+    }
+}
+
+/// Queues this process's events for the feed; [`Relay`] for the dispatcher.
+struct SqliteRelay {
+    codec: Codec,
+    outbox: mpsc::Sender<Row>,
+    counters: Arc<Counters>,
+    /// Cancels the append and poll tasks when taken (close) or dropped.
+    stop: Mutex<Option<DropGuard>>,
+}
+
+impl<V: Value> Relay<V> for SqliteRelay {
+    fn publish(&self, event: &Event<V>) {
+        // It was stored, so it encodes; if not, the event is shared without it.
+        let value = event.value().and_then(|v| self.codec.encode(event.key(), v).ok());
+        let row = Row { kind: event.kind(), key: event.key().to_owned(), value };
+        if self.outbox.try_send(row).is_err() {
+            self.counters.events_dropped.incr();
+        }
+    }
+
+    fn close(&self) {
+        self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+impl<V: Value> SqliteBackend<V> {
+    /// Shares events across every process that uses this file and table:
+    /// this store's `Set`, `Delete`, `Expire` and `Evict` events are appended
+    /// to the change feed table `<table>_events`, and those of other
+    /// processes reach this store's [`watch`](crate::LiveDict::watch)
+    /// streams (read every 10 ms). Callbacks keep seeing only this process's
+    /// events, so each expiration still reaches callbacks exactly once in
+    /// total; every watch in every sharing process sees it once. `Get`
+    /// events are not shared.
+    ///
+    /// Enabled by the URL option `share_events=true` (or
+    /// [`SqliteConfig::share_events`](super::SqliteConfig::share_events)); call
+    /// this yourself only for a stack built with
+    /// [`LiveDict::from_service`](crate::LiveDict::from_service). Processes
+    /// that only write must enable it too. Rows are appended after the write
+    /// they describe committed (a crash in between loses the event) and kept
+    /// for 60 s. A private `sqlite::memory:` database has no other process to
+    /// share with: this does nothing there.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use livedict::{EventKind, LiveDict, WatchFilter};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let url = format!("sqlite://{}?share_events=true", dir.path().join("s.db").display());
+    /// let a = LiveDict::<u32>::open(&url).await?;
+    /// let b = LiveDict::<u32>::open(&url).await?; // another process, as far as `a` can tell
+    /// let mut w = a.watch(WatchFilter::kinds([EventKind::Set]))?;
+    /// b.set("k", 1).await?;
+    /// let item = w.recv().await.unwrap();
+    /// assert_eq!(item.event().unwrap().key(), "k");
+    /// # Ok(()) }
+    /// ```
+    pub async fn share_events(&self, dispatcher: &Dispatcher<V>) -> Result<()> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        if config.in_memory() {
+            return Ok(());
+        }
+        let label = Arc::clone(&shared.label);
+        let flags =
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = tokio_rusqlite::Connection::open_with_flags(&config.path, flags)
+            .await
+            .map_err(|e| open_error(&label, "opening the change feed", e))?;
+        let sql = Arc::new(FeedSql::new(&config.table));
+        let (setup, q) = (config.clone(), Arc::clone(&sql));
+        let head: i64 = conn
+            .call(move |c| -> rusqlite::Result<i64> {
+                schema::configure(c, &setup)?;
+                c.execute_batch(&q.create)?;
+                c.query_row(&q.head, [], |r| r.get(0))
+            })
+            .await
+            .map_err(|e| open_error(&label, "creating the change feed", e))?;
+        let cancel = CancellationToken::new();
+        let (outbox, rows) = mpsc::channel(OUTBOX);
+        let relay = Arc::new(SqliteRelay {
+            codec: config.codec,
+            outbox,
+            counters: Arc::clone(dispatcher.counters()),
+            stop: Mutex::new(Some(cancel.clone().drop_guard())),
+        });
+        let watchers = dispatcher.attach_relay(relay)?;
+        let origin: i64 = rand::random();
+        let feed = Feed { conn, sql, origin, label };
+        tokio::spawn(feed.clone().append(rows, cancel.clone()));
+        tokio::spawn(feed.poll(watchers, config.codec, head, cancel));
+        Ok(())
+    }
+}
+
+/// One process's end of the feed: its connection and origin.
+#[derive(Clone)]
+struct Feed {
+    conn: tokio_rusqlite::Connection,
+    sql: Arc<FeedSql>,
+    origin: i64,
+    label: Arc<str>,
+}
+
+impl Feed {
+    /// Appends this process's events in batches, trimming old rows now and then.
+    async fn append(self, mut rows: mpsc::Receiver<Row>, cancel: CancellationToken) {
+        let mut last_trim = Instant::now();
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = rows.recv() => match r { Some(r) => r, None => break },
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH
+                && let Ok(r) = rows.try_recv()
+            {
+                batch.push(r);
+            }
+            let trim = last_trim.elapsed() > Duration::from_secs(1);
+            if trim {
+                last_trim = Instant::now();
+            }
+            let (sql, origin) = (Arc::clone(&self.sql), self.origin);
+            let appended = self
+                .conn
+                .call(move |c| -> rusqlite::Result<()> {
+                    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let now = now_ms();
+                    {
+                        let mut insert = tx.prepare_cached(&sql.insert)?;
+                        for r in &batch {
+                            insert.execute(params![origin, r.kind.index() as i64, r.key, r.value, now])?;
+                        }
+                    }
+                    if trim {
+                        tx.execute(&sql.trim, [now - RETENTION.as_millis() as i64])?;
+                    }
+                    tx.commit()
+                })
+                .await;
+            if let Err(e) = appended {
+                tracing::warn!(path = %self.label, error = %e, "appending events to the change feed failed");
+            }
+        }
+    }
+
+    /// Hands the events other processes appended to this store's watches.
+    async fn poll<V: Value>(
+        self,
+        watchers: Arc<Watchers<V>>,
+        codec: Codec,
+        mut after: i64,
+        cancel: CancellationToken,
+    ) {
+        let mut full = false;
+        loop {
+            if !full {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            } else if cancel.is_cancelled() {
+                break;
+            }
+            let sql = Arc::clone(&self.sql);
+            let read = self
+                .conn
+                .call(move |c| -> rusqlite::Result<Vec<FeedRow>> {
+                    let mut st = c.prepare_cached(&sql.read)?;
+                    let rows = st.query_map(params![after, BATCH as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })?;
+                    rows.collect()
+                })
+                .await;
+            let rows = match read {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(path = %self.label, error = %e, "reading the change feed failed");
+                    continue;
+                }
+            };
+            full = rows.len() == BATCH;
+            for (seq, origin, kind, key, value) in rows {
+                after = seq;
+                let Some(&kind) = EventKind::ALL.get(kind as usize) else { continue };
+                if origin == self.origin {
+                    continue;
+                }
+                // An undecodable value (e.g. another codec) is shared as an event without a value.
+                let value = value.and_then(|v| codec.decode::<V>(&key, &v).ok());
+                watchers.emit(&Event::new(kind, key, value));
+            }
+        }
+    }
+}
