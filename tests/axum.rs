@@ -1,10 +1,11 @@
 //! The axum example (`examples/axum_session_store.rs`) served on a loopback
 //! port and driven over real HTTP: create, read, expiry with cleanup, and
-//! concurrent increments under a lock.
+//! concurrent increments under a lock; the same flow on SQLite and Redis.
 
 #[allow(dead_code)] // the example's `main` is not used here
 #[path = "../examples/axum_session_store.rs"]
 mod app;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -23,7 +24,12 @@ struct Server {
 impl Server {
     /// Serves the example's router for a fresh memory store on a free port.
     async fn start() -> Server {
-        let state = AppState::open("memory://", Duration::from_secs(60)).await.expect("open stores");
+        Self::start_at("memory://").await
+    }
+
+    /// Serves the example's router for the stores at `url` on a free port.
+    async fn start_at(url: &str) -> Server {
+        let state = AppState::open(url, Duration::from_secs(60)).await.expect("open stores");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let base = format!("http://{}", listener.local_addr().expect("local addr"));
         let router = app::router(state.clone());
@@ -156,4 +162,54 @@ async fn increments_of_a_missing_session_are_not_found() {
     let resp = s.client.post(s.url("/sessions/nope/hits")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert_eq!(s.state.hits.len().await.unwrap(), 0);
+}
+
+/// The whole flow on a shared backend: create, read, 50 locked increments,
+/// expiry with cleanup by the callback.
+async fn full_flow(url: &str) {
+    let s = Server::start_at(url).await;
+    let session = s.create("frank", None).await;
+    let read: Session = s.get(&format!("/sessions/{}", session.id)).await.json().await.unwrap();
+    assert_eq!(read, session);
+
+    let url = s.url(&format!("/sessions/{}/hits", session.id));
+    let requests: Vec<_> = (0..50)
+        .map(|_| {
+            let (client, url) = (s.client.clone(), url.clone());
+            tokio::spawn(
+                async move { client.post(url).send().await.unwrap().json::<Hits>().await.unwrap().hits },
+            )
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for r in requests {
+        seen.insert(r.await.unwrap());
+    }
+    assert_eq!(seen, (1..=50).collect::<BTreeSet<u64>>());
+
+    let short = s.create("grace", Some(300)).await;
+    s.client.post(s.url(&format!("/sessions/{}/hits", short.id))).send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.stats().await.sessions_expired < 1 {
+        assert!(Instant::now() < deadline, "expire callback did not run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.get(&format!("/sessions/{}", short.id)).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.state.hits.get(&short.id).await.unwrap(), None, "counter cleaned up");
+    assert_eq!(s.get(&format!("/sessions/{}", session.id)).await.status(), StatusCode::OK);
+    s.state.shutdown().await.unwrap();
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_backed_server_keeps_sessions_counts_exactly_and_expires() {
+    let h = support::Harness::sqlite();
+    full_flow(h.url()).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_backed_server_keeps_sessions_counts_exactly_and_expires() {
+    let Some(h) = support::Harness::redis() else { return };
+    full_flow(h.url()).await;
 }
