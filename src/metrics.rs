@@ -7,7 +7,8 @@
 //! (`Counter::absolute`), each labelled `store = <the name you give>` so several
 //! stores in one process stay apart. It keeps no state of its own: call
 //! [`LiveDict::export_metrics`] whenever you like (e.g. before a scrape), or let
-//! [`LiveDict::spawn_metrics_exporter`] call it on an interval.
+//! [`LiveDict::spawn_metrics_exporter`] call it on an interval. From the
+//! blocking facade, call `d.as_async().export_metrics(..)`.
 //!
 //! | metric | [`Stats`] field |
 //! | --- | --- |

@@ -5,6 +5,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A snapshot of a store's counters since it was opened.
 ///
+/// Counters only grow. Hits, misses, sets and deletes are counted by the
+/// [`CallbackLayer`](crate::layer::CallbackLayer), lock waits and timeouts by
+/// the [`LockLayer`](crate::layer::LockLayer) (when built with
+/// [`with_stats_of`](crate::layer::LockLayer::with_stats_of), as the default
+/// stack is), expirations and evictions by the backend, and the event
+/// counters by the callback sandbox. With the cargo feature `metrics`,
+/// `LiveDict::export_metrics` copies them into the `metrics` facade.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
 /// let d = livedict::LiveDict::<u32>::open("memory://").await?;
