@@ -60,21 +60,36 @@ pub const COUNTERS: [(&str, &str); 12] = [
     ("livedict_lock_timeouts_total", "lock acquisitions that gave up with LockTimeout"),
 ];
 
-/// The values of `stats`, in the order of [`COUNTERS`].
-fn values(s: &Stats) -> [u64; 12] {
+/// The values of `stats`, in the order of [`COUNTERS`]. The exhaustive
+/// destructuring makes a new `Stats` field a compile error here until it is exported.
+fn values(stats: &Stats) -> [u64; 12] {
+    let Stats {
+        hits,
+        misses,
+        sets,
+        deletes,
+        expirations,
+        evictions,
+        events_delivered,
+        events_dropped,
+        callbacks_panicked,
+        callbacks_timed_out,
+        lock_waits,
+        lock_timeouts,
+    } = *stats;
     [
-        s.hits,
-        s.misses,
-        s.sets,
-        s.deletes,
-        s.expirations,
-        s.evictions,
-        s.events_delivered,
-        s.events_dropped,
-        s.callbacks_panicked,
-        s.callbacks_timed_out,
-        s.lock_waits,
-        s.lock_timeouts,
+        hits,
+        misses,
+        sets,
+        deletes,
+        expirations,
+        evictions,
+        events_delivered,
+        events_dropped,
+        callbacks_panicked,
+        callbacks_timed_out,
+        lock_waits,
+        lock_timeouts,
     ]
 }
 
