@@ -173,12 +173,15 @@ async fn read_hits(State(state): State<AppState>, Path(id): Path<String>) -> Res
 /// plain counter, `state.hits.incr(&id, 1)` does the same in one call; the
 /// explicit guard shows the general pattern for any read-modify-write.)
 async fn increment_hits(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    if !state.sessions.exists(&id).await? {
+    // Every session has a deadline, so `None` means there is no live session.
+    let Some(session_left) = state.sessions.ttl(&id).await? else {
         return Ok(StatusCode::NOT_FOUND.into_response());
-    }
+    };
     let guard = state.hits.lock(&id, LOCK_WAIT).await?;
     let hits = guard.get().await?.unwrap_or(0) + 1;
-    guard.set(hits).await?;
+    // The expire callback removes the counter with its session; the counter's
+    // own TTL only bounds a counter written just after that cleanup ran.
+    guard.set_with_ttl(hits, session_left + Duration::from_secs(1)).await?;
     guard.unlock().await?;
     Ok(Json(Hits { hits }).into_response())
 }
