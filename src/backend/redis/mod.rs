@@ -392,6 +392,13 @@ impl<V: Value> Shared<V> {
             }
             Request::Len => Ok(Response::Len(self.scan_keys(&self.keys.value_prefix).await?.len())),
             Request::Clear => {
+                // Entries already past their deadline expired before this clear: claim
+                // and report them first, so a sweeper that has not run yet cannot lose them.
+                for _ in 0..100 {
+                    if !sweeper::sweep_once(self).await.is_zero() {
+                        break;
+                    }
+                }
                 for prefix in [&self.keys.value_prefix, &self.keys.shadow_prefix] {
                     let keys = self.scan_keys(prefix).await?;
                     for chunk in keys.chunks(PAGE as usize) {

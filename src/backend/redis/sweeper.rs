@@ -10,7 +10,7 @@
 //! long as that is within the grace period (after it, the value is gone and
 //! the event carries no value).
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use fred::types::Value as RedisValue;
@@ -37,8 +37,8 @@ pub(super) async fn sweeper<V: Value>(shared: Weak<Shared<V>>, cancel: Cancellat
     }
 }
 
-/// Claims one batch; returns how long to sleep before the next.
-async fn sweep_once<V: Value>(shared: &Arc<Shared<V>>) -> Duration {
+/// Claims one batch; returns how long to sleep before the next (zero: more are due).
+pub(super) async fn sweep_once<V: Value>(shared: &Shared<V>) -> Duration {
     let poll = shared.config.sweep_interval;
     let keys = vec![shared.keys.index.clone()];
     let args: Vec<RedisValue> = vec![shared.keys.shadow_prefix.clone().into(), CLAIM_BATCH.into()];

@@ -215,6 +215,13 @@ fn apply(tx: &Transaction<'_>, sql: &Sql, now: i64, op: WriteOp) -> rusqlite::Re
             WriteOutcome::Bool(tx.prepare_cached(&sql.persist)?.execute(params![key, now])? > 0)
         }
         WriteOp::Clear => {
+            // Entries already past their deadline expired before this clear: claim
+            // them first so their Expire events are not lost to a late driver.
+            let mut claim = tx.prepare_cached(&sql.claim_due)?;
+            let due = claim.query_map(params![now, i64::MAX], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            for row in due {
+                expired.push(row?);
+            }
             tx.prepare_cached(&sql.clear)?.execute([])?;
             WriteOutcome::Done
         }
