@@ -39,7 +39,9 @@ async fn main() -> livedict::Result<()> {
     let writers: Vec<_> = (0..100)
         .map(|i| {
             let d = d.clone();
-            tokio::spawn(async move { d.set(format!("bulk-{i}"), Order { item: "bulk".into(), qty: i }).await })
+            tokio::spawn(
+                async move { d.set(format!("bulk-{i}"), Order { item: "bulk".into(), qty: i }).await },
+            )
         })
         .collect();
     for w in writers {
