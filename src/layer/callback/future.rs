@@ -19,6 +19,13 @@ pub(super) enum Plan<V> {
     Other,
 }
 
+impl<V> Plan<V> {
+    /// Whether an event will be built (some callback listens to its kind).
+    fn emits(&self) -> bool {
+        matches!(self, Plan::Get(Some(_)) | Plan::Set(Some(_)) | Plan::Delete(Some(_)))
+    }
+}
+
 /// Future of [`Callbacks`](super::Callbacks).
 #[pin_project]
 pub struct CallbacksFuture<F, V> {
@@ -43,7 +50,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // A request that hands an event to callbacks spends Tokio's cooperative
+        // budget, so a task doing nothing but memory writes (always ready) still
+        // yields now and then. Otherwise an async callback's worker, woken into
+        // this worker thread's LIFO slot (which no other worker steals), would
+        // not run until the writer awaits something, and its queue would
+        // overflow (measured: 8,192 of 200,000 events delivered).
+        let coop = match this.plan {
+            Some(plan) if plan.emits() => Some(ready!(tokio::task::coop::poll_proceed(cx))),
+            _ => None,
+        };
         let result = ready!(this.inner.poll(cx));
+        if let Some(coop) = coop {
+            coop.made_progress();
+        }
         if let (Ok(resp), Some(plan)) = (&result, this.plan.take()) {
             report(this.dispatcher, plan, resp);
         }

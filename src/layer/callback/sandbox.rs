@@ -151,7 +151,7 @@ fn run_thread<V>(worker: &SyncWorker<V>, slot: &Slot) {
                 worker.abandoned.fetch_sub(1, Ordering::AcqRel);
                 break;
             }
-            queue.blocking_recv()
+            next_event(&mut queue)
         };
         let Some(event) = event else { break };
         if !worker.alive.load(Ordering::Acquire) {
@@ -172,6 +172,25 @@ fn run_thread<V>(worker: &SyncWorker<V>, slot: &Slot) {
     }
     slot.exited.store(true, Ordering::Release);
 }
+
+/// Polls the queue a little before parking the thread: while events keep
+/// coming, writers then never pay for waking it (a futex call per event;
+/// measured: set + 1 sync callback ran at ~250k events/s with one wake-up per
+/// event). After [`SPINS`] empty polls it blocks as usual.
+fn next_event<V>(queue: &mut mpsc::Receiver<Event<V>>) -> Option<Event<V>> {
+    for i in 0..SPINS {
+        match queue.try_recv() {
+            Ok(event) => return Some(event),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) if i < SPINS / 2 => std::hint::spin_loop(),
+            Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
+        }
+    }
+    queue.blocking_recv()
+}
+
+/// Empty polls of a sync callback's queue before its thread parks.
+const SPINS: u32 = 64;
 
 /// Watches the active thread of a sync callback; detaches a call that overran
 /// `limit` and starts a replacement, within the [`MAX_ABANDONED`] bound.
