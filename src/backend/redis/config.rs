@@ -22,6 +22,8 @@ use crate::url::StoreUrl;
 /// | `sweep_ms` | 10 | how often each instance looks for deadlines set by other instances |
 /// | `command_timeout_ms` | 4000 | how long a command may wait (e.g. during a reconnect) before failing |
 /// | `codec` | `json` | value encoding |
+/// | `near_cache_ms` | off | keep reads in process for at most this long (see [`RedisConfig::near_cache`]) |
+/// | `near_cache_entries` | 10000 | entries the near cache holds |
 /// | `share_events` | `false` | publish events to, and stream events from, the other processes on this namespace (see [`RedisBackend::share_events`](super::RedisBackend::share_events)) |
 ///
 /// ```
@@ -45,6 +47,7 @@ pub struct RedisConfig {
     pub(super) command_timeout: Duration,
     pub(super) codec: Codec,
     pub(super) share_events: bool,
+    pub(super) near_cache: Option<super::near::NearCacheConfig>,
 }
 
 impl RedisConfig {
@@ -61,6 +64,7 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(4),
             codec: Codec::Json,
             share_events: false,
+            near_cache: None,
         }
     }
 
@@ -127,6 +131,36 @@ impl RedisConfig {
         self
     }
 
+    /// Turns on the near cache: reads are kept in process (moka, up to
+    /// 10,000 entries, see [`near_cache_capacity`](Self::near_cache_capacity))
+    /// so repeated reads of a key cost no round trip, while a change made by
+    /// another process is seen at most `max_staleness` later (sooner with
+    /// `share_events=true` on every process: their events drop the key at
+    /// once). Values are never returned past their own deadline; writes
+    /// through this store are seen at once (read-your-writes); reads under a
+    /// lock always go to Redis. URL option: `near_cache_ms`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = livedict::backend::RedisConfig::new("redis://127.0.0.1/")
+    ///     .near_cache(Duration::from_millis(500))
+    ///     .near_cache_capacity(50_000);
+    /// # let _ = config;
+    /// ```
+    pub fn near_cache(mut self, max_staleness: Duration) -> Self {
+        let capacity = self.near_cache.map_or(10_000, |n| n.capacity);
+        self.near_cache = Some(super::near::NearCacheConfig { bound: max_staleness, capacity });
+        self
+    }
+
+    /// How many entries the near cache holds (default 10,000); turns it on
+    /// with a 1 s staleness bound if [`near_cache`](Self::near_cache) was not called.
+    pub fn near_cache_capacity(mut self, entries: u64) -> Self {
+        let bound = self.near_cache.map_or(Duration::from_secs(1), |n| n.bound);
+        self.near_cache = Some(super::near::NearCacheConfig { bound, capacity: entries });
+        self
+    }
+
     /// Whether events are shared with other processes (see [`share_events`](Self::share_events)).
     pub fn shares_events(&self) -> bool {
         self.share_events
@@ -185,6 +219,15 @@ impl RedisConfig {
         }
         if let Some(d) = url.take_millis("sweep_ms")? {
             config = config.sweep_interval(d);
+        }
+        if let Some(d) = url.take_millis("near_cache_ms")? {
+            if d.is_zero() {
+                return Err(url.error("near_cache_ms must be at least 1"));
+            }
+            config = config.near_cache(d);
+        }
+        if let Some(n) = url.take_parsed::<u64>("near_cache_entries")? {
+            config = config.near_cache_capacity(n);
         }
         if let Some(share) = url.take_parsed::<bool>("share_events")? {
             config.share_events = share;

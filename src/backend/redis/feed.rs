@@ -16,6 +16,7 @@ use fred::types::config::Config as FredConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::near::NearCache;
 use super::{RedisBackend, Shared};
 use crate::Value;
 use crate::codec::Codec;
@@ -143,7 +144,8 @@ impl<V: Value> RedisBackend<V> {
             }
         };
         let _resubscribe = subscriber.manage_subscriptions();
-        tokio::spawn(receive(subscriber, watchers, origin, shared.config.codec, cancel.clone()));
+        let near = shared.near.clone();
+        tokio::spawn(receive(subscriber, watchers, near, origin, shared.config.codec, cancel.clone()));
         tokio::spawn(publish(shared.pool.next().clone(), channel, frames, cancel));
         Ok(())
     }
@@ -175,6 +177,7 @@ async fn subscriber<V: Value>(shared: &Shared<V>) -> Result<SubscriberClient> {
 async fn receive<V: Value>(
     subscriber: SubscriberClient,
     watchers: Arc<Watchers<V>>,
+    near: Option<NearCache<V>>,
     origin: u64,
     codec: Codec,
     cancel: CancellationToken,
@@ -188,6 +191,9 @@ async fn receive<V: Value>(
         let message = match message {
             Ok(m) => m,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                if let Some(near) = &near {
+                    near.invalidate_all();
+                }
                 tracing::warn!(
                     missed = n,
                     "the redis event feed fell behind; events of other processes were lost"
@@ -200,6 +206,9 @@ async fn receive<V: Value>(
         let Some((from, kind, key, value)) = decode(bytes) else { continue };
         if from == origin {
             continue;
+        }
+        if let Some(near) = &near {
+            near.invalidate(key);
         }
         // An undecodable value (e.g. another codec) is relayed as an event without a value.
         let value = value.and_then(|v| codec.decode::<V>(key, v).ok());

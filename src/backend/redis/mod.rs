@@ -31,6 +31,7 @@
 
 mod config;
 mod feed;
+mod near;
 mod scripts;
 mod sweeper;
 
@@ -115,6 +116,8 @@ struct Shared<V> {
     /// The URL without its password, for messages.
     label: String,
     sweeper: DropGuard,
+    /// Recent reads kept in process, if the near cache is on.
+    near: Option<near::NearCache<V>>,
 }
 
 impl<V> Drop for Shared<V> {
@@ -199,6 +202,7 @@ impl<V: Value> RedisBackend<V> {
         }
         let cancel = CancellationToken::new();
         let keys = Keys::new(&config.namespace);
+        let near = config.near_cache.map(near::NearCache::new);
         let shared = Arc::new(Shared {
             config,
             pool,
@@ -208,6 +212,7 @@ impl<V: Value> RedisBackend<V> {
             closed: AtomicBool::new(false),
             label,
             sweeper: cancel.clone().drop_guard(),
+            near,
         });
         tokio::spawn(sweeper::sweeper(Arc::downgrade(&shared), cancel));
         Ok(RedisBackend { shared })
@@ -480,6 +485,6 @@ impl<V: Value> tower::Service<Request<V>> for RedisBackend<V> {
 
     fn call(&mut self, req: Request<V>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move { shared.handle(req).await })
+        Box::pin(async move { shared.serve(req).await })
     }
 }

@@ -1,0 +1,197 @@
+//! The near cache: recent reads of this namespace kept in process (moka), so
+//! repeated reads of hot keys cost no round trip.
+//!
+//! # Freshness
+//!
+//! - A cached value is never returned past its own deadline: it is cached
+//!   with the remaining TTL Redis reported in the same atomic read (one Lua
+//!   script: `GET` + `PTTL`), capped at the staleness bound.
+//! - Writes through this store (set, delete, expire, persist, clear) drop the
+//!   key from the cache when they complete, and a read that raced with one
+//!   does not fill the cache with what it read: read-your-writes holds.
+//! - A change made by another process is seen at the latest `bound` after it
+//!   happened (each entry lives at most `bound`); with `share_events=true` on
+//!   the processes of the namespace, their events also drop the key at once.
+//! - Taking a key's lock drops it from the cache, so reads under a lock
+//!   ([`KeyGuard::get`](crate::KeyGuard::get), and with it `update`, `incr`,
+//!   `compare_and_set`, `get_or_insert_with`) always see the current value.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fred::bytes::Bytes;
+use fred::types::Value as RedisValue;
+use fred::types::scripts::Script;
+use moka::Expiry;
+
+use super::Shared;
+use crate::Value;
+use crate::error::{Error, Result};
+use crate::request::{Request, Response};
+
+/// Writes that completed bump one of these (by key hash); a read fills the
+/// cache only if its stripe did not move while it was in flight.
+const STRIPES: usize = 64;
+
+/// `GET` and `PTTL` of one key, atomically: `{value or nil, pttl}`.
+const READ: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return {false, -2} end
+return {v, redis.call('PTTL', KEYS[1])}
+"#;
+
+/// Settings of the near cache (see [`RedisConfig::near_cache`](super::RedisConfig::near_cache)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NearCacheConfig {
+    pub(super) bound: Duration,
+    pub(super) capacity: u64,
+}
+
+/// The near cache of one Redis backend. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct NearCache<V> {
+    inner: Arc<NearInner<V>>,
+}
+
+struct NearInner<V> {
+    cache: moka::sync::Cache<String, Entry<V>>,
+    epochs: [AtomicU64; STRIPES],
+    hasher: std::collections::hash_map::RandomState,
+    bound: Duration,
+    read: Script,
+}
+
+#[derive(Clone)]
+struct Entry<V> {
+    value: V,
+    /// How long this entry may be served: min(remaining TTL, bound).
+    ttl: Duration,
+}
+
+/// Each entry expires after its own `ttl`, counted from its (re)insertion.
+struct PerEntry;
+
+impl<V> Expiry<String, Entry<V>> for PerEntry {
+    fn expire_after_create(&self, _key: &String, entry: &Entry<V>, _at: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        entry: &Entry<V>,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+impl<V: Value> NearCache<V> {
+    pub(super) fn new(config: NearCacheConfig) -> Self {
+        let cache = moka::sync::Cache::builder().max_capacity(config.capacity).expire_after(PerEntry).build();
+        NearCache {
+            inner: Arc::new(NearInner {
+                cache,
+                epochs: std::array::from_fn(|_| AtomicU64::new(0)),
+                hasher: Default::default(),
+                bound: config.bound,
+                read: Script::from_lua(READ),
+            }),
+        }
+    }
+
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        &self.inner.epochs[self.inner.hasher.hash_one(key) as usize % STRIPES]
+    }
+
+    /// Drops `key` (a write to it completed, or another process changed it).
+    pub(super) fn invalidate(&self, key: &str) {
+        // Bump first: a read in flight then sees the move and does not refill.
+        self.stripe(key).fetch_add(1, Ordering::AcqRel);
+        self.inner.cache.invalidate(key);
+    }
+
+    /// Drops everything (`clear`, shutdown, or events were lost).
+    pub(super) fn invalidate_all(&self) {
+        for e in &self.inner.epochs {
+            e.fetch_add(1, Ordering::AcqRel);
+        }
+        self.inner.cache.invalidate_all();
+    }
+
+    /// A `Get`: from the cache, else one atomic read that fills it.
+    async fn get(&self, shared: &Shared<V>, key: String) -> Result<Response<V>> {
+        if let Some(entry) = self.inner.cache.get(&key) {
+            return Ok(Response::Value(Some(entry.value)));
+        }
+        let stripe = self.stripe(&key);
+        let before = stripe.load(Ordering::Acquire);
+        let reply: RedisValue = self
+            .inner
+            .read
+            .evalsha_with_reload(shared.pool.next(), vec![shared.keys.value(&key)], Vec::<RedisValue>::new())
+            .await
+            .map_err(|e| shared.backend_error("get", e))?;
+        let (bytes, pttl) = match reply {
+            RedisValue::Array(mut parts) if parts.len() == 2 => {
+                let pttl = parts[1].as_i64().unwrap_or(-2);
+                let bytes: Option<Bytes> = match parts.swap_remove(0) {
+                    RedisValue::Bytes(b) => Some(b),
+                    RedisValue::String(s) => Some(s.into_inner()),
+                    _ => None,
+                };
+                (bytes, pttl)
+            }
+            _ => return Err(Error::backend_msg("redis", "unexpected reply to the near-cache read")),
+        };
+        let Some(bytes) = bytes else { return Ok(Response::Value(None)) };
+        let value: V = shared.config.codec.decode(&key, &bytes)?;
+        let ttl = match pttl {
+            -1 => Some(self.inner.bound),
+            left if left > 0 => Some(Duration::from_millis(left as u64).min(self.inner.bound)),
+            _ => None, // expired between GET and PTTL cannot happen in a script; do not cache
+        };
+        if let Some(ttl) = ttl
+            && stripe.load(Ordering::Acquire) == before
+        {
+            self.inner.cache.insert(key.clone(), Entry { value: value.clone(), ttl });
+            // A write that completed meanwhile may have invalidated before this insert.
+            if stripe.load(Ordering::Acquire) != before {
+                self.inner.cache.invalidate(&key);
+            }
+        }
+        Ok(Response::Value(Some(value)))
+    }
+}
+
+impl<V: Value> Shared<V> {
+    /// Serves a request through the near cache, if there is one.
+    pub(super) async fn serve(&self, req: Request<V>) -> Result<Response<V>> {
+        let Some(near) = &self.near else { return self.handle(req).await };
+        enum Touch {
+            Key(String),
+            All,
+            Nothing,
+        }
+        let touch = match &req {
+            Request::Get { key } => return near.get(self, key.clone()).await,
+            Request::Set { key, .. }
+            | Request::Delete { key, .. }
+            | Request::Expire { key, .. }
+            | Request::Persist { key, .. }
+            | Request::Lock { key, .. } => Touch::Key(key.clone()),
+            Request::Clear | Request::Shutdown => Touch::All,
+            _ => Touch::Nothing,
+        };
+        let out = self.handle(req).await;
+        match touch {
+            Touch::Key(key) => near.invalidate(&key),
+            Touch::All => near.invalidate_all(),
+            Touch::Nothing => {}
+        }
+        out
+    }
+}
