@@ -10,7 +10,8 @@
 //!
 //! Failing sequences are shrunk and printed one operation per line.
 //! `LIVEDICT_PROPTEST_CASES=N` runs N cases on SQLite and Redis and 8×N on
-//! memory (default 24 and 192); `LIVEDICT_PROPTEST_SEED=<u64>` replays a run.
+//! memory (default 24 and 192); `LIVEDICT_PROPTEST_MAX_OPS=N` allows longer
+//! sequences (default 40); `LIVEDICT_PROPTEST_SEED=<u64>` replays a run.
 
 mod support;
 
@@ -415,7 +416,8 @@ async fn check_model(h: &Harness) {
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    let strategy = prop::collection::vec(op(), 1..40);
+    let max_ops = std::env::var("LIVEDICT_PROPTEST_MAX_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let strategy = prop::collection::vec(op(), 1..=max_ops);
     let mut case = 0u64;
     for _ in 0..cases(h.kind) {
         let mut tree = strategy.new_tree(&mut runner).expect("generate a sequence");
