@@ -173,6 +173,68 @@ for_each_backend! {
         d.shutdown().await.unwrap(); // breaks the handle <-> callback cycle
     }
 
+    async fn a_callback_hanging_while_holding_the_keys_lock_releases_it_at_its_timeout(h: Harness) {
+        let d = h.open::<u64>().await;
+        let store = d.clone();
+        let locked = Arc::new(AtomicUsize::new(0));
+        let l = Arc::clone(&locked);
+        d.register_callback(
+            EventKind::Set,
+            Callback::new_async(move |ev: Event<u64>| {
+                let (store, l) = (store.clone(), Arc::clone(&l));
+                async move {
+                    let _guard = store.lock(ev.key(), Duration::from_secs(10)).await.unwrap();
+                    l.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await; // hangs holding the lock
+                }
+            })
+            .timeout(Duration::from_millis(100)),
+        )
+        .unwrap();
+        d.set("k", 1).await.unwrap();
+        eventually("the callback holds the lock", || locked.load(Ordering::SeqCst) == 1).await;
+        // Cancelling the callback at its timeout drops its guard: the key is usable again.
+        let g = d.lock("k", Duration::from_secs(10)).await.unwrap();
+        g.set(2).await.unwrap();
+        g.unlock().await.unwrap();
+        eventually("the second event's callback holds it in turn", || locked.load(Ordering::SeqCst) == 2).await;
+        d.set("k", 3).await.unwrap(); // waits for that callback's timeout, then proceeds
+        assert_eq!(d.get("k").await.unwrap(), Some(3));
+        eventually("timeouts counted", || d.stats().callbacks_timed_out >= 2).await;
+        d.shutdown().await.unwrap(); // breaks the handle <-> callback cycle
+    }
+
+    async fn shutdown_completes_while_a_callback_is_stuck(h: Harness) {
+        let d = h.builder::<u64>().shutdown_drain_timeout(Duration::from_millis(200)).build().await.unwrap();
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let r = Arc::clone(&release);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        d.register_callback(
+            EventKind::Set,
+            Callback::new(move |_: &Event<u64>| {
+                if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                    r.wait(); // stuck until the test lets it go, far past the drain timeout
+                }
+            })
+            .timeout(Duration::from_secs(600)),
+        )
+        .unwrap();
+        for i in 0..10 {
+            d.set("k", i).await.unwrap();
+        }
+        eventually("the callback is stuck", || calls.load(Ordering::SeqCst) == 1).await;
+        d.shutdown().await.unwrap();
+        assert!(matches!(d.set("k", 1).await, Err(livedict::Error::Closed)));
+        release.wait();
+        // What was queued behind the stuck call is counted, not silently lost.
+        eventually("queued events counted", || {
+            let s = d.stats();
+            s.events_delivered + s.events_dropped == 10
+        })
+        .await;
+    }
+
     async fn a_flooded_queue_drops_and_counts_without_blocking_the_writer_or_growing(h: Harness) {
         let capacity = 64;
         let d = h.builder::<u64>().callback_queue_capacity(capacity).build().await.unwrap();

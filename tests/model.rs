@@ -1,6 +1,10 @@
 //! Model-based test: random operation sequences run against every backend and
 //! against a plain `HashMap` reference model; every response and the exact
 //! multiset of `Set`/`Delete`/`Expire` events (values included) must match.
+//! About a third of the operations go through a second handle: on SQLite and
+//! Redis a separately built store on the same data (its own stack, callbacks
+//! and expiry driver), so both share the one model and, together, must report
+//! each event exactly once.
 //!
 //! Memory runs on paused Tokio time: TTLs are odd multiples of 5 ms and time
 //! advances in multiples of 10 ms, so a deadline never coincides with a check.
@@ -108,6 +112,25 @@ impl fmt::Debug for Op {
             Op::Advance(ms) => write!(f, "advance({ms}ms)"),
         }
     }
+}
+
+/// An operation and the handle it goes through: the first, or a second one
+/// (on SQLite and Redis a separately built store on the same table or
+/// namespace, with its own stack, callbacks and expiry driver; on memory a clone).
+#[derive(Clone, Copy)]
+struct Call {
+    second: bool,
+    op: Op,
+}
+
+impl fmt::Debug for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.second { write!(f, "second handle: {:?}", self.op) } else { write!(f, "{:?}", self.op) }
+    }
+}
+
+fn call() -> impl Strategy<Value = Call> {
+    (prop::bool::weighted(0.3), op()).prop_map(|(second, op)| Call { second, op })
 }
 
 fn key() -> impl Strategy<Value = &'static str> {
@@ -359,23 +382,31 @@ async fn apply(d: &LiveDict<u16>, op: Op, clock: &mut Clock, model: &mut Model) 
 }
 
 /// Runs one sequence on a fresh store; `Err` names the first divergence.
-async fn run_case(h: &Harness, case: u64, ops: &[Op]) -> Step {
+async fn run_case(h: &Harness, case: u64, calls: &[Call]) -> Step {
     // Half the cases let operations race the expiry driver on real-time backends.
     let race_driver = case % 2 == 0;
     let name = format!("model{case}");
-    let d: LiveDict<u16> =
-        h.builder().table(&name).namespace(&name).build().await.map_err(|e| format!("open: {e}"))?;
+    let open = || async {
+        h.builder::<u16>().table(&name).namespace(&name).build().await.map_err(|e| format!("open: {e}"))
+    };
+    let d = open().await?;
+    // One collector for both handles: each event is reported by exactly one of them.
     let seen = Collector::new();
-    for kind in [EventKind::Set, EventKind::Delete, EventKind::Expire] {
-        d.register_callback(kind, seen.async_callback()).unwrap();
+    let second = if h.shared() { open().await? } else { d.clone() };
+    let handles: &[&LiveDict<u16>] = if h.shared() { &[&d, &second] } else { &[&d] };
+    for handle in handles {
+        for kind in [EventKind::Set, EventKind::Delete, EventKind::Expire] {
+            handle.register_callback(kind, seen.async_callback()).unwrap();
+        }
     }
     let mut clock = Clock { real: h.kind != Kind::Memory, short_until: None };
     let mut model = Model::default();
     let mut outcome = Ok(());
-    for (i, op) in ops.iter().enumerate() {
+    for (i, call) in calls.iter().enumerate() {
         settle_short_ttls(&mut clock, &mut model, &seen, !race_driver).await;
-        if let Err(e) = apply(&d, *op, &mut clock, &mut model).await {
-            outcome = Err(format!("op {} `{op:?}`: {e}", i + 1));
+        let handle = if call.second { &second } else { &d };
+        if let Err(e) = apply(handle, call.op, &mut clock, &mut model).await {
+            outcome = Err(format!("op {} `{call:?}`: {e}", i + 1));
             break;
         }
     }
@@ -383,7 +414,9 @@ async fn run_case(h: &Harness, case: u64, ops: &[Op]) -> Step {
         settle_short_ttls(&mut clock, &mut model, &seen, true).await;
     }
     // Shutdown delivers every queued event, so the multiset below is complete.
-    d.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+    for handle in handles {
+        handle.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+    }
     outcome?;
     let count = |events: Vec<Seen>| {
         let mut m: HashMap<Seen, usize> = HashMap::new();
@@ -417,7 +450,7 @@ async fn check_model(h: &Harness) {
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
     let max_ops = std::env::var("LIVEDICT_PROPTEST_MAX_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
-    let strategy = prop::collection::vec(op(), 1..=max_ops);
+    let strategy = prop::collection::vec(call(), 1..=max_ops);
     let mut case = 0u64;
     for _ in 0..cases(h.kind) {
         let mut tree = strategy.new_tree(&mut runner).expect("generate a sequence");
