@@ -152,3 +152,26 @@ for_each_backend! {
         assert_all_stopped(&h, tasks_before, &marker).await;
     }
 }
+
+/// A Redis store whose server died: dropping the handle still stops the
+/// sweeper and the client's reconnect attempts.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_redis_handle_whose_server_died_stops_every_background_task() {
+    let Some(mut server) = support::redis_server::RedisServer::start() else { return };
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
+    let d = LiveDict::<u64>::builder()
+        .url(&format!("{}?namespace=dead&command_timeout_ms=200", server.url()))
+        .request_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    d.set_with_ttl("k", 1, Duration::from_millis(100)).await.unwrap();
+    let g = d.lock("l", Duration::from_secs(1)).await.unwrap();
+    server.kill();
+    assert!(d.get("k").await.is_err());
+    drop(g); // its release cannot reach the server
+    drop(d);
+    eventually("every background task stopped", || metrics.num_alive_tasks() <= tasks_before).await;
+}
