@@ -311,8 +311,54 @@ impl<V> WatchQueue<V> {
 pub(crate) trait Relay<V>: Send + Sync {
     /// Sends one event of this process to the others; must never block.
     fn publish(&self, event: &Event<V>);
-    /// Stops relaying (the store shut down or was dropped).
-    fn close(&self);
+    /// Stops relaying (the store shut down or was dropped); the future
+    /// completes once the events published before were handed over.
+    fn close(&self) -> futures::future::BoxFuture<'static, ()>;
+}
+
+/// What a relay's sending task receives: an item to send, or the request to
+/// finish (acknowledged once everything queued before it was sent).
+pub(crate) enum Outgoing<T> {
+    /// One event, ready to send.
+    Item(T),
+    /// Finish: acknowledge, then stop.
+    Close(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The bounded queue between a relay (filled by writers, never blocking)
+/// and its sending task.
+pub(crate) struct Outbox<T> {
+    tx: tokio::sync::mpsc::Sender<Outgoing<T>>,
+    counters: Arc<crate::stats::Counters>,
+}
+
+impl<T: Send + 'static> Outbox<T> {
+    /// An outbox of `capacity` items; a full one drops items and counts them in `events_dropped`.
+    pub(crate) fn new(
+        capacity: usize,
+        counters: Arc<crate::stats::Counters>,
+    ) -> (Self, tokio::sync::mpsc::Receiver<Outgoing<T>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        (Outbox { tx, counters }, rx)
+    }
+
+    /// Queues an item without waiting.
+    pub(crate) fn push(&self, item: T) {
+        if self.tx.try_send(Outgoing::Item(item)).is_err() {
+            self.counters.events_dropped.incr();
+        }
+    }
+
+    /// Completes once the sending task handled every item queued before.
+    pub(crate) fn close(&self) -> futures::future::BoxFuture<'static, ()> {
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            let (ack, done) = tokio::sync::oneshot::channel();
+            if tx.send(Outgoing::Close(ack)).await.is_ok() {
+                let _ = done.await;
+            }
+        })
+    }
 }
 
 /// The watches of one dispatcher.

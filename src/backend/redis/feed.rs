@@ -13,6 +13,7 @@ use fred::bytes::{BufMut, Bytes, BytesMut};
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::config::Config as FredConfig;
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -23,8 +24,7 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind};
 use crate::layer::Dispatcher;
-use crate::stats::Counters;
-use crate::watch::{Relay, Watchers};
+use crate::watch::{Outbox, Outgoing, Relay, Watchers};
 
 const VERSION: u8 = 1;
 /// Frames waiting to be published before new ones are dropped.
@@ -34,9 +34,8 @@ const OUTBOX: usize = 8192;
 struct RedisRelay {
     origin: u64,
     codec: Codec,
-    outbox: mpsc::Sender<Bytes>,
-    counters: Arc<Counters>,
-    /// Cancels the publisher and subscriber tasks when taken (close) or dropped.
+    outbox: Outbox<Bytes>,
+    /// Stops the subscriber task when taken (close) or dropped.
     stop: Mutex<Option<DropGuard>>,
 }
 
@@ -44,14 +43,12 @@ impl<V: Value> Relay<V> for RedisRelay {
     fn publish(&self, event: &Event<V>) {
         // It was stored, so it encodes; if not, the event is relayed without it.
         let value = event.value().and_then(|v| self.codec.encode(event.key(), v).ok());
-        let frame = encode(self.origin, event.kind(), event.key(), value.as_deref());
-        if self.outbox.try_send(frame).is_err() {
-            self.counters.events_dropped.incr();
-        }
+        self.outbox.push(encode(self.origin, event.kind(), event.key(), value.as_deref()));
     }
 
-    fn close(&self) {
+    fn close(&self) -> BoxFuture<'static, ()> {
         self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.outbox.close()
     }
 }
 
@@ -105,7 +102,10 @@ impl<V: Value> RedisBackend<V> {
     /// that only write must enable it too, or their events are not
     /// published. Delivery is Redis pub/sub: at most once, while connected;
     /// events published during a reconnect are lost without a `Lagged`
-    /// marker.
+    /// marker. Events are published in the background, on a connection of
+    /// their own: [`shutdown`](crate::LiveDict::shutdown) hands over those
+    /// still queued (within the drain timeout), so call it before the process
+    /// exits.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
@@ -126,27 +126,37 @@ impl<V: Value> RedisBackend<V> {
             .subscribe(channel.as_str())
             .await
             .map_err(|e| shared.backend_error("subscribing to the event channel", e))?;
+        // Its own connection, so events queued at shutdown are still published
+        // after the backend's pool has quit.
+        let publisher = shared.pool.next().clone_new();
+        let connected = tokio::time::timeout(shared.config.connect_timeout, publisher.init()).await;
+        if !matches!(connected, Ok(Ok(_))) {
+            let _ = (publisher.quit().await, subscriber.quit().await);
+            return Err(Error::backend_msg(
+                "redis",
+                format!("cannot connect a publisher to {}", shared.label),
+            ));
+        }
         let cancel = CancellationToken::new();
-        let (outbox, frames) = mpsc::channel(OUTBOX);
+        let (outbox, frames) = Outbox::new(OUTBOX, Arc::clone(dispatcher.counters()));
         let relay = Arc::new(RedisRelay {
             origin: rand::random(),
             codec: shared.config.codec,
             outbox,
-            counters: Arc::clone(dispatcher.counters()),
             stop: Mutex::new(Some(cancel.clone().drop_guard())),
         });
         let origin = relay.origin;
         let watchers = match dispatcher.attach_relay(relay) {
             Ok(w) => w,
             Err(e) => {
-                let _ = subscriber.quit().await;
+                let _ = (publisher.quit().await, subscriber.quit().await);
                 return Err(e);
             }
         };
         let _resubscribe = subscriber.manage_subscriptions();
         let near = shared.near.clone();
         tokio::spawn(receive(subscriber, watchers, near, origin, shared.config.codec, cancel.clone()));
-        tokio::spawn(publish(shared.pool.next().clone(), channel, frames, cancel));
+        tokio::spawn(publish(publisher, channel, frames));
         Ok(())
     }
 }
@@ -217,22 +227,26 @@ async fn receive<V: Value>(
     let _ = subscriber.quit().await;
 }
 
-/// Publishes this process's frames in order.
+/// Publishes this process's frames in order, until closed (or the relay is gone).
 async fn publish(
     client: fred::clients::Client,
     channel: String,
-    mut frames: mpsc::Receiver<Bytes>,
-    cancel: CancellationToken,
+    mut frames: mpsc::Receiver<Outgoing<Bytes>>,
 ) {
-    loop {
-        let frame = tokio::select! {
-            _ = cancel.cancelled() => break,
-            f = frames.recv() => match f { Some(f) => f, None => break },
-        };
-        if let Err(e) = client.publish::<(), _, _>(channel.as_str(), frame).await {
-            tracing::warn!(error = %e, "publishing an event to other processes failed");
+    while let Some(out) = frames.recv().await {
+        match out {
+            Outgoing::Item(frame) => {
+                if let Err(e) = client.publish::<(), _, _>(channel.as_str(), frame).await {
+                    tracing::warn!(error = %e, "publishing an event to other processes failed");
+                }
+            }
+            Outgoing::Close(ack) => {
+                let _ = ack.send(());
+                break;
+            }
         }
     }
+    let _ = client.quit().await;
 }
 
 #[cfg(test)]

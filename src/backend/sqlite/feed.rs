@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use rusqlite::{OpenFlags, params};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -19,8 +20,7 @@ use crate::codec::Codec;
 use crate::error::Result;
 use crate::event::{Event, EventKind};
 use crate::layer::Dispatcher;
-use crate::stats::Counters;
-use crate::watch::{Relay, Watchers};
+use crate::watch::{Outbox, Outgoing, Relay, Watchers};
 
 /// How often each process reads the feed.
 const POLL: Duration = Duration::from_millis(10);
@@ -72,9 +72,8 @@ impl FeedSql {
 /// Queues this process's events for the feed; [`Relay`] for the dispatcher.
 struct SqliteRelay {
     codec: Codec,
-    outbox: mpsc::Sender<Row>,
-    counters: Arc<Counters>,
-    /// Cancels the append and poll tasks when taken (close) or dropped.
+    outbox: Outbox<Row>,
+    /// Stops the poll task when taken (close) or dropped.
     stop: Mutex<Option<DropGuard>>,
 }
 
@@ -82,14 +81,12 @@ impl<V: Value> Relay<V> for SqliteRelay {
     fn publish(&self, event: &Event<V>) {
         // It was stored, so it encodes; if not, the event is shared without it.
         let value = event.value().and_then(|v| self.codec.encode(event.key(), v).ok());
-        let row = Row { kind: event.kind(), key: event.key().to_owned(), value };
-        if self.outbox.try_send(row).is_err() {
-            self.counters.events_dropped.incr();
-        }
+        self.outbox.push(Row { kind: event.kind(), key: event.key().to_owned(), value });
     }
 
-    fn close(&self) {
+    fn close(&self) -> BoxFuture<'static, ()> {
         self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.outbox.close()
     }
 }
 
@@ -107,9 +104,11 @@ impl<V: Value> SqliteBackend<V> {
     /// [`SqliteConfig::share_events`](super::SqliteConfig::share_events)); call
     /// this yourself only for a stack built with
     /// [`LiveDict::from_service`](crate::LiveDict::from_service). Processes
-    /// that only write must enable it too. Rows are appended after the write
-    /// they describe committed (a crash in between loses the event) and kept
-    /// for 60 s. A private `sqlite::memory:` database has no other process to
+    /// that only write must enable it too. Rows are appended in the
+    /// background after the write they describe committed (a crash in
+    /// between loses the event; [`shutdown`](crate::LiveDict::shutdown)
+    /// appends those still queued, so call it before the process exits) and
+    /// are kept for 60 s. A private `sqlite::memory:` database has no other process to
     /// share with: this does nothing there.
     ///
     /// ```
@@ -148,17 +147,16 @@ impl<V: Value> SqliteBackend<V> {
             .await
             .map_err(|e| open_error(&label, "creating the change feed", e))?;
         let cancel = CancellationToken::new();
-        let (outbox, rows) = mpsc::channel(OUTBOX);
+        let (outbox, rows) = Outbox::new(OUTBOX, Arc::clone(dispatcher.counters()));
         let relay = Arc::new(SqliteRelay {
             codec: config.codec,
             outbox,
-            counters: Arc::clone(dispatcher.counters()),
             stop: Mutex::new(Some(cancel.clone().drop_guard())),
         });
         let watchers = dispatcher.attach_relay(relay)?;
         let origin: i64 = rand::random();
         let feed = Feed { conn, sql, origin, label };
-        tokio::spawn(feed.clone().append(rows, cancel.clone()));
+        tokio::spawn(feed.clone().append(rows));
         tokio::spawn(feed.poll(watchers, config.codec, head, cancel));
         Ok(())
     }
@@ -174,19 +172,27 @@ struct Feed {
 }
 
 impl Feed {
-    /// Appends this process's events in batches, trimming old rows now and then.
-    async fn append(self, mut rows: mpsc::Receiver<Row>, cancel: CancellationToken) {
+    /// Appends this process's events in batches, trimming old rows now and
+    /// then, until closed (or the relay is gone).
+    async fn append(self, mut rows: mpsc::Receiver<Outgoing<Row>>) {
         let mut last_trim = Instant::now();
-        loop {
-            let first = tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = rows.recv() => match r { Some(r) => r, None => break },
-            };
-            let mut batch = vec![first];
-            while batch.len() < BATCH
-                && let Ok(r) = rows.try_recv()
-            {
-                batch.push(r);
+        let mut closed = None;
+        while closed.is_none() {
+            let mut batch = Vec::new();
+            match rows.recv().await {
+                Some(Outgoing::Item(r)) => batch.push(r),
+                Some(Outgoing::Close(ack)) => closed = Some(ack),
+                None => break,
+            }
+            while closed.is_none() && batch.len() < BATCH {
+                match rows.try_recv() {
+                    Ok(Outgoing::Item(r)) => batch.push(r),
+                    Ok(Outgoing::Close(ack)) => closed = Some(ack),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                continue;
             }
             let trim = last_trim.elapsed() > Duration::from_secs(1);
             if trim {
@@ -213,6 +219,9 @@ impl Feed {
             if let Err(e) = appended {
                 tracing::warn!(path = %self.label, error = %e, "appending events to the change feed failed");
             }
+        }
+        if let Some(ack) = closed {
+            let _ = ack.send(());
         }
     }
 

@@ -254,11 +254,14 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
                 i.store(0, Ordering::Release);
             }
             reg.watchers.close_all();
-            if let Some(relay) = reg.relay.get() {
-                relay.close();
-            }
             std::mem::take(&mut *subs)
         };
+        // Events this process still has to hand to other processes go first.
+        if let Some(relay) = reg.relay.get()
+            && tokio::time::timeout(reg.config.drain_timeout, relay.close()).await.is_err()
+        {
+            tracing::warn!("events not yet shared with other processes were dropped at shutdown");
+        }
         // Measured on the wall clock: callbacks run on real threads, and a
         // paused Tokio clock (tests) must not make the drain give up early.
         let started = std::time::Instant::now();
@@ -320,7 +323,8 @@ impl<V> Dispatcher<V> {
     pub(crate) fn close_watchers(&self) {
         let reg = &self.registry;
         if let Some(relay) = reg.relay.get() {
-            relay.close();
+            // Not awaited (a drop): the relay still hands over what it holds if the runtime lives on.
+            drop(relay.close());
         }
         let _subscribers = write(&reg.subscribers);
         for queue in reg.watchers.close_all() {
