@@ -48,7 +48,11 @@ impl Server {
 
     /// The livedict URL of `namespace` on this server.
     pub fn url(&self, namespace: &str) -> String {
-        format!("redis://127.0.0.1:{}/0?namespace={namespace}{}", self.port, std::env::var("COMPARE_REDIS_OPTS").unwrap_or_default())
+        format!(
+            "redis://127.0.0.1:{}/0?namespace={namespace}{}",
+            self.port,
+            std::env::var("COMPARE_REDIS_OPTS").unwrap_or_default()
+        )
     }
 
     fn raw_url(&self) -> String {

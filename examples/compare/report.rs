@@ -111,6 +111,7 @@ impl Report {
     pub fn lateness(
         &mut self,
         backend: &str,
+        op: &str,
         n: usize,
         ttl: Duration,
         late_ms: &mut [f64],
@@ -127,7 +128,7 @@ impl Report {
         let (p50, p99, max) = (pct(50.0), pct(99.0), late_ms.last().copied());
         let meets = delivered == n && duplicates == 0 && p99.is_some_and(|p| p <= p99_target_ms);
         self.emit(json!({
-            "suite": "expire", "backend": backend, "op": "expire lateness", "tasks": null,
+            "suite": "expire", "backend": backend, "op": op, "tasks": null,
             "livedict_ops_per_s": null, "raw_ops_per_s": null, "ratio": null,
             "n": n, "ttl_ms": ttl.as_millis() as u64,
             "p50_ms": p50.map(|x| round(x, 2)), "p99_ms": p99.map(|x| round(x, 2)),
@@ -167,10 +168,10 @@ impl Report {
         }
         println!();
         println!(
-            "{:<11} {:<8} {:<30} {:>5} {:>26} {:>16} {:>7}  {:<30} {:<5}",
+            "{:<11} {:<7} {:<35} {:>5} {:>28} {:>18} {:>6}  {:<30} {:<5}",
             "suite", "backend", "op", "tasks", "livedict", "raw", "ratio", "target", "meets"
         );
-        println!("{}", "-".repeat(148));
+        println!("{}", "-".repeat(156));
         for r in &self.rows {
             let s = |k: &str| r.get(k).and_then(J::as_str).unwrap_or("").to_owned();
             let f = |k: &str| r.get(k).and_then(J::as_f64);
@@ -211,7 +212,7 @@ impl Report {
                 }
             };
             println!(
-                "{:<11} {:<8} {:<30} {:>5} {:>26} {:>16} {:>7}  {:<30} {:<5}",
+                "{:<11} {:<7} {:<35} {:>5} {:>28} {:>18} {:>6}  {:<30} {:<5}",
                 s("suite"),
                 s("backend"),
                 s("op"),
@@ -225,7 +226,7 @@ impl Report {
         }
         let missed = self.rows.iter().filter(|r| r.get("meets").and_then(J::as_bool) == Some(false)).count();
         let checked = self.rows.iter().filter(|r| r.get("meets").and_then(J::as_bool).is_some()).count();
-        println!("{}", "-".repeat(148));
+        println!("{}", "-".repeat(156));
         println!(
             "{} of {checked} targets met; {} cpus; {:.0} s",
             checked - missed,

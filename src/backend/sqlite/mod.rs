@@ -138,6 +138,10 @@ impl<V: Value> SqliteBackend<V> {
         let setup = config.clone();
         conn.call(move |c| -> Result<(), String> {
             schema::configure(c, &setup).map_err(|e| e.to_string())?;
+            if !setup.in_memory() {
+                // Checkpoints run on a connection of their own (see `checkpointer`), never in a commit.
+                c.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| e.to_string())?;
+            }
             schema::create(c, &setup)
         })
         .await
@@ -180,6 +184,17 @@ impl<V: Value> SqliteBackend<V> {
         let sql = Arc::new(Sql::new(&config.table));
         let writer = Writer::spawn(conn, Arc::clone(&sql), Arc::clone(&label));
         let cancel = CancellationToken::new();
+        if !config.in_memory() {
+            let checkpoints = tokio_rusqlite::Connection::open_with_flags(&target, flags)
+                .await
+                .map_err(|e| open_error(&label, "open failed", e))?;
+            let busy = config.busy_timeout;
+            checkpoints
+                .call(move |c| c.busy_timeout(busy))
+                .await
+                .map_err(|e| open_error(&label, "configuring the checkpointer", e))?;
+            tokio::spawn(checkpointer(checkpoints, cancel.clone()));
+        }
         let shared = Arc::new(Shared {
             config,
             sql,
@@ -196,6 +211,31 @@ impl<V: Value> SqliteBackend<V> {
         });
         tokio::spawn(driver::expiry_driver(Arc::downgrade(&shared), cancel));
         Ok(SqliteBackend { shared })
+    }
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Copies the WAL back into the database file (a `PASSIVE` checkpoint, which
+/// waits for no reader or writer) every [`CHECKPOINT_EVERY`], on a connection
+/// and thread of its own, until the backend is dropped or shut down.
+///
+/// The writer's automatic checkpoint is off: with it, every ~1,000 WAL pages
+/// one commit also ran a checkpoint and its fsyncs, stalling that batch and
+/// the expiry driver's claims behind it (measured: expire lateness p99 ~50
+/// ms with p50 ~1 ms). Durability is unchanged: a commit is durable (or, with
+/// `synchronous=NORMAL`, crash-safe) once in the WAL, checkpointed or not.
+async fn checkpointer(conn: tokio_rusqlite::Connection, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        let done = conn.call(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))).await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "sqlite checkpoint failed; retrying");
+        }
     }
 }
 
