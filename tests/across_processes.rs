@@ -116,9 +116,11 @@ macro_rules! on_shared_backends {
 
 on_shared_backends! {
     async fn increments_from_three_processes_are_exact(url: &str) {
+        // Created before the children start: concurrent first opens of a new
+        // SQLite file can fail with "database is locked" (a separate issue).
+        let d = LiveDict::<i64>::open(url).await.unwrap();
         let start = now_ms() + 1500;
         let children: Vec<_> = (0..2).map(|_| child::spawn(&format!("incr|{url}|{start}"))).collect();
-        let d = LiveDict::<i64>::open(url).await.unwrap();
         wait_until(start).await;
         for _ in 0..INCREMENTS {
             d.incr("n", 1).await.unwrap();
@@ -131,6 +133,8 @@ on_shared_backends! {
     }
 
     async fn three_processes_share_one_load(url: &str) {
+        // Created before the children start (see above).
+        let counter = LiveDict::<i64>::open(url).await.unwrap();
         let start = now_ms() + 1500;
         let children: Vec<_> = (0..2).map(|_| child::spawn(&format!("load|{url}|{start}"))).collect();
         wait_until(start).await;
@@ -143,7 +147,6 @@ on_shared_backends! {
             values.extend(got);
             assert!(proc.wait().unwrap().success());
         }
-        let counter = LiveDict::<i64>::open(url).await.unwrap();
         assert_eq!(counter.get("loads").await.unwrap(), Some(1), "the loader ran once in all");
         values.dedup();
         assert_eq!(values.len(), 1, "every caller got the one loaded value: {values:?}");
