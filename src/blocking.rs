@@ -353,11 +353,26 @@ impl<V: Send + Sync + 'static> std::fmt::Debug for Watch<V> {
 impl<V: Send + Sync + 'static> Watch<V> {
     /// Waits for the next item; `Ok(None)` once the store is shut down and
     /// the queue is empty. See [`crate::Watch::recv`].
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// let mut w = d.watch(livedict::WatchFilter::new())?;
+    /// d.set("k", 1)?;
+    /// assert_eq!(w.recv()?.unwrap().event().unwrap().key(), "k");
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
     pub fn recv(&mut self) -> Result<Option<WatchItem<V>>> {
         self.runtime.block_on(self.inner.recv())
     }
 
     /// The next item if one is queued, without waiting.
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// let mut w = d.watch(livedict::WatchFilter::new())?;
+    /// assert!(w.try_recv().is_none());
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
     pub fn try_recv(&mut self) -> Option<WatchItem<V>> {
         self.inner.try_recv()
     }

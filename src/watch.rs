@@ -66,11 +66,22 @@ impl Default for WatchFilter {
 
 impl WatchFilter {
     /// Every kind (including `Get`, one event per hit), every key.
+    ///
+    /// ```
+    /// use livedict::{EventKind, WatchFilter};
+    /// assert!(WatchFilter::new().matches(EventKind::Get, "any"));
+    /// ```
     pub fn new() -> Self {
         WatchFilter { kinds: [true; EventKind::ALL.len()], prefix: None, capacity: DEFAULT_CAPACITY }
     }
 
     /// Only events of these kinds, every key.
+    ///
+    /// ```
+    /// use livedict::{EventKind, WatchFilter};
+    /// let f = WatchFilter::kinds([EventKind::Expire, EventKind::Evict]);
+    /// assert!(f.matches(EventKind::Evict, "k") && !f.matches(EventKind::Set, "k"));
+    /// ```
     pub fn kinds(kinds: impl IntoIterator<Item = EventKind>) -> Self {
         let mut filter = WatchFilter { kinds: [false; EventKind::ALL.len()], ..Self::new() };
         for kind in kinds {
@@ -80,6 +91,12 @@ impl WatchFilter {
     }
 
     /// Only keys starting with `prefix`.
+    ///
+    /// ```
+    /// use livedict::{EventKind, WatchFilter};
+    /// let f = WatchFilter::new().prefix("user:");
+    /// assert!(f.matches(EventKind::Set, "user:7") && !f.matches(EventKind::Set, "order:7"));
+    /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Some(prefix.into());
         self
@@ -87,12 +104,22 @@ impl WatchFilter {
 
     /// How many events the watch may hold before it skips events and
     /// reports [`WatchItem::Lagged`] (default 1024, at least 1).
+    ///
+    /// ```
+    /// let f = livedict::WatchFilter::new().capacity(64);
+    /// # let _ = f;
+    /// ```
     pub fn capacity(mut self, events: usize) -> Self {
         self.capacity = events.max(1);
         self
     }
 
     /// Whether an event of `kind` on `key` passes this filter.
+    ///
+    /// ```
+    /// use livedict::{EventKind, WatchFilter};
+    /// assert!(WatchFilter::kinds([EventKind::Set]).prefix("a").matches(EventKind::Set, "ab"));
+    /// ```
     pub fn matches(&self, kind: EventKind, key: &str) -> bool {
         self.kinds[kind.index()] && self.prefix.as_deref().is_none_or(|p| key.starts_with(p))
     }
@@ -127,6 +154,13 @@ pub enum WatchItem<V> {
 
 impl<V> WatchItem<V> {
     /// The event, if this item is one.
+    ///
+    /// ```
+    /// use livedict::{Event, EventKind, WatchItem};
+    /// let item = WatchItem::Event(Event::new(EventKind::Set, "k", Some(1)));
+    /// assert_eq!(item.event().map(|e| e.key()), Some("k"));
+    /// assert!(WatchItem::<u32>::Lagged(3).event().is_none());
+    /// ```
     pub fn event(&self) -> Option<&Event<V>> {
         match self {
             WatchItem::Event(ev) => Some(ev),
@@ -171,6 +205,15 @@ impl<V: Send + Sync + 'static> Watch<V> {
     }
 
     /// The filter this watch was opened with.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use livedict::{EventKind, WatchFilter};
+    /// let d = livedict::LiveDict::<u32>::open("memory://").await?;
+    /// let w = d.watch(WatchFilter::kinds([EventKind::Delete]))?;
+    /// assert!(!w.filter().matches(EventKind::Set, "k"));
+    /// # Ok(()) }
+    /// ```
     pub fn filter(&self) -> &WatchFilter {
         &self.queue.filter
     }
