@@ -12,6 +12,55 @@ use livedict::layer::{CallbackLayer, DispatchConfig, Dispatcher, LockLayer};
 use livedict::{Callback, Event, EventKind, LiveDict};
 use support::{Kind, eventually};
 
+/// The child side of the memory-growth test (a no-op in a normal run).
+#[test]
+fn child_entry() {
+    let Some(role) = support::child::role() else { return };
+    assert_eq!(role, "expiry_cycles");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let d = LiveDict::<String>::open("memory://").await.unwrap();
+        let mut out = std::io::stdout();
+        for cycle in 0..2 {
+            for i in 0..100_000u64 {
+                let value = format!("{i:0>100}"); // 100-byte values
+                d.set_with_ttl(format!("k{i}"), value, Duration::from_millis(1 + i % 1000)).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            assert_eq!(d.len().await.unwrap(), 0);
+            use std::io::Write;
+            writeln!(out, "rss {cycle} {}", resident_bytes()).unwrap();
+            out.flush().unwrap();
+        }
+    });
+}
+
+/// This process's resident set size (Linux `/proc/self/statm`, 4 KiB pages).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+#[test]
+fn memory_does_not_grow_over_repeated_cycles_of_100k_expiring_entries() {
+    if resident_bytes() == 0 {
+        return; // no /proc: nothing to measure
+    }
+    let (mut proc, out) = support::child::spawn("expiry_cycles");
+    let rss: Vec<u64> = support::child::lines(out)
+        .iter()
+        .filter_map(|l| l.split_once("rss ").map(|(_, r)| r.split(' ').nth(1).unwrap().parse().unwrap()))
+        .collect();
+    assert!(proc.wait().unwrap().success());
+    assert_eq!(rss.len(), 2, "{rss:?}");
+    // The first cycle sizes the allocator's pools (measured: ~81 MB in a debug
+    // build); the second reuses them (measured: +0.35 MB, then +4 KB per
+    // further cycle). Anything leaked per entry (a key alone is 24+ bytes)
+    // would add 2.4+ MB per cycle.
+    let (first, last) = (rss[0], rss[1]);
+    assert!(last <= first + 2_000_000, "resident memory grew from {first} to {last} bytes: {rss:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn timer_and_lock_tables_return_to_empty_after_100k_entries_expire() {
     let dispatcher = Dispatcher::<u64>::new(DispatchConfig::default()).unwrap();
