@@ -301,3 +301,44 @@ async fn concurrent_acknowledged_writes_and_deletes_survive_a_redis_restart() {
     assert_eq!(d.get("after").await.unwrap(), Some(1));
     d.shutdown().await.unwrap();
 }
+
+/// Entries written before a Redis restart (appendonly) still expire exactly
+/// once each, with their values, whether their deadline falls while the
+/// server is down or after it is back.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expirations_across_a_redis_restart_are_reported_exactly_once_with_values() {
+    let Some(mut server) = support::redis_server::RedisServer::start_with(true) else { return };
+    let d = LiveDict::<u64>::builder()
+        .url(&format!("{}?namespace=rx", server.url()))
+        .request_timeout(Duration::from_secs(20))
+        .build()
+        .await
+        .unwrap();
+    let seen = support::Collector::new();
+    d.register_callback(livedict::EventKind::Expire, seen.callback()).unwrap();
+    let n = 200u64;
+    for i in 0..n {
+        // Deadlines from 100 ms (while the server is down) to 1.1 s (after it is back).
+        d.set_with_ttl(format!("k{i}"), i, Duration::from_millis(100 + 5 * i)).await.unwrap();
+    }
+    let _server = tokio::task::spawn_blocking(move || {
+        server.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    support::eventually("every expiration reported", || seen.len() >= n as usize).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // duplicates would arrive by now
+    let events = seen.events();
+    assert_eq!(events.len(), n as usize, "duplicates");
+    let keys: HashSet<String> = events.iter().map(|(_, k, _)| k.clone()).collect();
+    assert_eq!(keys.len(), n as usize);
+    for (_, k, v) in events {
+        assert_eq!(v, Some(k[1..].parse::<u64>().unwrap()), "{k} expired without its value");
+    }
+    assert_eq!(d.len().await.unwrap(), 0);
+    d.shutdown().await.unwrap();
+}
