@@ -125,7 +125,10 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
             let (r, l) =
                 crate::best_pair(rounds, ops, || raw_op(set, tasks, ops), || live_op(set, tasks, ops));
             let (op, note) = if set {
-                ("set", "raw: fred SET (1 connection, pipelined); livedict: one Lua script (pool of 4)")
+                (
+                    "set",
+                    "raw: fred SET (1 connection, pipelined); livedict: one Lua script per set (pool of 4)",
+                )
             } else {
                 (
                     "get (hit)",
