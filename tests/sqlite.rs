@@ -156,6 +156,31 @@ async fn in_memory_database_works() {
     assert_eq!(d.get("k").await.unwrap(), None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_opens_of_a_new_file_all_succeed() {
+    // Several handles racing to switch a brand-new file to WAL and create its
+    // tables: every one must open (losers retry instead of failing).
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url(&dir, "");
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { LiveDict::<u64>::open(&url).await })
+            })
+            .collect();
+        let mut handles = Vec::new();
+        for open in opens {
+            handles.push(open.await.unwrap().unwrap_or_else(|e| panic!("round {round}: {e}")));
+        }
+        handles[0].set("k", 1).await.unwrap();
+        for h in &handles {
+            assert_eq!(h.get("k").await.unwrap(), Some(1));
+            h.shutdown().await.unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn bad_paths_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

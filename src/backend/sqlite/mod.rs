@@ -114,6 +114,68 @@ fn open_error(label: &str, what: &str, e: impl std::fmt::Display) -> Error {
     Error::backend_msg("sqlite", format!("cannot open {label}: {what}: {e}"))
 }
 
+/// Opens the writer connection, sets the pragmas and creates the schema.
+///
+/// Several processes opening a brand-new file at once race on switching it to
+/// WAL and creating its tables; SQLite answers the losers `SQLITE_BUSY`/`LOCKED`
+/// (the busy handler does not cover a journal-mode change) or, while the
+/// `-wal`/`-shm` files appear, an I/O error. Those are retried with a fresh
+/// connection until the busy timeout; anything else fails at once.
+async fn open_writer(
+    target: &str,
+    flags: OpenFlags,
+    config: &SqliteConfig,
+    label: &str,
+) -> Result<tokio_rusqlite::Connection> {
+    let give_up = tokio::time::Instant::now() + config.busy_timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let conn = tokio_rusqlite::Connection::open_with_flags(target, flags)
+            .await
+            .map_err(|e| open_error(label, "open failed", e))?;
+        let setup = config.clone();
+        let outcome = conn
+            .call(move |c| -> Result<(), (bool, String)> {
+                let transient = |e: rusqlite::Error| {
+                    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, SystemIoFailure};
+                    let retry = matches!(
+                        e.sqlite_error_code(),
+                        Some(DatabaseBusy | DatabaseLocked | SystemIoFailure)
+                    );
+                    (retry, e.to_string())
+                };
+                schema::configure(c, &setup).map_err(transient)?;
+                if !setup.in_memory() {
+                    // Checkpoints run on a connection of their own (see `checkpointer`), never in a commit.
+                    c.pragma_update(None, "wal_autocheckpoint", 0).map_err(transient)?;
+                }
+                schema::create(c, &setup).map_err(|e| match e {
+                    schema::CreateError::Sqlite(e) => transient(e),
+                    schema::CreateError::Version(msg) => (false, msg),
+                })
+            })
+            .await;
+        match outcome {
+            Ok(()) => return Ok(conn),
+            Err(tokio_rusqlite::Error::Error((true, _))) if tokio::time::Instant::now() < give_up => {
+                drop(conn);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(tokio_rusqlite::Error::Error((_, msg))) => {
+                return Err(open_error(label, "not a usable livedict database", msg));
+            }
+            Err(tokio_rusqlite::Error::ConnectionClosed) => {
+                return Err(open_error(label, "not a usable livedict database", "connection closed"));
+            }
+            Err(tokio_rusqlite::Error::Close((_, e))) => {
+                return Err(open_error(label, "not a usable livedict database", e));
+            }
+            Err(_) => return Err(open_error(label, "not a usable livedict database", "unknown failure")),
+        }
+    }
+}
+
 impl<V: Value> SqliteBackend<V> {
     /// Opens (creating if needed) the store and starts its writer and expiry driver.
     ///
@@ -132,20 +194,7 @@ impl<V: Value> SqliteBackend<V> {
         } else {
             config.path.display().to_string()
         };
-        let conn = tokio_rusqlite::Connection::open_with_flags(&target, flags)
-            .await
-            .map_err(|e| open_error(&label, "open failed", e))?;
-        let setup = config.clone();
-        conn.call(move |c| -> Result<(), String> {
-            schema::configure(c, &setup).map_err(|e| e.to_string())?;
-            if !setup.in_memory() {
-                // Checkpoints run on a connection of their own (see `checkpointer`), never in a commit.
-                c.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| e.to_string())?;
-            }
-            schema::create(c, &setup)
-        })
-        .await
-        .map_err(|e| open_error(&label, "not a usable livedict database", e))?;
+        let conn = open_writer(&target, flags, &config, &label).await?;
 
         let mut readers = Vec::new();
         if config.in_memory() {

@@ -87,12 +87,21 @@ pub(super) fn configure(conn: &Connection, config: &SqliteConfig) -> rusqlite::R
     Ok(())
 }
 
+/// Why [`create`] failed.
+#[derive(Debug)]
+pub(super) enum CreateError {
+    /// SQLite refused a statement (maybe transiently: busy, locked).
+    Sqlite(rusqlite::Error),
+    /// The file was written by a newer livedict.
+    Version(String),
+}
+
 /// Creates the tables if missing and checks the schema version.
-pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(), String> {
+pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(), CreateError> {
     let t = &config.table;
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(|e| e.to_string())?;
+        .map_err(CreateError::Sqlite)?;
     tx.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS livedict_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
          INSERT OR IGNORE INTO livedict_meta (name, value) VALUES ('schema_version', {SCHEMA_VERSION});
@@ -101,14 +110,14 @@ pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(),
          CREATE INDEX IF NOT EXISTS \"{t}_expires_at\" ON \"{t}\" (expires_at) WHERE expires_at IS NOT NULL;
          CREATE TABLE IF NOT EXISTS \"{t}_locks\" (key TEXT PRIMARY KEY NOT NULL, owner TEXT NOT NULL, lease_until INTEGER NOT NULL);"
     ))
-    .map_err(|e| e.to_string())?;
+    .map_err(CreateError::Sqlite)?;
     let version: i64 = tx
         .query_row("SELECT value FROM livedict_meta WHERE name = 'schema_version'", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
+        .map_err(CreateError::Sqlite)?;
     if version > SCHEMA_VERSION {
-        return Err(format!(
+        return Err(CreateError::Version(format!(
             "schema version {version} is newer than this livedict understands ({SCHEMA_VERSION}); upgrade livedict"
-        ));
+        )));
     }
-    tx.commit().map_err(|e| e.to_string())
+    tx.commit().map_err(CreateError::Sqlite)
 }
