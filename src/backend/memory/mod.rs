@@ -74,9 +74,33 @@ impl<V> Entry<V> {
 struct Shared<V> {
     cache: moka::sync::Cache<String, Arc<Entry<V>>>,
     deadlines: Arc<DeadlineTable>,
-    generation: AtomicU64,
     /// Cancels the driver when the last backend clone (and so this) goes.
     _driver: DropGuard,
+}
+
+/// Generations are handed out in blocks per thread, so that writers on
+/// different threads do not contend on one counter (they only need to be
+/// unique, not ordered).
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+const GENERATION_BLOCK: u64 = 1024;
+
+thread_local! {
+    /// This thread's next generation and the end of its block.
+    static GENERATION: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// A generation never handed out before (in this process).
+fn next_generation() -> u64 {
+    GENERATION.with(|g| {
+        let (mut next, mut end) = g.get();
+        if next == end {
+            next = GENERATIONS.fetch_add(GENERATION_BLOCK, Ordering::Relaxed);
+            end = next + GENERATION_BLOCK;
+        }
+        g.set((next + 1, end));
+        next
+    })
 }
 
 /// Runs for every entry moka removes or replaces (synchronously for explicit
@@ -95,7 +119,10 @@ fn on_removal<V: Value>(
     }
     match cause {
         RemovalCause::Size => sink.evicted(key, || Some(old.value.clone())),
-        _ if !old.is_live(Instant::now()) => sink.expired(key, || Some(old.value.clone())),
+        // Only entries with a deadline need the clock.
+        _ if old.deadline.is_some() && !old.is_live(Instant::now()) => {
+            sink.expired(key, || Some(old.value.clone()))
+        }
         _ => {}
     }
 }
@@ -154,12 +181,7 @@ impl<V: Value> MemoryBackend<V> {
             })
             .build();
         let cancel = CancellationToken::new();
-        let shared = Arc::new(Shared {
-            cache,
-            deadlines,
-            generation: AtomicU64::new(1),
-            _driver: cancel.clone().drop_guard(),
-        });
+        let shared = Arc::new(Shared { cache, deadlines, _driver: cancel.clone().drop_guard() });
         runtime.spawn(expiry_driver(Arc::downgrade(&shared), cancel));
         Ok(MemoryBackend { shared })
     }
@@ -209,7 +231,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 impl<V: Value> Shared<V> {
     fn next_generation(&self) -> u64 {
-        self.generation.fetch_add(1, Ordering::Relaxed)
+        next_generation()
     }
 
     /// Removes `key` if it is still the generation whose deadline came due;
