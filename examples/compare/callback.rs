@@ -17,7 +17,7 @@ pub fn run(rep: &mut Report, o: &Opts) {
     let rt = runtime();
     for kind in ["sync", "async"] {
         let mut best = (0.0f64, 0, 0);
-        for _ in 0..o.rounds().min(3) {
+        for _ in 0..o.pick(2, 4) {
             let d: LiveDict<String> = rt.block_on(LiveDict::open("memory://")).expect("memory store");
             let seen = Arc::new(AtomicU64::new(0));
             let s = Arc::clone(&seen);

@@ -92,7 +92,7 @@ impl Opts {
 
     /// Rounds of each throughput measurement (the best is kept).
     pub fn rounds(&self) -> usize {
-        if self.quick { 2 } else { 5 }
+        if self.quick { 2 } else { 7 }
     }
 
     /// Picks the quick or the full value.

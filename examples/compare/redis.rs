@@ -119,7 +119,7 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
             }
         })
     };
-    let rounds = o.pick(2, 3);
+    let rounds = o.pick(2, 5);
     for set in [true, false] {
         for (tasks, ops, target) in [(1, n, 0.9), (50, many_ops, 0.8)] {
             let (r, l) =

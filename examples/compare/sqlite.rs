@@ -54,7 +54,7 @@ pub fn run(rep: &mut Report, o: &Opts) {
             }
         })
     };
-    let rounds = o.pick(2, 3);
+    let rounds = o.pick(2, 5);
     let mut raw_w = 0.0f64;
     let (mut one, mut many) = (0.0f64, 0.0f64);
     for _ in 0..rounds {
