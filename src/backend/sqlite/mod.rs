@@ -147,7 +147,8 @@ async fn open_writer(
                 schema::configure(c, &setup).map_err(transient)?;
                 if !setup.in_memory() {
                     // Checkpoints mostly run on a connection of their own (see `checkpointer`).
-                    c.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(transient)?;
+                    c.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+                        .map_err(transient)?;
                 }
                 schema::create(c, &setup).map_err(|e| match e {
                     schema::CreateError::Sqlite(e) => transient(e),
