@@ -251,3 +251,24 @@ async fn bad_redis_urls_are_invalid_url_errors() {
         assert!(!err.to_string().contains(":pw@"), "{err}");
     }
 }
+
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_never_falls_back_to_plaintext() {
+    // A plain-TCP server behind a `rediss://` URL: the TLS handshake fails, and
+    // open reports it within the connect timeout instead of talking in clear.
+    let Some(server) = RedisServer::start() else { return };
+    let url = format!("rediss://127.0.0.1:{}/0?namespace=tls&connect_timeout_ms=1000", server.port());
+    let started = Instant::now();
+    let err = LiveDict::<u64>::open(&url).await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[cfg(not(feature = "redis-tls"))]
+#[tokio::test]
+async fn rediss_without_the_tls_feature_is_an_invalid_url() {
+    let err = LiveDict::<u64>::open("rediss://:secret@127.0.0.1:6379/0").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
+    assert!(!err.to_string().contains("secret"), "{err}");
+}

@@ -9,7 +9,7 @@ use crate::url::StoreUrl;
 /// Settings of the Redis backend.
 ///
 /// URL form: `redis://[user:password@]host[:port][/db]?namespace=orders&pool_size=4`
-/// (`rediss://` for TLS where fred is built with it, `redis-cluster://` for a
+/// (`rediss://` for TLS with the `redis-tls` cargo feature — an error without it —, `redis-cluster://` for a
 /// cluster). Options:
 ///
 /// | option | default | meaning |
@@ -177,6 +177,15 @@ impl RedisConfig {
     }
 
     pub(super) fn validate(&self) -> Result<()> {
+        // fred without a TLS feature reads `rediss://` as plain TCP; never
+        // let a URL that asks for TLS silently connect without it.
+        #[cfg(not(feature = "redis-tls"))]
+        if self.server_url.trim_start().to_ascii_lowercase().starts_with("rediss") {
+            return Err(Error::invalid_url(
+                &self.server_url,
+                "rediss:// (TLS) needs livedict's `redis-tls` cargo feature; refusing to connect without TLS",
+            ));
+        }
         let ok = !self.namespace.is_empty()
             && self.namespace.len() <= 128
             && self.namespace.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c));
