@@ -37,7 +37,7 @@
 //! | --- | --- | --- | --- | --- |
 //! | memory (moka) | `memory://`, `memory://?max_capacity=100000` | in this process | clones of the handle | caches, sessions of one instance; fastest, no serialization |
 //! | SQLite | `sqlite://path.db`, `sqlite::memory:` | a file (WAL, group commit) | processes on one machine | state that survives restarts without a server |
-//! | Redis | `redis://host:6379/0?namespace=app`, `rediss://…`, `redis-cluster://…` | a Redis server | processes on many machines | state shared by a fleet |
+//! | Redis | `redis://host:6379/0?namespace=app`, `rediss://…` (feature `redis-tls`), `redis-cluster://…` | a Redis server | processes on many machines | state shared by a fleet |
 //!
 //! All three give the same semantics (the same behavioural test suite runs on
 //! each): millisecond TTLs, expire events carrying the expired value,
@@ -322,6 +322,7 @@
 //! | --- | --- | --- |
 //! | `sqlite` | yes | the SQLite backend (bundled SQLite) |
 //! | `redis` | yes | the Redis backend (fred) |
+//! | `redis-tls` | no | TLS for `rediss://` (rustls); without it a `rediss://` URL is [`Error::InvalidUrl`], never plaintext |
 //! | `msgpack` | no | [`Codec`]'s MessagePack variant |
 //! | `metrics` | no | export of [`Stats`] through the `metrics` facade |
 //!
