@@ -75,6 +75,7 @@ impl<'a> StoreUrl<'a> {
     }
 
     /// Removes option `name`, a duration in milliseconds.
+    #[cfg(any(feature = "sqlite", feature = "redis"))]
     pub(crate) fn take_millis(&mut self, name: &str) -> Result<Option<std::time::Duration>> {
         Ok(self.take_parsed::<u64>(name)?.map(std::time::Duration::from_millis))
     }

@@ -361,6 +361,7 @@ pub(crate) trait Relay<V>: Send + Sync {
 
 /// What a relay's sending task receives: an item to send, or the request to
 /// finish (acknowledged once everything queued before it was sent).
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 pub(crate) enum Outgoing<T> {
     /// One event, ready to send.
     Item(T),
@@ -370,11 +371,13 @@ pub(crate) enum Outgoing<T> {
 
 /// The bounded queue between a relay (filled by writers, never blocking)
 /// and its sending task.
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 pub(crate) struct Outbox<T> {
     tx: tokio::sync::mpsc::Sender<Outgoing<T>>,
     counters: Arc<crate::stats::Counters>,
 }
 
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 impl<T: Send + 'static> Outbox<T> {
     /// An outbox of `capacity` items; a full one drops items and counts them in `events_dropped`.
     pub(crate) fn new(

@@ -311,6 +311,7 @@ impl<V> Dispatcher<V> {
     /// Attaches the relay that carries this store's `Set`, `Delete`, `Expire`
     /// and `Evict` events to other processes; returns the watches that events
     /// of other processes are handed to. Only one relay per dispatcher.
+    #[cfg(any(feature = "sqlite", feature = "redis"))]
     pub(crate) fn attach_relay(&self, relay: Arc<dyn Relay<V>>) -> Result<Arc<Watchers<V>>> {
         self.registry
             .relay
