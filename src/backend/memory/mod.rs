@@ -4,7 +4,7 @@
 mod timers;
 
 use std::future::{Ready, ready};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,12 +16,16 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::Value;
 use crate::error::{Error, Result};
-use crate::event::EventSink;
+use crate::event::{EventKind, EventSink};
 use crate::request::{LockGrant, Request, Response};
 use timers::{Deadline, DeadlineTable};
 
-/// How many expired entries the driver removes before yielding.
+/// How many expired entries the driver reports (or removes) before yielding.
 const EXPIRE_BATCH: usize = 1024;
+
+/// How many already-reported expired entries the driver removes between
+/// checks for newly due deadlines (~1 ms of moka conditional removals).
+const REMOVE_BATCH: usize = 64;
 
 /// Settings of the memory backend.
 ///
@@ -59,9 +63,21 @@ struct Entry<V> {
     value: V,
     deadline: Option<Instant>,
     generation: u64,
+    /// Set by whoever reports this entry's expiry or eviction first (the
+    /// driver, or the removal listener), so it is reported exactly once.
+    reported: AtomicBool,
 }
 
 impl<V> Entry<V> {
+    fn new(value: V, deadline: Option<Instant>, generation: u64) -> Self {
+        Entry { value, deadline, generation, reported: AtomicBool::new(false) }
+    }
+
+    /// Claims the one report of this entry's end; false if it was already reported.
+    fn claim_report(&self) -> bool {
+        !self.reported.swap(true, Ordering::AcqRel)
+    }
+
     fn is_live(&self, now: Instant) -> bool {
         self.deadline.is_none_or(|d| d > now)
     }
@@ -74,6 +90,7 @@ impl<V> Entry<V> {
 struct Shared<V> {
     cache: moka::sync::Cache<String, Arc<Entry<V>>>,
     deadlines: Arc<DeadlineTable>,
+    sink: EventSink<V>,
     /// Cancels the driver when the last backend clone (and so this) goes.
     _driver: DropGuard,
 }
@@ -118,9 +135,10 @@ fn on_removal<V: Value>(
         deadlines.remove(key, t);
     }
     match cause {
-        RemovalCause::Size => sink.evicted(key, || Some(old.value.clone())),
+        RemovalCause::Size if old.claim_report() => sink.evicted(key, || Some(old.value.clone())),
         // Only entries with a deadline need the clock.
-        _ if old.deadline.is_some() && !old.is_live(Instant::now()) => {
+        RemovalCause::Size => {}
+        _ if old.deadline.is_some() && !old.is_live(Instant::now()) && old.claim_report() => {
             sink.expired(key, || Some(old.value.clone()))
         }
         _ => {}
@@ -175,13 +193,14 @@ impl<V: Value> MemoryBackend<V> {
             builder = builder.max_capacity(cap);
         }
         let table = Arc::clone(&deadlines);
+        let listener_sink = sink.clone();
         let cache = builder
             .eviction_listener(move |key: Arc<String>, old, cause| {
-                on_removal(&table, &sink, &key, old, cause)
+                on_removal(&table, &listener_sink, &key, old, cause)
             })
             .build();
         let cancel = CancellationToken::new();
-        let shared = Arc::new(Shared { cache, deadlines, _driver: cancel.clone().drop_guard() });
+        let shared = Arc::new(Shared { cache, deadlines, sink, _driver: cancel.clone().drop_guard() });
         runtime.spawn(expiry_driver(Arc::downgrade(&shared), cancel));
         Ok(MemoryBackend { shared })
     }
@@ -199,6 +218,8 @@ impl<V: Value> MemoryBackend<V> {
 async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationToken) {
     let Some(deadlines) = shared.upgrade().map(|s| Arc::clone(&s.deadlines)) else { return };
     let mut due = Vec::with_capacity(EXPIRE_BATCH);
+    // Expired entries already reported, still to be removed from moka.
+    let mut reported: Vec<(Deadline, String)> = Vec::new();
     loop {
         let next = deadlines.next_deadline();
         tokio::select! {
@@ -211,11 +232,31 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
         loop {
             deadlines.take_due(Instant::now(), EXPIRE_BATCH, &mut due);
             let full = due.len() == EXPIRE_BATCH;
-            for ((deadline, generation), key) in due.drain(..) {
-                shared.expire_if_current(&key, deadline, generation);
+            if shared.sink.wants(EventKind::Expire) {
+                // Report first, remove later: a moka conditional removal costs
+                // ~4 us, a report ~1 us, so a burst of deadlines is reported
+                // on time (measured, 10k keys due at once: p99 lateness
+                // 41 ms -> see the commit) and removed when nothing else is due.
+                for (t, key) in due.drain(..) {
+                    if shared.report_if_current(&key, t) {
+                        reported.push((t, key));
+                    }
+                }
+            } else {
+                for ((deadline, generation), key) in due.drain(..) {
+                    shared.expire_if_current(&key, deadline, generation);
+                }
             }
-            if !full {
+            if full {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if reported.is_empty() {
                 break;
+            }
+            let rest = reported.len().saturating_sub(REMOVE_BATCH);
+            for ((deadline, generation), key) in reported.drain(rest..) {
+                shared.expire_if_current(&key, deadline, generation);
             }
             tokio::task::yield_now().await;
         }
@@ -234,8 +275,25 @@ impl<V: Value> Shared<V> {
         next_generation()
     }
 
+    /// Reports the expiry of `key` if it is still the generation whose
+    /// deadline came due and nobody reported it yet; true if the entry is
+    /// still to be removed (by [`Self::expire_if_current`]). Reads already
+    /// treat it as gone: it is past its deadline.
+    fn report_if_current(&self, key: &str, (deadline, generation): Deadline) -> bool {
+        match self.cache.get(key) {
+            Some(e) if e.generation == generation && e.deadline == Some(deadline) => {
+                if e.claim_report() {
+                    self.sink.expired(key, || Some(e.value.clone()));
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Removes `key` if it is still the generation whose deadline came due;
-    /// the removal listener reports the expiry with the value.
+    /// the removal listener reports the expiry with the value (unless the
+    /// driver already did).
     fn expire_if_current(&self, key: &str, deadline: Instant, generation: u64) {
         self.cache.entry_by_ref(key).and_compute_with(|old| match old {
             Some(e) if e.value().generation == generation && e.value().deadline == Some(deadline) => {
@@ -260,7 +318,7 @@ impl<V: Value> Shared<V> {
                 return Op::Nop;
             }
             changed = true;
-            Op::Put(Arc::new(Entry { value: old.value.clone(), deadline, generation }))
+            Op::Put(Arc::new(Entry::new(old.value.clone(), deadline, generation)))
         });
         if let (true, Some(d)) = (changed, deadline) {
             self.deadlines.insert(key.to_owned(), (d, generation));
@@ -306,7 +364,7 @@ impl<V: Value> Shared<V> {
                 // The deadline is recorded after the entry exists, so the driver
                 // never meets a deadline whose entry is not there yet.
                 let timer = deadline.map(|d| (key.clone(), (d, generation)));
-                self.cache.insert(key, Arc::new(Entry { value, deadline, generation }));
+                self.cache.insert(key, Arc::new(Entry::new(value, deadline, generation)));
                 if let Some((key, t)) = timer {
                     self.deadlines.insert(key, t);
                 }
