@@ -21,7 +21,8 @@
 //! - Reads are one `GET`/`EXISTS`/`PTTL`: Redis itself hides a value at its
 //!   deadline (millisecond precision), so an expired value is never returned.
 //! - Writes are one Lua script each (one round trip): lock check, value,
-//!   shadow and deadline index change atomically.
+//!   shadow and deadline index change atomically. Concurrent sets share one
+//!   script call (see `batch.rs`), each still checked and applied on its own.
 //! - Expiry events: each TTL'd write also records its deadline in the sorted set and a shadow
 //!   copy of the value that outlives the deadline by the grace period; a sweeper in every instance
 //!   claims due keys with one atomic script, so exactly one instance reports each expiry, with its
@@ -29,6 +30,7 @@
 //!   the grace period (after it, without the value). Listing uses `SCAN` (never `KEYS`),
 //!   clearing deletes by `SCAN` (never `FLUSHDB`).
 
+mod batch;
 mod config;
 mod feed;
 mod near;
@@ -84,13 +86,17 @@ impl Keys {
         format!("{}{key}", self.value_prefix)
     }
 
+    fn shadow(&self, key: &str) -> String {
+        format!("{}{key}", self.shadow_prefix)
+    }
+
     fn lock(&self, key: &str) -> String {
         format!("{}lock:{key}", self.prefix)
     }
 
     /// value, shadow, index, lock: the `KEYS` of every write script.
     fn write_keys(&self, key: &str) -> Vec<String> {
-        vec![self.value(key), format!("{}{key}", self.shadow_prefix), self.index.clone(), self.lock(key)]
+        vec![self.value(key), self.shadow(key), self.index.clone(), self.lock(key)]
     }
 }
 
@@ -118,6 +124,10 @@ struct Shared<V> {
     sweeper: DropGuard,
     /// Recent reads kept in process, if the near cache is on.
     near: Option<near::NearCache<V>>,
+    /// Sets waiting to share a script call.
+    set_batch: batch::SetBatch,
+    /// This, for tasks that send queued sets.
+    this: std::sync::Weak<Shared<V>>,
 }
 
 impl<V> Drop for Shared<V> {
@@ -151,7 +161,7 @@ impl<V> std::fmt::Debug for RedisBackend<V> {
 }
 
 /// What a write script answered.
-enum Status {
+pub(super) enum Status {
     Ok,
     Missing,
     Locked,
@@ -203,7 +213,7 @@ impl<V: Value> RedisBackend<V> {
         let cancel = CancellationToken::new();
         let keys = Keys::new(&config.namespace);
         let near = config.near_cache.map(near::NearCache::new);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|this| Shared {
             config,
             pool,
             scripts: Scripts::new(),
@@ -213,6 +223,8 @@ impl<V: Value> RedisBackend<V> {
             label,
             sweeper: cancel.clone().drop_guard(),
             near,
+            set_batch: batch::SetBatch::default(),
+            this: this.clone(),
         });
         tokio::spawn(sweeper::sweeper(Arc::downgrade(&shared), cancel));
         Ok(RedisBackend { shared })
@@ -338,17 +350,26 @@ impl<V: Value> Shared<V> {
                 Ok(Response::Ttl((left >= 0).then(|| Duration::from_millis(left as u64))))
             }
             Request::Set { key, value, ttl, lock } => {
-                let bytes = codec.encode(&key, &value)?;
+                let value = Bytes::from(codec.encode(&key, &value)?);
                 let ttl: RedisValue = ttl.map_or_else(|| "".into(), |t| ms(t).into());
-                let args = vec![
-                    owner(lock),
-                    key.clone().into(),
-                    Bytes::from(bytes).into(),
-                    ttl,
-                    ms(self.config.grace).into(),
-                ];
-                self.write("set", &self.scripts.set, &key, args).await?;
-                Ok(Response::Done)
+                let mut op = batch::SetOp { key, value, ttl, owner: owner(lock) };
+                let mut backoff = Duration::from_millis(1);
+                loop {
+                    let (back, reply) = self.set_batched(op).await;
+                    let (status, expired) = reply?;
+                    if let Some(bytes) = &expired {
+                        self.report_expired(&back.key, Some(bytes));
+                    }
+                    match status {
+                        Status::Locked => {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_millis(50));
+                            op = back;
+                        }
+                        Status::Lost => return Err(Error::LockLost { key: back.key }),
+                        Status::Ok | Status::Missing => return Ok(Response::Done),
+                    }
+                }
             }
             Request::Delete { key, lock } => {
                 let args = vec![owner(lock), key.clone().into()];

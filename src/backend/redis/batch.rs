@@ -1,0 +1,217 @@
+//! The [`SetBatch`]: sets from concurrent callers share one script call.
+//!
+//! A set goes out at once, as a batch of one, while fewer than [`IN_FLIGHT`]
+//! script calls are on the wire; otherwise it waits in a queue, and the call
+//! that completes next sends everything queued (up to [`MAX_BATCH`]) as one
+//! `EVALSHA` of the `SET_MANY` script. One caller alone sees no queue and no
+//! extra hop; many callers share the script's fixed cost and one write each way.
+//!
+//! Measured (50 tasks, 2 cores): one `EVALSHA` per set cost the server ~5 µs
+//! (vs ~1 µs for a raw `SET`) and fred flushes every `EVALSHA` in a syscall of
+//! its own, so sets ran at ~0.3x raw fred `SET` whatever the client did.
+//!
+//! Each set in a batch is checked (lock) and applied on its own inside the
+//! script, exactly as if it ran alone; the batch is atomic as a whole, which
+//! is stronger than what concurrent callers could observe anyway.
+
+use std::sync::Mutex;
+
+use fred::bytes::Bytes;
+use fred::interfaces::LuaInterface;
+use fred::types::{Key, Value as RedisValue};
+use tokio::sync::oneshot;
+
+use super::{Shared, Status};
+use crate::Value;
+use crate::error::{Error, Result};
+
+/// Script calls of batched sets on the wire at once: two, so the server runs
+/// one batch while the next is being encoded and sent.
+const IN_FLIGHT: usize = 2;
+
+/// Most sets in one script call.
+const MAX_BATCH: usize = 128;
+
+/// One set, encoded.
+pub(super) struct SetOp {
+    pub(super) key: String,
+    pub(super) value: Bytes,
+    /// ms, or `''` for no TTL.
+    pub(super) ttl: RedisValue,
+    /// The lock token, or `''`.
+    pub(super) owner: RedisValue,
+}
+
+/// What the script answered for one set: its status and an expired value it claimed.
+pub(super) type SetReply = Result<(Status, Option<Bytes>)>;
+
+struct Queued {
+    op: SetOp,
+    /// The op comes back with its reply, for a retry after a lock wait.
+    reply: oneshot::Sender<(SetOp, SetReply)>,
+}
+
+#[derive(Default)]
+struct State {
+    in_flight: usize,
+    queue: Vec<Queued>,
+}
+
+/// The queue of sets waiting for a script call; see the [module docs](self).
+#[derive(Default)]
+pub(super) struct SetBatch {
+    // A std mutex: held only to push or take, never across an `.await`.
+    state: Mutex<State>,
+}
+
+impl SetBatch {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Stands in for an op lost with its batch task (the caller gets `Closed` and does not retry).
+fn closed_op() -> SetOp {
+    SetOp { key: String::new(), value: Bytes::new(), ttl: RedisValue::Null, owner: RedisValue::Null }
+}
+
+/// A script call slot taken by a caller; handed on when it goes.
+struct Slot<'a, V: Value>(&'a Shared<V>);
+
+impl<V: Value> Drop for Slot<'_, V> {
+    fn drop(&mut self) {
+        self.0.send_queued();
+    }
+}
+
+impl<V: Value> Shared<V> {
+    /// Applies one set (alone, or in a batch with concurrent ones); hands the op back.
+    pub(super) async fn set_batched(&self, op: SetOp) -> (SetOp, SetReply) {
+        let queued = {
+            let mut state = self.set_batch.state();
+            if state.in_flight < IN_FLIGHT {
+                state.in_flight += 1;
+                Ok(op)
+            } else {
+                let (reply, done) = oneshot::channel();
+                state.queue.push(Queued { op, reply });
+                Err(done)
+            }
+        };
+        let op = match queued {
+            Ok(op) => op,
+            // The batch task never drops a reply unanswered; only a runtime shutting down does.
+            Err(done) => return done.await.unwrap_or_else(|_| (closed_op(), Err(Error::Closed))),
+        };
+        // Hands the slot on even if this caller is dropped mid-call (a timeout, say).
+        let _slot = Slot(self);
+        let ops = [op];
+        let mine = self.run_sets(&ops).await.pop().unwrap_or_else(|| Err(Error::Closed));
+        let [op] = ops;
+        (op, mine)
+    }
+    /// A script call just finished: hands its slot to whatever queued meanwhile.
+    fn send_queued(&self) {
+        let mut state = self.set_batch.state();
+        if state.queue.is_empty() {
+            state.in_flight -= 1;
+            return;
+        }
+        let n = state.queue.len().min(MAX_BATCH);
+        let jobs: Vec<Queued> = state.queue.drain(..n).collect();
+        drop(state);
+        // The slot stays taken; the task sends the batch and then frees it (or hands it on).
+        let Some(shared) = self.this.upgrade() else {
+            for job in jobs {
+                let _ = job.reply.send((job.op, Err(Error::Closed)));
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            let (ops, replies): (Vec<SetOp>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+            let results = shared.run_sets(&ops).await;
+            for ((op, reply), result) in ops.into_iter().zip(replies).zip(results) {
+                let _ = reply.send((op, result));
+            }
+            shared.send_queued();
+        });
+    }
+
+    /// One `EVALSHA` of `SET_MANY` over `ops`: one reply per op, in order.
+    async fn run_sets(&self, ops: &[SetOp]) -> Vec<SetReply> {
+        let script = &self.scripts.set_many;
+        let client = self.pool.next();
+        let mut reply: std::result::Result<RedisValue, _> =
+            client.evalsha(script.sha1().clone(), self.set_keys(ops), self.set_args(ops)).await;
+        if matches!(&reply, Err(e) if e.details().starts_with("NOSCRIPT")) {
+            reply = match script.load(client).await {
+                Ok(()) => client.evalsha(script.sha1().clone(), self.set_keys(ops), self.set_args(ops)).await,
+                Err(e) => Err(e),
+            };
+        }
+        let parts = match reply {
+            Ok(RedisValue::Array(parts)) if parts.len() == 2 * ops.len() => parts,
+            Ok(_) => {
+                return ops
+                    .iter()
+                    .map(|_| Err(Error::backend_msg("redis", "unexpected reply to set")))
+                    .collect();
+            }
+            Err(e) => return ops.iter().map(|_| Err(self.backend_error("set", e.clone()))).collect(),
+        };
+        let mut parts = parts.into_iter();
+        let mut out = Vec::with_capacity(ops.len());
+        while let (Some(status), Some(expired)) = (parts.next(), parts.next()) {
+            let status = match status.as_str().as_deref() {
+                Some("OK") => Status::Ok,
+                Some("LOCKED") => Status::Locked,
+                Some("LOST") => Status::Lost,
+                Some("ERR") => {
+                    let why = expired.as_str().map(|s| s.into_owned()).unwrap_or_default();
+                    out.push(Err(Error::backend_msg("redis", format!("set on {}: {why}", self.label))));
+                    continue;
+                }
+                other => {
+                    out.push(Err(Error::backend_msg(
+                        "redis",
+                        format!("unexpected status {other:?} for set"),
+                    )));
+                    continue;
+                }
+            };
+            let expired = match expired {
+                RedisValue::Bytes(b) => Some(b),
+                RedisValue::String(s) => Some(s.into_inner()),
+                _ => None,
+            };
+            out.push(Ok((status, expired)));
+        }
+        out
+    }
+
+    /// `KEYS`: the deadline index, then value, shadow and lock of each op.
+    fn set_keys(&self, ops: &[SetOp]) -> Vec<Key> {
+        let keys = &self.keys;
+        let mut out = Vec::with_capacity(1 + 3 * ops.len());
+        out.push(Key::from(keys.index.as_str()));
+        for op in ops {
+            out.push(keys.value(&op.key).into());
+            out.push(keys.shadow(&op.key).into());
+            out.push(keys.lock(&op.key).into());
+        }
+        out
+    }
+
+    /// `ARGV`: grace, then owner, member, value and ttl of each op.
+    fn set_args(&self, ops: &[SetOp]) -> Vec<RedisValue> {
+        let mut out = Vec::with_capacity(1 + 4 * ops.len());
+        out.push(super::ms(self.config.grace).into());
+        for op in ops {
+            out.push(op.owner.clone());
+            out.push(op.key.clone().into());
+            out.push(op.value.clone().into());
+            out.push(op.ttl.clone());
+        }
+        out
+    }
+}
