@@ -138,7 +138,7 @@ impl<V: Value> LiveDict<V> {
         S: tower::Service<Request<V>, Response = Response<V>, Error = Error> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
     {
-        Self::from_parts(Stack::new(service), dispatcher, None)
+        Self::from_parts(Stack::new_boxed(service), dispatcher, None)
     }
 
     pub(crate) fn from_parts(
@@ -161,7 +161,7 @@ impl<V: Value> LiveDict<V> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        self.inner.service.call(req).await
+        self.inner.service.request(req).await
     }
 
     /// Stores `value` under `key` with no expiry (or the builder's default
@@ -371,7 +371,7 @@ impl<V: Value> LiveDict<V> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(Error::Closed);
         }
-        let flushed = self.inner.service.call(Request::Shutdown).await;
+        let flushed = self.inner.service.request(Request::Shutdown).await;
         self.inner.dispatcher.shutdown().await;
         flushed.map(|_| ())
     }
