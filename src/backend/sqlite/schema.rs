@@ -14,6 +14,7 @@ pub(super) struct Sql {
     pub(super) deadline: String,
     pub(super) upsert: String,
     pub(super) take_expired: String,
+    pub(super) any_due: String,
     pub(super) delete: String,
     pub(super) expire: String,
     pub(super) persist: String,
@@ -24,6 +25,7 @@ pub(super) struct Sql {
     pub(super) claim_due: String,
     pub(super) earliest: String,
     pub(super) lock_owner: String,
+    pub(super) any_lock: String,
     pub(super) lock_drop_stale: String,
     pub(super) lock_insert: String,
     pub(super) lock_renew: String,
@@ -44,6 +46,7 @@ impl Sql {
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
             ),
             take_expired: format!("DELETE FROM \"{t}\" WHERE key = ?1 AND expires_at <= ?2 RETURNING value"),
+            any_due: format!("SELECT EXISTS (SELECT 1 FROM \"{t}\" WHERE expires_at <= ?1)"),
             delete: format!("DELETE FROM \"{t}\" WHERE key = ?1 RETURNING value, expires_at"),
             expire: format!("UPDATE \"{t}\" SET expires_at = ?3 WHERE key = ?1 AND {live}"),
             persist: format!(
@@ -62,6 +65,7 @@ impl Sql {
             ),
             earliest: format!("SELECT min(expires_at) FROM \"{t}\""),
             lock_owner: format!("SELECT owner FROM \"{t}_locks\" WHERE key = ?1 AND lease_until > ?2"),
+            any_lock: format!("SELECT EXISTS (SELECT 1 FROM \"{t}_locks\")"),
             lock_drop_stale: format!("DELETE FROM \"{t}_locks\" WHERE key = ?1 AND lease_until <= ?2"),
             lock_insert: format!(
                 "INSERT INTO \"{t}_locks\" (key, owner, lease_until) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO NOTHING"

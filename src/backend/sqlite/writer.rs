@@ -126,7 +126,8 @@ async fn run(
             .call(move |c| -> rusqlite::Result<Vec<rusqlite::Result<Applied>>> {
                 let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let now = super::now_ms();
-                let results = ops.into_iter().map(|op| apply(&tx, &sql, now, op)).collect();
+                let mut seen = Seen::new(&tx, &sql, now)?;
+                let results = ops.into_iter().map(|op| apply(&tx, &sql, now, &mut seen, op)).collect();
                 tx.commit()?;
                 Ok(results)
             })
@@ -148,14 +149,42 @@ async fn run(
     }
 }
 
+/// What a batch's transaction may contain, checked once at its start: the
+/// transaction holds the write lock, so no other process changes either, and
+/// with `now` fixed for the batch no row can come due during it.
+///
+/// Measured (set, 32 tasks): the per-set lock check and expired-row capture
+/// were two of the three statements of every set, while there was almost
+/// never a lock or a due row to find.
+struct Seen {
+    /// A lock row (live or stale) may exist.
+    locks: bool,
+    /// A row past its deadline may exist.
+    due: bool,
+}
+
+impl Seen {
+    fn new(tx: &Transaction<'_>, sql: &Sql, now: i64) -> rusqlite::Result<Self> {
+        Ok(Seen {
+            locks: tx.prepare_cached(&sql.any_lock)?.query_row([], |r| r.get(0))?,
+            due: tx.prepare_cached(&sql.any_due)?.query_row([now], |r| r.get(0))?,
+        })
+    }
+}
+
 /// Whether a write to `key` (guarded by `owner`, if any) may proceed.
 fn check_lock(
     tx: &Transaction<'_>,
     sql: &Sql,
     now: i64,
+    seen: &Seen,
     key: &str,
     owner: Option<&str>,
 ) -> rusqlite::Result<LockState> {
+    if !seen.locks {
+        // No lock row at all: free for a plain write, lost for a guarded one (as below).
+        return Ok(if owner.is_some() { LockState::Lost } else { LockState::Free });
+    }
     let holder: Option<String> =
         tx.prepare_cached(&sql.lock_owner)?.query_row(params![key, now], |r| r.get(0)).optional()?;
     Ok(match (holder.as_deref(), owner) {
@@ -172,7 +201,13 @@ enum LockState {
     Lost,
 }
 
-fn apply(tx: &Transaction<'_>, sql: &Sql, now: i64, op: WriteOp) -> rusqlite::Result<Applied> {
+fn apply(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    now: i64,
+    seen: &mut Seen,
+    op: WriteOp,
+) -> rusqlite::Result<Applied> {
     let mut expired = Vec::new();
     let guarded = match &op {
         WriteOp::Set { key, owner, .. }
@@ -182,7 +217,7 @@ fn apply(tx: &Transaction<'_>, sql: &Sql, now: i64, op: WriteOp) -> rusqlite::Re
         _ => None,
     };
     if let Some((key, owner)) = guarded {
-        match check_lock(tx, sql, now, key, owner)? {
+        match check_lock(tx, sql, now, seen, key, owner)? {
             LockState::Free => {}
             LockState::HeldByOther => return Ok(Applied { outcome: WriteOutcome::KeyLocked, expired }),
             LockState::Lost => return Ok(Applied { outcome: WriteOutcome::LockLost, expired }),
@@ -190,7 +225,9 @@ fn apply(tx: &Transaction<'_>, sql: &Sql, now: i64, op: WriteOp) -> rusqlite::Re
     }
     let outcome = match op {
         WriteOp::Set { key, value, expires_at, .. } => {
-            take_expired(tx, sql, now, &key, &mut expired)?;
+            if seen.due {
+                take_expired(tx, sql, now, &key, &mut expired)?;
+            }
             tx.prepare_cached(&sql.upsert)?.execute(params![key, value, expires_at])?;
             WriteOutcome::Done
         }
@@ -228,6 +265,7 @@ fn apply(tx: &Transaction<'_>, sql: &Sql, now: i64, op: WriteOp) -> rusqlite::Re
         WriteOp::TryLock { key, owner, lease_until } => {
             tx.prepare_cached(&sql.lock_drop_stale)?.execute(params![key, now])?;
             if tx.prepare_cached(&sql.lock_insert)?.execute(params![key, owner, lease_until])? == 1 {
+                seen.locks = true;
                 let fence: i64 =
                     tx.prepare_cached(&sql.fence_next)?.query_row(params![sql.fence_name], |r| r.get(0))?;
                 WriteOutcome::Locked(Some(fence as u64))
