@@ -122,13 +122,19 @@ impl<V: Value> Shared<V> {
         let jobs: Vec<Queued> = state.queue.drain(..n).collect();
         drop(state);
         // The slot stays taken; the task sends the batch and then frees it (or hands it on).
-        let Some(shared) = self.this.upgrade() else {
-            for job in jobs {
+        // No runtime (a caller dropped while its runtime shuts down): nobody is left to answer.
+        let (Some(shared), Ok(runtime)) = (self.this.upgrade(), tokio::runtime::Handle::try_current()) else {
+            let rest = {
+                let mut state = self.set_batch.state();
+                state.in_flight -= 1;
+                std::mem::take(&mut state.queue)
+            };
+            for job in jobs.into_iter().chain(rest) {
                 let _ = job.reply.send((job.op, Err(Error::Closed)));
             }
             return;
         };
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let (ops, replies): (Vec<SetOp>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
             let results = shared.run_sets(&ops).await;
             for ((op, reply), result) in ops.into_iter().zip(replies).zip(results) {
