@@ -194,6 +194,55 @@ async fn locked_increments_across_instances_are_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sets_sharing_a_script_call_each_keep_their_lock_check_and_expiry() {
+    let Some(server) = RedisServer::start() else { return };
+    let a = LiveDict::<u64>::open(&url(&server, "batch")).await.unwrap();
+    let b = LiveDict::<u64>::open(&url(&server, "batch")).await.unwrap();
+    // Each expiry reaches exactly one instance: its sweeper's claim, or `b`'s set over it.
+    let (seen_a, seen_b) = (collect_expires(&a), collect_expires(&b));
+    let all = || [&seen_a, &seen_b].iter().flat_map(|s| s.lock().unwrap().clone()).collect::<Vec<_>>();
+    for i in 0..50u64 {
+        b.set_with_ttl(format!("t{i}"), i, Duration::from_millis(1)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let held = a.lock("held", Duration::from_secs(5)).await.unwrap();
+    // 400 concurrent sets from `b` (batched together), one of a key `a` holds locked,
+    // 50 over values already past their deadline.
+    let blocked = {
+        let b = b.clone();
+        tokio::spawn(async move { b.set("held", 7).await.unwrap() })
+    };
+    let sets: Vec<_> = (0..400u64)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let key = if i < 50 { format!("t{i}") } else { format!("k{i}") };
+                b.set(key, i + 1000).await.unwrap();
+            })
+        })
+        .collect();
+    for s in sets {
+        s.await.unwrap();
+    }
+    for i in 0..400u64 {
+        let key = if i < 50 { format!("t{i}") } else { format!("k{i}") };
+        assert_eq!(b.get(&key).await.unwrap(), Some(i + 1000), "{key}");
+    }
+    assert!(!blocked.is_finished(), "a set went through another instance's lock");
+    assert_eq!(b.get("held").await.unwrap(), None);
+    held.unlock().await.unwrap();
+    blocked.await.unwrap();
+    assert_eq!(b.get("held").await.unwrap(), Some(7));
+    support::eventually("every expired value reported", || all().len() >= 50).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = all();
+    got.sort();
+    let mut want: Vec<_> = (0..50u64).map(|i| (format!("t{i}"), Some(i))).collect();
+    want.sort();
+    assert_eq!(got, want, "each expired value reported once, with its value");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_holders_lock_frees_at_its_lease_end_and_its_writes_fail() {
     let Some(server) = RedisServer::start() else { return };
     let store = format!("{}&lock_lease_ms=300", url(&server, "v"));
