@@ -19,7 +19,7 @@
 //! - `redis`: `get`/`set` with 1 and 50 tasks vs raw fred, same server, same
 //!   tasks. A private `redis-server` is started on a free loopback port (and
 //!   killed at the end) when one is on `PATH`; otherwise the rows are skipped.
-//!   livedict runs with its defaults (a pool of 4 connections); append URL
+//!   livedict runs with its defaults (a pool of half the CPUs); append URL
 //!   options with e.g. `COMPARE_REDIS_OPTS='&pool_size=1'`.
 //! - `memory-size`: heap bytes per entry (100-byte values, with a TTL) vs a
 //!   plain `HashMap<String, String>`, counted by this program's allocator.

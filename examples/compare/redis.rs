@@ -127,12 +127,12 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
             let (op, note) = if set {
                 (
                     "set",
-                    "raw: fred SET (1 connection, pipelined); livedict: one Lua script per set (pool of 4)",
+                    "raw: fred SET (1 connection, pipelined); livedict: one Lua script per set, concurrent sets batched into one call (default pool)",
                 )
             } else {
                 (
                     "get (hit)",
-                    "raw: fred GET (1 connection, pipelined); livedict: GET + JSON decode (pool of 4)",
+                    "raw: fred GET (1 connection, pipelined); livedict: GET + JSON decode (default pool: half the CPUs)",
                 )
             };
             rep.ops("redis", "redis", op, tasks, l, Some(r), Target::Ratio(target), note);
