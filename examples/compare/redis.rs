@@ -138,7 +138,29 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
             rep.ops("redis", "redis", op, tasks, l, Some(r), Target::Ratio(target), note);
         }
     }
+    // The near cache (`near_cache_ms`): repeated reads of the same keys cost no
+    // round trip. Same namespace, so the keys written above are there.
+    let near: LiveDict<String> = rt
+        .block_on(LiveDict::open(&format!("{}&near_cache_ms=1000", server.url("bench"))))
+        .expect("redis store with near cache");
+    let near_op = |tasks: usize, ops: usize| {
+        on_tasks(&rt, tasks, |t| {
+            let (d, keys) = (near.clone(), Arc::clone(&keys));
+            async move {
+                for i in part(t, tasks, ops) {
+                    assert!(black_box(d.get(&keys[i % n]).await.expect("get")).is_some());
+                }
+            }
+        })
+    };
+    near_op(1, n); // fill the near cache
+    for (tasks, ops) in [(1, n), (50, many_ops)] {
+        let (r, l) = crate::best_pair(rounds, ops, || raw_op(false, tasks, ops), || near_op(tasks, ops));
+        let note = "raw: fred GET (1 connection, pipelined); livedict: near_cache_ms=1000, every key cached";
+        rep.ops("redis", "redis", "get (hit), near cache", tasks, l, Some(r), Target::None, note);
+    }
     rt.block_on(async {
+        near.shutdown().await.expect("shutdown");
         d.shutdown().await.expect("shutdown");
         let _ = raw.quit().await;
     });
