@@ -352,6 +352,7 @@ pub mod request;
 mod single_flight;
 mod stack;
 pub mod stats;
+mod stripe;
 mod url;
 mod watch;
 

@@ -1,9 +1,7 @@
 //! [`Stack`]: the type-erased service stack a `LiveDict` drives.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -12,6 +10,7 @@ use tower::ServiceExt;
 
 use crate::error::{Error, Result};
 use crate::request::{Request, Response};
+use crate::stripe::{STRIPES, stripe};
 
 /// A shared, type-erased `tower::Service<Request<V>>`: each call drives a
 /// copy of the stack (`poll_ready`, then `call`): the calling thread's
@@ -93,26 +92,6 @@ struct Concrete<S: tower::Service<Request<V>>, V> {
 /// One thread stripe's copy; padded so stripes do not share a cache line.
 #[repr(align(128))]
 struct Stripe<S>(Mutex<S>);
-
-const STRIPES: usize = 8;
-
-thread_local! {
-    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
-
-/// This thread's stripe (threads are spread over the stripes round-robin).
-fn stripe() -> usize {
-    STRIPE.with(|s| {
-        let mut i = s.get();
-        if i == usize::MAX {
-            i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
-            s.set(i);
-        }
-        i
-    })
-}
 
 impl<S, V> Erased<V> for Concrete<S, V>
 where

@@ -1,7 +1,8 @@
 //! Operation and event counters, and their snapshot [`Stats`].
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::stripe::{STRIPES, stripe};
 
 /// A snapshot of a store's counters since it was opened.
 ///
@@ -52,8 +53,6 @@ pub struct Stats {
     pub lock_timeouts: u64,
 }
 
-const STRIPES: usize = 8;
-
 /// A counter striped over cache lines so that threads do not contend on one
 /// atomic (measured: a single shared `AtomicU64` halves 2-thread get throughput).
 #[derive(Default)]
@@ -64,23 +63,6 @@ pub(crate) struct Counter {
 #[derive(Default)]
 #[repr(align(128))]
 struct Padded(AtomicU64);
-
-thread_local! {
-    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
-
-fn stripe() -> usize {
-    STRIPE.with(|s| {
-        let mut i = s.get();
-        if i == usize::MAX {
-            i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
-            s.set(i);
-        }
-        i
-    })
-}
 
 impl Counter {
     /// Adds one.
