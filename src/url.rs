@@ -2,6 +2,9 @@
 
 use crate::error::{Error, Result};
 
+/// Options that may be given more than once (`node=host:port`, seed nodes of a cluster or sentinel URL).
+const REPEATABLE: &[&str] = &["node"];
+
 /// A store URL split into scheme, body and query options.
 ///
 /// Backends take the options they know with [`StoreUrl::take`] and call
@@ -39,7 +42,7 @@ impl<'a> StoreUrl<'a> {
             if k.is_empty() {
                 return Err(Error::invalid_url(raw, format!("empty option name in `{pair}`")));
             }
-            if params.iter().any(|(name, _)| name == k) {
+            if !REPEATABLE.contains(&k) && params.iter().any(|(name, _)| name == k) {
                 return Err(Error::invalid_url(raw, format!("option `{k}` given twice")));
             }
             params.push((k.to_owned(), v.to_owned()));
@@ -61,6 +64,16 @@ impl<'a> StoreUrl<'a> {
     pub(crate) fn take(&mut self, name: &str) -> Option<String> {
         let i = self.params.iter().position(|(k, _)| k == name)?;
         Some(self.params.remove(i).1)
+    }
+
+    /// Removes every occurrence of option `name` (for repeatable options such as `node`).
+    #[cfg(feature = "redis")]
+    pub(crate) fn take_all(&mut self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(v) = self.take(name) {
+            out.push(v);
+        }
+        out
     }
 
     /// Removes option `name` and parses it with `FromStr`.

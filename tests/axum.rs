@@ -30,7 +30,8 @@ impl Server {
     /// Serves the example's router for the stores at `url` on a free port.
     async fn start_at(url: &str) -> Server {
         let state = AppState::open(url, Duration::from_secs(60)).await.expect("open stores");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        // The listener is kept and served, so the OS-chosen port cannot be lost to anyone.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind loopback");
         let base = format!("http://{}", listener.local_addr().expect("local addr"));
         let router = app::router(state.clone());
         tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });

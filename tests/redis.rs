@@ -274,7 +274,9 @@ async fn undecodable_value_is_a_decode_error_and_stays_in_redis() {
 
 #[tokio::test]
 async fn an_unreachable_server_fails_within_the_connect_timeout() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A leased port nothing listens on (no server is started on it).
+    let lease = support::redis_server::PortLease::new();
+    let port = lease.port();
     let started = Instant::now();
     let err = LiveDict::<u64>::open(&format!("redis://:hunter2@127.0.0.1:{port}/0?connect_timeout_ms=500"))
         .await

@@ -34,6 +34,8 @@ mod callback;
 mod expire;
 mod memory;
 mod redis;
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
 mod report;
 mod sqlite;
 

@@ -1,10 +1,7 @@
 //! Redis rows: livedict next to raw fred, same server, same number of tasks.
 
 use std::hint::black_box;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use fred::bytes::Bytes;
 use fred::prelude::*;
@@ -13,57 +10,29 @@ use livedict::LiveDict;
 use crate::report::{Report, Target};
 use crate::{Opts, keys, on_tasks, part, runtime, value};
 
-/// A private `redis-server` on a free loopback port; killed (by its pid) on drop.
+/// A private `redis-server` from the test harness (a leased loopback port,
+/// proven to be ours by its pid); killed (by its pid) on drop.
 pub struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
+    inner: crate::redis_server::RedisServer,
 }
 
 impl Server {
     /// Starts one if `redis-server` is on `PATH`.
     pub fn start() -> Option<Server> {
-        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-        let dir = tempfile::tempdir().ok()?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--loglevel", "warning", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let mut server = Server { child, port, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = server.child.kill();
-        let _ = server.child.wait();
-        None
+        crate::redis_server::RedisServer::start().map(|inner| Server { inner })
     }
 
     /// The livedict URL of `namespace` on this server.
     pub fn url(&self, namespace: &str) -> String {
         format!(
             "redis://127.0.0.1:{}/0?namespace={namespace}{}",
-            self.port,
+            self.inner.port(),
             std::env::var("COMPARE_REDIS_OPTS").unwrap_or_default()
         )
     }
 
     fn raw_url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill(); // this child's pid only
-        let _ = self.child.wait();
+        self.inner.url()
     }
 }
 

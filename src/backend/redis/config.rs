@@ -216,7 +216,15 @@ impl RedisConfig {
         {
             return Err(url.error(format!("bad port `{port}`")));
         }
-        let mut config = RedisConfig::new(&format!("{}://{}", url.scheme(), body));
+        // Seed nodes of a cluster (or sentinels): handed to fred as they came.
+        let nodes = url.take_all("node");
+        let mut server_url = format!("{}://{}", url.scheme(), body);
+        for (i, node) in nodes.iter().enumerate() {
+            server_url.push(if i == 0 { '?' } else { '&' });
+            server_url.push_str("node=");
+            server_url.push_str(node);
+        }
+        let mut config = RedisConfig::new(&server_url);
         if let Some(ns) = url.take("namespace") {
             config.namespace = ns;
             config.validate().map_err(|e| url.error(e.to_string()))?;
