@@ -38,6 +38,19 @@ impl Codec {
         encoded.map_err(|source| Error::Encode { key: key.to_owned(), source })
     }
 
+    /// Encodes `value` after `prefix` (a backend's header) in one buffer.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn encode_after<V: Serialize>(&self, key: &str, value: &V, prefix: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(prefix.len() + 64);
+        out.extend_from_slice(prefix);
+        let encoded = match self {
+            Codec::Json => serde_json::to_writer(&mut out, value).map_err(boxed),
+            #[cfg(feature = "msgpack")]
+            Codec::MessagePack => rmp_serde::encode::write_named(&mut out, value).map_err(boxed),
+        };
+        encoded.map(|()| out).map_err(|source| Error::Encode { key: key.to_owned(), source })
+    }
+
     /// Decodes bytes stored under `key`; failure is [`Error::Decode`].
     pub fn decode<V: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<V> {
         let decoded = match self {

@@ -33,8 +33,10 @@ mod raw {
             #[cfg(feature = "redis")]
             Kind::Redis => {
                 use fred::interfaces::{ClientLike, KeysInterface};
+                // The codec's bytes are corrupted; livedict's header (`~`: no deadline) stays.
                 let (client, full) = redis(h, key).await;
-                let _: () = client.set(full, bytes.to_vec(), None, None, false).await.unwrap();
+                let stored = [b"~".as_slice(), bytes].concat();
+                let _: () = client.set(full, stored, None, None, false).await.unwrap();
                 let _ = client.quit().await;
             }
             _ => unreachable!("no raw access to {:?}", h.kind),
@@ -57,7 +59,7 @@ mod raw {
                 let (client, full) = redis(h, key).await;
                 let v: Option<Vec<u8>> = client.get(full).await.unwrap();
                 let _ = client.quit().await;
-                v
+                v.map(|v| v.strip_prefix(b"~").expect("livedict header").to_vec())
             }
             _ => unreachable!("no raw access to {:?}", h.kind),
         }
@@ -70,7 +72,7 @@ mod raw {
         let config = fred::types::config::Config::from_url(server).unwrap();
         let client = fred::types::Builder::from_config(config).build().unwrap();
         client.init().await.unwrap();
-        (client, format!("ld:{{{ns}}}:v:{key}"))
+        (client, livedict::backend::RedisConfig::new(server).namespace(ns).value_key(key))
     }
 }
 

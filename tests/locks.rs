@@ -225,7 +225,7 @@ async fn distributed_locks(h: &support::Harness) -> bool {
             let mut empty = true;
             loop {
                 let (next, keys): (String, Vec<String>) =
-                    client.scan_page(cursor, format!("ld:{{{ns}}}:lock:*"), Some(1000), None).await.unwrap();
+                    client.scan_page(cursor, format!("ld:{{{ns}:*}}:l:*"), Some(1000), None).await.unwrap();
                 empty &= keys.is_empty();
                 if next == "0" {
                     break;

@@ -45,16 +45,22 @@ async fn sub_second_ttls_are_millisecond_precise() {
     let d = LiveDict::<u64>::open(&url(&server, "p")).await.unwrap();
     d.set_with_ttl("k", 1, Duration::from_millis(750)).await.unwrap();
     let raw = raw_client(&server).await;
-    let pttl: i64 = raw.pttl("ld:{p}:v:k").await.unwrap();
-    assert!((740..=750).contains(&pttl), "PTTL {pttl}");
+    let vkey = livedict::backend::RedisConfig::new(&server.url()).namespace("p").value_key("k");
+    // The value outlives its deadline by the grace period (60 s), for its Expire event.
+    let pttl: i64 = raw.pttl(&vkey).await.unwrap();
+    assert!((60_740..=60_750).contains(&pttl), "PTTL {pttl}");
     let left = d.ttl("k").await.unwrap().unwrap();
     assert!(left <= Duration::from_millis(750) && left >= Duration::from_millis(700), "{left:?}");
     d.set_with_ttl("short", 2, Duration::from_millis(40)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(60)).await;
     assert_eq!(d.get("short").await.unwrap(), None);
-    // The value is readable JSON for redis-cli users.
-    let stored: String = raw.get("ld:{p}:v:k").await.unwrap();
-    assert_eq!(stored, "1");
+    // The value is readable JSON for redis-cli users, after its 8-digit deadline header.
+    let stored: String = raw.get(&vkey).await.unwrap();
+    assert_eq!(stored.len(), 9, "{stored}");
+    assert!(stored.ends_with('1'), "{stored}");
+    d.set("plain", 7).await.unwrap();
+    let plain = livedict::backend::RedisConfig::new(&server.url()).namespace("p").value_key("plain");
+    assert_eq!(raw.get::<String, _>(&plain).await.unwrap(), "~7");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,12 +270,17 @@ async fn undecodable_value_is_a_decode_error_and_stays_in_redis() {
     let Some(server) = RedisServer::start() else { return };
     let d = LiveDict::<u64>::open(&url(&server, "c")).await.unwrap();
     let raw = raw_client(&server).await;
-    let _: () = raw.set("ld:{c}:v:k", "not json", None, None, false).await.unwrap();
+    let vkey = livedict::backend::RedisConfig::new(&server.url()).namespace("c").value_key("k");
+    let _: () = raw.set(&vkey, "~not json", None, None, false).await.unwrap();
     let err = d.get("k").await.unwrap_err();
     assert!(matches!(err, Error::Decode { ref key, .. } if key == "k"), "{err}");
     assert!(matches!(d.items().await, Err(Error::Decode { .. })));
-    let still: String = raw.get("ld:{c}:v:k").await.unwrap();
-    assert_eq!(still, "not json");
+    let still: String = raw.get(&vkey).await.unwrap();
+    assert_eq!(still, "~not json");
+    // A value without livedict's header is a Decode error too, and stays.
+    let _: () = raw.set(&vkey, "no header", None, None, false).await.unwrap();
+    assert!(matches!(d.get("k").await, Err(Error::Decode { .. })));
+    assert_eq!(raw.get::<String, _>(&vkey).await.unwrap(), "no header");
 }
 
 #[tokio::test]

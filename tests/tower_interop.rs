@@ -6,7 +6,7 @@
 //! - livedict's own layers (`CallbackLayer`, `LockLayer`, `TimeoutLayer`,
 //!   `TraceLayer`) around a user's backend: a `HashMap` behind a `Mutex`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -389,76 +389,4 @@ async fn timeout_layer_maps_a_stuck_custom_backend_to_error_timeout() {
     assert!(matches!(err, Error::Timeout { op: "set", .. }), "{err:?}");
     guard.unlock().await.unwrap();
     assert_eq!(d.get("a").await.unwrap(), Some(1));
-}
-
-/// Collects the fields of every closed `livedict.request` span.
-#[derive(Clone, Default)]
-struct SpanCapture(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
-
-struct Fields(BTreeMap<String, String>);
-
-impl tracing::field::Visit for Fields {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl<S> tracing_subscriber::Layer<S> for SpanCapture
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        id: &tracing::span::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let mut fields = Fields(BTreeMap::new());
-        attrs.record(&mut fields);
-        ctx.span(id).unwrap().extensions_mut().insert(fields);
-    }
-
-    fn on_record(
-        &self,
-        id: &tracing::span::Id,
-        values: &tracing::span::Record<'_>,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        if let Some(fields) = ctx.span(id).unwrap().extensions_mut().get_mut::<Fields>() {
-            values.record(fields);
-        }
-    }
-
-    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        let span = ctx.span(&id).unwrap();
-        if span.name() == "livedict.request"
-            && let Some(fields) = span.extensions().get::<Fields>()
-        {
-            self.0.lock().unwrap().push(fields.0.clone());
-        }
-    }
-}
-
-#[tokio::test]
-async fn trace_layer_records_op_backend_outcome_and_latency() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let capture = SpanCapture::default();
-    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
-
-    let (d, backend) = map_store(Duration::from_millis(30));
-    d.set("a", 1).await.unwrap();
-    let stuck = Arc::clone(&backend.gate).write_owned().await;
-    d.get("a").await.unwrap_err();
-    drop(stuck);
-
-    let spans = capture.0.lock().unwrap().clone();
-    assert_eq!(spans.len(), 2, "{spans:?}");
-    let (set, get) = (&spans[0], &spans[1]);
-    assert_eq!((set["op"].as_str(), set["backend"].as_str(), set["outcome"].as_str()), ("set", "map", "ok"));
-    assert_eq!((get["op"].as_str(), get["outcome"].as_str()), ("get", "request `get` timed out after 30ms"));
-    let latency: u64 = get["latency_us"].parse().unwrap();
-    assert!(latency >= 30_000, "latency_us = {latency}");
 }

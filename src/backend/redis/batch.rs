@@ -144,8 +144,32 @@ impl<V: Value> Shared<V> {
         });
     }
 
-    /// One `EVALSHA` of `SET_MANY` over `ops`: one reply per op, in order.
+    /// `SET_MANY` over `ops`: one reply per op, in order. One `EVALSHA` on a
+    /// single server; on a cluster one per shard (a script stays in one slot), concurrently.
     async fn run_sets(&self, ops: &[SetOp]) -> Vec<SetReply> {
+        if !self.clustered || ops.len() == 1 {
+            let all: Vec<&SetOp> = ops.iter().collect();
+            return self.run_group(&all).await;
+        }
+        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, op) in ops.iter().enumerate() {
+            groups.entry(self.layout.shard_of(&op.key)).or_default().push(i);
+        }
+        let runs = groups.values().map(|idx| async move {
+            let group: Vec<&SetOp> = idx.iter().map(|&i| &ops[i]).collect();
+            (idx, self.run_group(&group).await)
+        });
+        let mut out: Vec<Option<SetReply>> = ops.iter().map(|_| None).collect();
+        for (idx, replies) in futures::future::join_all(runs).await {
+            for (&i, reply) in idx.iter().zip(replies) {
+                out[i] = Some(reply);
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Closed))).collect()
+    }
+
+    /// One `EVALSHA` of `SET_MANY` over `ops` (all in one shard on a cluster).
+    async fn run_group(&self, ops: &[&SetOp]) -> Vec<SetReply> {
         let script = &self.scripts.set_many;
         let client = self.pool.next();
         let mut reply: std::result::Result<RedisValue, _> =
@@ -186,38 +210,35 @@ impl<V: Value> Shared<V> {
                     continue;
                 }
             };
-            let expired = match expired {
-                RedisValue::Bytes(b) => Some(b),
-                RedisValue::String(s) => Some(s.into_inner()),
-                _ => None,
-            };
-            out.push(Ok((status, expired)));
+            out.push(Ok((status, super::into_bytes(expired))));
         }
         out
     }
 
-    /// `KEYS`: the deadline index, then value, shadow and lock of each op.
-    fn set_keys(&self, ops: &[SetOp]) -> Vec<Key> {
-        let keys = &self.keys;
-        let mut out = Vec::with_capacity(1 + 3 * ops.len());
-        out.push(Key::from(keys.index.as_str()));
+    /// `KEYS`: value, index, count and lock of each op.
+    fn set_keys(&self, ops: &[&SetOp]) -> Vec<Key> {
+        let mut out = Vec::with_capacity(4 * ops.len());
         for op in ops {
-            out.push(keys.value(&op.key).into());
-            out.push(keys.shadow(&op.key).into());
-            out.push(keys.lock(&op.key).into());
+            let shard = self.layout.shard(&op.key);
+            out.push(shard.value(&op.key).into());
+            out.push(shard.index.as_str().into());
+            out.push(shard.count.as_str().into());
+            out.push(shard.lock(&op.key).into());
         }
         out
     }
 
-    /// `ARGV`: grace, then owner, member, value and ttl of each op.
-    fn set_args(&self, ops: &[SetOp]) -> Vec<RedisValue> {
-        let mut out = Vec::with_capacity(1 + 4 * ops.len());
+    /// `ARGV`: grace, wake channel, then owner, member, value, ttl and shard of each op.
+    fn set_args(&self, ops: &[&SetOp]) -> Vec<RedisValue> {
+        let mut out = Vec::with_capacity(2 + 5 * ops.len());
         out.push(super::ms(self.config.grace).into());
+        out.push(self.layout.wake.as_str().into());
         for op in ops {
             out.push(op.owner.clone());
-            out.push(op.key.clone().into());
+            out.push(op.key.as_str().into());
             out.push(op.value.clone().into());
             out.push(op.ttl.clone());
+            out.push((self.layout.shard_of(&op.key) as i64).into());
         }
         out
     }

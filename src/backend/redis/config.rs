@@ -14,12 +14,13 @@ use crate::url::StoreUrl;
 ///
 /// | option | default | meaning |
 /// | --- | --- | --- |
-/// | `namespace` | `livedict` | every key lives under `ld:{namespace}:` |
+/// | `namespace` | `livedict` | every key lives under `ld:{namespace:…}:` |
+/// | `shards` | 16 | shards of the namespace, 1–1024 (see [`RedisConfig::shards`]); fixed once the namespace is written |
 /// | `pool_size` | half the CPUs, 1–8 | connections in the pool |
 /// | `connect_timeout_ms` | 5000 | how long opening may take before it fails |
 /// | `lock_lease_ms` | 30000 | lease of per-key locks |
 /// | `grace_ms` | 60000 | how long an expired value is kept for its `Expire` event when no instance runs |
-/// | `sweep_ms` | 10 | how often each instance looks for deadlines set by other instances |
+/// | `sweep_ms` | 5000 | safety net: each shard an instance sweeps is re-checked at least this often (at most 4 checks/s in all) even without a wake-up |
 /// | `command_timeout_ms` | 4000 | how long a command may wait (e.g. during a reconnect) before failing |
 /// | `codec` | `json` | value encoding |
 /// | `near_cache_ms` | off | keep reads in process for at most this long (see [`RedisConfig::near_cache`]) |
@@ -39,6 +40,7 @@ pub struct RedisConfig {
     /// The URL handed to fred (without livedict's options).
     pub(super) server_url: String,
     pub(super) namespace: String,
+    pub(super) shards: u16,
     pub(super) pool_size: usize,
     pub(super) connect_timeout: Duration,
     pub(super) lock_lease: Duration,
@@ -61,11 +63,12 @@ impl RedisConfig {
         RedisConfig {
             server_url: url.to_owned(),
             namespace: "livedict".into(),
+            shards: 16,
             pool_size: default_pool_size(),
             connect_timeout: Duration::from_secs(5),
             lock_lease: Duration::from_secs(30),
             grace: Duration::from_secs(60),
-            sweep_interval: Duration::from_millis(10),
+            sweep_interval: Duration::from_secs(5),
             command_timeout: Duration::from_secs(4),
             codec: Codec::Json,
             share_events: false,
@@ -76,6 +79,28 @@ impl RedisConfig {
     /// The namespace: letters, digits, `_`, `-`, `.` and `:` (default `livedict`).
     pub fn namespace(mut self, namespace: &str) -> Self {
         self.namespace = namespace.to_owned();
+        self
+    }
+
+    /// Shards of the namespace (default 16, at most [`MAX_SHARDS`](super::MAX_SHARDS)).
+    ///
+    /// Each shard is its own hash tag, so on a Redis Cluster a namespace
+    /// spreads over as many slots — and so masters — as it has shards (their
+    /// tags are chosen to tile the slot space evenly). Choose at least 4× the
+    /// number of masters you may grow to, so every master holds a fair share;
+    /// 16 covers clusters of up to ~4-5 masters, 64 up to ~16. More shards
+    /// cost a little on `len`/`keys`/`clear` (one command per shard) and
+    /// nothing on single-key operations. On a single server the count does
+    /// not matter. The count is written into the namespace's layout key by
+    /// the first store that opens it; opening it with another count is an
+    /// error (a different count would put keys in different shards).
+    ///
+    /// ```
+    /// let config = livedict::backend::RedisConfig::new("redis-cluster://127.0.0.1:7000").shards(64);
+    /// # let _ = config;
+    /// ```
+    pub fn shards(mut self, shards: u16) -> Self {
+        self.shards = shards;
         self
     }
 
@@ -114,7 +139,10 @@ impl RedisConfig {
         self
     }
 
-    /// How often the sweeper polls for deadlines written by other instances (default 10 ms).
+    /// Safety net of the sweeper (default 5 s): a shard this instance sweeps is
+    /// re-checked at least this often even if no wake-up arrived (wake-ups
+    /// are pub/sub, lost while a connection is down). The checks are spread
+    /// out to at most 4 per second, whatever the shard count.
     pub fn sweep_interval(mut self, interval: Duration) -> Self {
         self.sweep_interval = interval.max(Duration::from_millis(1));
         self
@@ -171,6 +199,22 @@ impl RedisConfig {
         self
     }
 
+    /// The Redis key that holds `key`'s value in this config's namespace (for
+    /// inspecting a store with `redis-cli`). The stored string is a header —
+    /// `~` for an entry without a deadline, else the deadline in 8 base-64
+    /// digits — followed by the codec's bytes.
+    ///
+    /// ```
+    /// let config = livedict::backend::RedisConfig::new("redis://127.0.0.1/").namespace("orders");
+    /// let name = config.value_key("order:1");
+    /// assert!(name.starts_with("ld:{orders:") && name.ends_with("}:v:order:1"));
+    /// ```
+    pub fn value_key(&self, key: &str) -> String {
+        super::layout::Layout::new(&self.namespace, self.shards.clamp(1, super::MAX_SHARDS))
+            .shard(key)
+            .value(key)
+    }
+
     /// Whether events are shared with other processes (see [`share_events`](Self::share_events)).
     pub fn shares_events(&self) -> bool {
         self.share_events
@@ -185,6 +229,13 @@ impl RedisConfig {
                 &self.server_url,
                 "rediss:// (TLS) needs livedict's `redis-tls` cargo feature; refusing to connect without TLS",
             ));
+        }
+        if self.shards == 0 || self.shards > super::MAX_SHARDS {
+            return Err(Error::InvalidConfig(format!(
+                "redis shards must be 1-{}, not {}",
+                super::MAX_SHARDS,
+                self.shards
+            )));
         }
         let ok = !self.namespace.is_empty()
             && self.namespace.len() <= 128
@@ -228,6 +279,12 @@ impl RedisConfig {
         if let Some(ns) = url.take("namespace") {
             config.namespace = ns;
             config.validate().map_err(|e| url.error(e.to_string()))?;
+        }
+        if let Some(n) = url.take_parsed::<u16>("shards")? {
+            if n == 0 || n > super::MAX_SHARDS {
+                return Err(url.error(format!("shards must be 1-{}", super::MAX_SHARDS)));
+            }
+            config.shards = n;
         }
         if let Some(n) = url.take_parsed::<usize>("pool_size")? {
             config = config.pool_size(n);

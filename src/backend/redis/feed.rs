@@ -120,7 +120,7 @@ impl<V: Value> RedisBackend<V> {
     /// ```
     pub async fn share_events(&self, dispatcher: &Dispatcher<V>) -> Result<()> {
         let shared = &self.shared;
-        let channel = format!("{}events", shared.keys.prefix);
+        let channel = shared.layout.events.clone();
         let subscriber = subscriber(shared).await?;
         subscriber
             .subscribe(channel.as_str())
@@ -153,7 +153,6 @@ impl<V: Value> RedisBackend<V> {
                 return Err(e);
             }
         };
-        let _resubscribe = subscriber.manage_subscriptions();
         let near = shared.near.clone();
         tokio::spawn(receive(subscriber, watchers, near, origin, shared.config.codec, cancel.clone()));
         tokio::spawn(publish(publisher, channel, frames));
@@ -162,12 +161,14 @@ impl<V: Value> RedisBackend<V> {
 }
 
 /// A dedicated pub/sub connection to the same server.
-async fn subscriber<V: Value>(shared: &Shared<V>) -> Result<SubscriberClient> {
+pub(super) async fn subscriber<V: Value>(shared: &Shared<V>) -> Result<SubscriberClient> {
     let config = FredConfig::from_url(&shared.config.server_url)
         .map_err(|e| Error::invalid_url(&shared.config.server_url, e.details().to_string()))?;
     let timeout = shared.config.connect_timeout;
     let client = fred::types::Builder::from_config(config)
         .with_connection_config(|c| c.connection_timeout = timeout)
+        // Reconnect forever with backoff; subscriptions are restored by `manage_subscriptions`.
+        .set_policy(fred::types::config::ReconnectPolicy::new_exponential(0, 20, 2_000, 2))
         .build_subscriber_client()
         .map_err(|e| shared.backend_error("creating the event subscriber", e))?;
     match tokio::time::timeout(timeout, client.init()).await {
@@ -192,6 +193,7 @@ async fn receive<V: Value>(
     codec: Codec,
     cancel: CancellationToken,
 ) {
+    let resubscribe = subscriber.manage_subscriptions();
     let mut messages = subscriber.message_rx();
     loop {
         let message = tokio::select! {
@@ -224,7 +226,9 @@ async fn receive<V: Value>(
         let value = value.and_then(|v| codec.decode::<V>(key, v).ok());
         watchers.emit(&Event::new(kind, key, value));
     }
-    let _ = subscriber.quit().await;
+    resubscribe.abort();
+    // The server may be gone: do not wait for it.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), subscriber.quit()).await;
 }
 
 /// Publishes this process's frames in order, until closed (or the relay is gone).

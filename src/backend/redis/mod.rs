@@ -2,37 +2,49 @@
 //! any number of processes, with millisecond TTLs, exactly-once expiry events
 //! carrying values, and enforced distributed locks.
 //!
-//! # Key layout
+//! # Key layout (version 2)
 //!
-//! Everything lives under `ld:{namespace}:` (the braces are a hash tag, so a
-//! namespace stays in one cluster slot):
+//! A namespace is split into shards (URL option `shards`, default 16), each
+//! its own hash tag, so one store spreads over every master of a Redis
+//! Cluster. Each value is stored once, with its deadline in a short header.
+//! See `layout.rs` for every key; in short, per shard `<tag>`:
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `ld:{ns}:v:<key>` | string | the value (codec-encoded, JSON by default), `PX` = the TTL |
-//! | `ld:{ns}:x:<key>` | string | shadow copy of a TTL'd value for its `Expire` event, `PX` = TTL + grace |
-//! | `ld:{ns}:deadlines` | sorted set | key → deadline (ms since the epoch, server clock) |
-//! | `ld:{ns}:lock:<key>` | string | lock owner token, `PX` = the lease |
-//! | `ld:{ns}:fence` | integer | fencing counter, incremented per lock acquisition |
-//! | `ld:{ns}:events` | pub/sub channel | events of the processes with `share_events=true` ([`RedisBackend::share_events`]) |
+//! | `ld:{<tag>}:v:<key>` | string | header + value (codec-encoded, JSON by default) |
+//! | `ld:{<tag>}:d` | sorted set | key → deadline (ms, server clock), TTL'd entries only |
+//! | `ld:{<tag>}:n` | integer | entries in the shard |
+//! | `ld:{<tag>}:l:<key>` | string | lock owner token, `PX` = the lease |
+//! | `ld:{<tag>}:f` | integer | the shard's fencing counter |
+//!
+//! and per namespace `ld:{ns}:layout` (version and shard count; opening a
+//! namespace with another one is an error), `ld:{ns}:sweepers` (which
+//! instance sweeps which shard) and the channels `ld:{ns}:wake` and `ld:{ns}:events`.
 //!
 //! # Guarantees
 //!
-//! - Reads are one `GET`/`EXISTS`/`PTTL`: Redis itself hides a value at its
-//!   deadline (millisecond precision), so an expired value is never returned.
-//! - Writes are one Lua script each (one round trip): lock check, value,
-//!   shadow and deadline index change atomically. Concurrent sets share one
-//!   script call (see `batch.rs`), each still checked and applied on its own.
-//! - Expiry events: each TTL'd write also records its deadline in the sorted set and a shadow
-//!   copy of the value that outlives the deadline by the grace period; a sweeper in every instance
-//!   claims due keys with one atomic script, so exactly one instance reports each expiry, with its
-//!   value. With no instance running, expiries are reported by the next instance that starts within
-//!   the grace period (after it, without the value). Listing uses `SCAN` (never `KEYS`),
-//!   clearing deletes by `SCAN` (never `FLUSHDB`).
+//! - Reads are one `GET` (or one `SCAN` pass): the deadline in the value's
+//!   header is checked against an upper bound of the server's clock, so an
+//!   expired value is never returned, even before it is swept.
+//! - Writes are one Lua script each, on the key's shard: lock check, value,
+//!   deadline index and entry count change atomically. Concurrent sets share
+//!   one script call (see `batch.rs`), each still checked and applied on its own.
+//! - Expiry events: a TTL'd value lives for its TTL plus the grace period;
+//!   the shard's sweeper claims it at its deadline with one atomic script,
+//!   so exactly one instance reports each expiry, with its value. With no
+//!   instance running, expiries are reported by the next instance that starts
+//!   within the grace period (after it, without the value).
+//! - Each shard is swept by one live instance at a time (see `sweeper.rs`);
+//!   an idle instance sleeps until its shards' next deadline, and a write of
+//!   an earlier deadline wakes the sweeper through the `wake` channel.
+//! - `len()` reads the shards' counters (O(shards) commands); `keys`,
+//!   `items` and `clear` scan the namespace's value keys shard by shard.
 
 mod batch;
+mod clock;
 mod config;
 mod feed;
+mod layout;
 mod near;
 mod scripts;
 mod sweeper;
@@ -40,83 +52,38 @@ mod sweeper;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::bytes::Bytes;
 use fred::clients::Pool;
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::{ClientLike, KeysInterface, SortedSetsInterface};
 use fred::types::Value as RedisValue;
 use fred::types::config::{Config as FredConfig, ReconnectPolicy, TcpConfig};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, try_join_all};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use config::RedisConfig;
+pub use layout::MAX_SHARDS;
 
 use crate::Value;
 use crate::error::{Error, Result};
 use crate::event::EventSink;
 use crate::request::{LockGrant, Request, Response};
+use clock::ServerClock;
+use layout::{Layout, Shard};
 use scripts::Scripts;
 
 /// Keys fetched per `SCAN` page and values per `MGET`.
 const PAGE: u32 = 1000;
 
-/// The namespace's key names.
-struct Keys {
-    prefix: String,
-    value_prefix: String,
-    shadow_prefix: String,
-    index: String,
-    fence: String,
-}
-
-impl Keys {
-    fn new(namespace: &str) -> Self {
-        let prefix = format!("ld:{{{namespace}}}:");
-        Keys {
-            value_prefix: format!("{prefix}v:"),
-            shadow_prefix: format!("{prefix}x:"),
-            index: format!("{prefix}deadlines"),
-            fence: format!("{prefix}fence"),
-            prefix,
-        }
-    }
-
-    fn value(&self, key: &str) -> String {
-        format!("{}{key}", self.value_prefix)
-    }
-
-    fn shadow(&self, key: &str) -> String {
-        format!("{}{key}", self.shadow_prefix)
-    }
-
-    fn lock(&self, key: &str) -> String {
-        format!("{}lock:{key}", self.prefix)
-    }
-
-    /// value, shadow, index, lock: the `KEYS` of every write script.
-    fn write_keys(&self, key: &str) -> Vec<String> {
-        vec![self.value(key), self.shadow(key), self.index.clone(), self.lock(key)]
-    }
-}
-
-/// Escapes glob characters so a key prefix can be used in `SCAN MATCH`.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 struct Shared<V> {
     config: RedisConfig,
     pool: Pool,
     scripts: Scripts,
-    keys: Keys,
+    layout: Layout,
+    clock: ServerClock,
+    /// Whether the URL names a cluster (scripts and multi-key commands stay in one shard).
+    clustered: bool,
     sink: EventSink<V>,
     closed: AtomicBool,
     /// The URL without its password, for messages.
@@ -128,6 +95,8 @@ struct Shared<V> {
     set_batch: batch::SetBatch,
     /// This, for tasks that send queued sets.
     this: std::sync::Weak<Shared<V>>,
+    /// This instance's id among the namespace's sweepers.
+    instance: String,
 }
 
 impl<V> Drop for Shared<V> {
@@ -160,6 +129,17 @@ impl<V> std::fmt::Debug for RedisBackend<V> {
     }
 }
 
+/// A stored value, for reads.
+enum Found {
+    /// Nothing, or a value past its deadline.
+    Missing,
+    /// A live value: its deadline and codec bytes.
+    Live(Option<u64>, Bytes),
+    /// A string without livedict's header (written by something else): it
+    /// exists, has no deadline we know of, and does not decode.
+    Foreign,
+}
+
 /// What a write script answered.
 pub(super) enum Status {
     Ok,
@@ -168,56 +148,65 @@ pub(super) enum Status {
     Lost,
 }
 
+/// Builds fred's client pool for `config` (not connected yet).
+fn build_pool(config: &RedisConfig, label: &str) -> Result<Pool> {
+    let fred_config = FredConfig::from_url(&config.server_url)
+        .map_err(|e| Error::invalid_url(&config.server_url, e.details().to_string()))?;
+    let connect_timeout = config.connect_timeout;
+    let command_timeout = config.command_timeout;
+    fred::types::Builder::from_config(fred_config)
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout;
+            c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() };
+        })
+        .with_performance_config(|p| p.default_command_timeout = command_timeout)
+        // Reconnect forever with backoff; commands wait (up to the command timeout) meanwhile.
+        .set_policy(ReconnectPolicy::new_exponential(0, 20, 2_000, 2))
+        .build_pool(config.pool_size)
+        .map_err(|e| Error::backend("redis", format!("cannot create a client for {label}"), e))
+}
+
 impl<V: Value> RedisBackend<V> {
-    /// Connects (within the connect timeout) and starts the sweeper.
+    /// Connects (within the connect timeout), checks the namespace's layout
+    /// and starts the sweeper.
     ///
     /// An unreachable server is an [`Error::Backend`] after at most the
-    /// connect timeout, naming the URL without its password.
+    /// connect timeout, naming the URL without its password. A namespace
+    /// written with another layout version or shard count is an
+    /// [`Error::InvalidConfig`] naming both.
     pub async fn open(config: RedisConfig, sink: EventSink<V>) -> Result<Self> {
         config.validate()?;
         let label = crate::url::redact(&config.server_url);
-        let fred_config = FredConfig::from_url(&config.server_url)
-            .map_err(|e| Error::invalid_url(&config.server_url, e.details().to_string()))?;
+        let clustered = FredConfig::from_url(&config.server_url).is_ok_and(|c| c.server.is_clustered());
+        let pool = build_pool(&config, &label)?;
         let connect_timeout = config.connect_timeout;
-        let command_timeout = config.command_timeout;
-        let pool = fred::types::Builder::from_config(fred_config)
-            .with_connection_config(|c| {
-                c.connection_timeout = connect_timeout;
-                c.internal_command_timeout = connect_timeout;
-                c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() };
-            })
-            .with_performance_config(|p| p.default_command_timeout = command_timeout)
-            // Reconnect forever with backoff; commands wait (up to the command timeout) meanwhile.
-            .set_policy(ReconnectPolicy::new_exponential(0, 20, 2_000, 2))
-            .build_pool(config.pool_size)
-            .map_err(|e| Error::backend("redis", format!("cannot create a client for {label}"), e))?;
         let connected = tokio::time::timeout(connect_timeout, async {
             pool.init().await?;
             pool.ping::<()>(None).await
         })
         .await;
-        match connected {
-            Ok(Ok(())) => {}
-            failed => {
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    let _ = pool.quit().await;
-                });
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no connection within {connect_timeout:?}"),
-                };
-                return Err(Error::backend_msg("redis", format!("cannot connect to {label}: {why}")));
-            }
+        if let Err(why) = match connected {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no connection within {connect_timeout:?}")),
+        } {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let _ = pool.quit().await;
+            });
+            return Err(Error::backend_msg("redis", format!("cannot connect to {label}: {why}")));
         }
         let cancel = CancellationToken::new();
-        let keys = Keys::new(&config.namespace);
+        let layout = Layout::new(&config.namespace, config.shards);
         let near = config.near_cache.map(near::NearCache::new);
         let shared = Arc::new_cyclic(|this| Shared {
             config,
             pool,
             scripts: Scripts::new(),
-            keys,
+            layout,
+            clock: ServerClock::new(),
+            clustered,
             sink,
             closed: AtomicBool::new(false),
             label,
@@ -225,8 +214,17 @@ impl<V: Value> RedisBackend<V> {
             near,
             set_batch: batch::SetBatch::default(),
             this: this.clone(),
+            instance: format!("{:016x}", rand::random::<u64>()),
         });
-        tokio::spawn(sweeper::sweeper(Arc::downgrade(&shared), cancel));
+        let opened = async {
+            shared.check_layout().await?;
+            shared.sync_clock().await
+        };
+        if let Err(e) = opened.await {
+            let _ = shared.pool.quit().await;
+            return Err(e);
+        }
+        sweeper::start(&shared, cancel).await;
         Ok(RedisBackend { shared })
     }
 }
@@ -235,9 +233,62 @@ fn ms(d: Duration) -> i64 {
     d.as_nanos().div_ceil(1_000_000).min(i64::MAX as u128) as i64
 }
 
+/// The bytes of a bulk-string reply, if it is one.
+fn into_bytes(v: RedisValue) -> Option<Bytes> {
+    match v {
+        RedisValue::Bytes(b) => Some(b),
+        RedisValue::String(s) => Some(s.into_inner()),
+        _ => None,
+    }
+}
+
 impl<V: Value> Shared<V> {
     fn backend_error(&self, what: &str, e: fred::error::Error) -> Error {
-        Error::backend("redis", format!("{what} on {}", self.label), e)
+        Error::backend("redis", format!("{what} on {}: {e}", self.label), e)
+    }
+
+    /// Writes the layout descriptor of a new namespace, or checks that of an existing one.
+    async fn check_layout(&self) -> Result<()> {
+        let layout = &self.layout;
+        let v1 = |suffix: &str| format!("{}{suffix}", layout.prefix);
+        let keys = vec![layout.layout_key.clone(), v1("deadlines"), v1("fence")];
+        let reply: Vec<String> = self
+            .scripts
+            .layout
+            .evalsha_with_reload(self.pool.next(), keys, vec![layout.descriptor()])
+            .await
+            .map_err(|e| self.backend_error("checking the key layout", e))?;
+        let ns = &self.config.namespace;
+        match reply.first().map(String::as_str) {
+            Some("OK") => Ok(()),
+            Some("OTHER") => Err(Error::InvalidConfig(format!(
+                "redis namespace `{ns}` on {} has layout `{}`; this store asks for `{}` \
+                 (open it with the same `shards`, or use another namespace)",
+                self.label,
+                reply.get(1).map_or("?", String::as_str),
+                layout.descriptor()
+            ))),
+            Some("V1") => Err(Error::InvalidConfig(format!(
+                "redis namespace `{ns}` on {} holds data of key layout v1 (one slot per namespace); \
+                 this version reads layout v{}: copy the data over or use another namespace",
+                self.label,
+                layout::VERSION
+            ))),
+            _ => Err(Error::backend_msg("redis", "unexpected reply to the layout check")),
+        }
+    }
+
+    /// Samples the server's clock (`TIME`).
+    async fn sync_clock(&self) -> Result<()> {
+        let sent = Instant::now();
+        let (secs, micros): (u64, u64) = self
+            .pool
+            .next()
+            .custom(fred::cmd!("TIME"), Vec::<RedisValue>::new())
+            .await
+            .map_err(|e| self.backend_error("reading the server time", e))?;
+        self.clock.sample(sent, secs * 1_000_000 + micros);
+        Ok(())
     }
 
     fn report_expired(&self, key: &str, bytes: Option<&[u8]>) {
@@ -253,8 +304,43 @@ impl<V: Value> Shared<V> {
         });
     }
 
-    /// Runs a write script, waiting with backoff while another owner holds the
-    /// key's lock. Reports an expired value the script claimed on the way.
+    /// What is stored under `key`, as far as reads are concerned.
+    fn found(&self, stored: Option<Bytes>) -> Found {
+        let Some(stored) = stored else { return Found::Missing };
+        let Some((deadline, body)) = layout::split_value(&stored) else { return Found::Foreign };
+        if deadline.is_some_and(|d| self.clock.is_expired(d)) {
+            return Found::Missing;
+        }
+        let start = stored.len() - body.len();
+        Found::Live(deadline, stored.slice(start..))
+    }
+
+    /// A stored value, if live: its deadline (`None`: none) and codec bytes.
+    /// A value without a valid header is [`Error::Decode`] (and stays in place).
+    fn live(&self, key: &str, stored: Option<Bytes>) -> Result<Option<(Option<u64>, Bytes)>> {
+        match self.found(stored) {
+            Found::Missing => Ok(None),
+            Found::Live(deadline, body) => Ok(Some((deadline, body))),
+            Found::Foreign => Err(Error::Decode {
+                key: key.to_owned(),
+                source: "stored value has no livedict header".into(),
+            }),
+        }
+    }
+
+    /// One `GET`.
+    async fn get_stored(&self, key: &str) -> Result<Option<Bytes>> {
+        self.pool.get(self.layout.shard(key).value(key)).await.map_err(|e| self.backend_error("get", e))
+    }
+
+    /// One `GET`: the live value's deadline and codec bytes.
+    async fn read(&self, key: &str) -> Result<Option<(Option<u64>, Bytes)>> {
+        let stored = self.get_stored(key).await?;
+        self.live(key, stored)
+    }
+
+    /// Runs a per-key write script, waiting with backoff while another owner
+    /// holds the key's lock. Reports an expired value the script claimed on the way.
     async fn write(
         &self,
         op: &'static str,
@@ -262,10 +348,12 @@ impl<V: Value> Shared<V> {
         key: &str,
         args: Vec<RedisValue>,
     ) -> Result<(Status, Option<Bytes>)> {
+        let shard = self.layout.shard(key);
+        let keys = vec![shard.value(key), shard.index.clone(), shard.count.clone(), shard.lock(key)];
         let mut backoff = Duration::from_millis(1);
         loop {
             let reply: RedisValue = script
-                .evalsha_with_reload(self.pool.next(), self.keys.write_keys(key), args.clone())
+                .evalsha_with_reload(self.pool.next(), keys.clone(), args.clone())
                 .await
                 .map_err(|e| self.backend_error(op, e))?;
             let RedisValue::Array(mut parts) = reply else {
@@ -291,35 +379,102 @@ impl<V: Value> Shared<V> {
                 }
                 Status::Lost => return Err(Error::LockLost { key: key.to_owned() }),
                 status => {
-                    let payload = match std::mem::replace(&mut parts[2], RedisValue::Null) {
-                        RedisValue::Bytes(b) => Some(b),
-                        RedisValue::String(s) => Some(s.into_inner()),
-                        _ => None,
-                    };
-                    return Ok((status, payload));
+                    return Ok((status, into_bytes(std::mem::replace(&mut parts[2], RedisValue::Null))));
                 }
             }
         }
     }
 
-    /// Every live key of the namespace, by `SCAN` pages.
-    async fn scan_keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let pattern = format!("{}*", glob_escape(prefix));
-        let mut cursor = "0".to_string();
-        let mut all = Vec::new();
-        loop {
-            let (next, page): (String, Vec<String>) = self
-                .pool
-                .next()
-                .scan_page(cursor, pattern.clone(), Some(PAGE), None)
-                .await
-                .map_err(|e| self.backend_error("scan", e))?;
-            all.extend(page);
-            if next == "0" {
-                return Ok(all);
-            }
-            cursor = next;
+    /// Every stored key of the namespace (live or not yet swept), by shard:
+    /// one `SCAN` pass over the server, or over every master of a cluster.
+    async fn scan_namespace(&self) -> Result<Vec<Vec<String>>> {
+        let pattern = self.layout.scan_pattern.clone();
+        let client = self.pool.next();
+        let mut out = vec![Vec::new(); self.layout.shards.len()];
+        if self.clustered {
+            self.drain_scan(client.scan_cluster(pattern, Some(PAGE), None), &mut out).await?;
+        } else {
+            self.drain_scan(client.scan(pattern, Some(PAGE), None), &mut out).await?;
         }
+        Ok(out)
+    }
+
+    /// Sorts the keys of a `SCAN` stream into `out` by shard.
+    async fn drain_scan(
+        &self,
+        pages: impl futures::Stream<Item = std::result::Result<fred::types::scan::ScanResult, fred::error::Error>>,
+        out: &mut [Vec<String>],
+    ) -> Result<()> {
+        use fred::types::scan::Scanner;
+        use futures::TryStreamExt;
+        let mut pages = std::pin::pin!(pages);
+        while let Some(mut page) = pages.try_next().await.map_err(|e| self.backend_error("scan", e))? {
+            for key in page.take_results().unwrap_or_default() {
+                let Some(full) = key.as_str() else { continue };
+                if let Some((shard, user_key)) = self.layout.parse_value_key(full) {
+                    out[shard].push(user_key.to_owned());
+                }
+            }
+            page.next();
+        }
+        Ok(())
+    }
+
+    /// Keys of `shard` past their deadline that no sweeper has claimed yet
+    /// (they are not live, whatever `SCAN` shows).
+    async fn due_in(&self, shard: &Shard) -> Result<std::collections::HashSet<String>> {
+        let upper_ms = self.clock.upper_now_us() / 1000;
+        let due: Vec<String> = self
+            .pool
+            .next()
+            .zrangebyscore(&shard.index, "-inf", upper_ms as f64, false, None)
+            .await
+            .map_err(|e| self.backend_error("zrangebyscore", e))?;
+        Ok(due.into_iter().collect())
+    }
+
+    /// The live entries among `keys` of one shard.
+    async fn shard_items(&self, shard: &Shard, keys: Vec<String>) -> Result<Vec<(String, V)>> {
+        let mut items = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PAGE as usize) {
+            let full: Vec<String> = chunk.iter().map(|k| shard.value(k)).collect();
+            let values: Vec<Option<Bytes>> =
+                self.pool.next().mget(full).await.map_err(|e| self.backend_error("mget", e))?;
+            for (key, stored) in chunk.iter().zip(values) {
+                // A value that expired or went between SCAN and MGET is simply not listed.
+                if let Some((_, body)) = self.live(key, stored)? {
+                    items.push((key.clone(), self.config.codec.decode(key, &body)?));
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    /// Live entries of one shard: its counter minus its due, unclaimed entries.
+    async fn shard_len(&self, shard: &Shard) -> Result<usize> {
+        let upper_ms = self.clock.upper_now_us() / 1000;
+        let client = self.pool.next();
+        let (count, due): (Option<i64>, i64) = futures::try_join!(
+            client.get::<Option<i64>, _>(&shard.count),
+            client.zcount::<i64, _>(&shard.index, f64::NEG_INFINITY, upper_ms as f64)
+        )
+        .map_err(|e| self.backend_error("len", e))?;
+        Ok(count.unwrap_or(0).saturating_sub(due).max(0) as usize)
+    }
+
+    /// Removes `keys` of one shard and its index and counter (after its due entries were claimed).
+    async fn clear_shard(&self, shard: &Shard, keys: Vec<String>) -> Result<()> {
+        for chunk in keys.chunks(PAGE as usize) {
+            let full: Vec<String> = chunk.iter().map(|k| shard.value(k)).collect();
+            let _: i64 = self.pool.next().unlink(full).await.map_err(|e| self.backend_error("clear", e))?;
+        }
+        let _: i64 = self
+            .pool
+            .next()
+            .del(vec![shard.index.clone(), shard.count.clone()])
+            .await
+            .map_err(|e| self.backend_error("clear", e))?;
+        Ok(())
     }
 
     async fn handle(&self, req: Request<V>) -> Result<Response<V>> {
@@ -330,27 +485,24 @@ impl<V: Value> Shared<V> {
         let owner = |lock: Option<crate::LockToken>| -> RedisValue {
             lock.map_or_else(|| "".into(), |t| t.as_str().to_owned().into())
         };
+        let shards = &self.layout.shards;
         match req {
             Request::Get { key } => {
-                let bytes: Option<Bytes> =
-                    self.pool.get(self.keys.value(&key)).await.map_err(|e| self.backend_error("get", e))?;
-                Ok(Response::Value(bytes.map(|b| codec.decode(&key, &b)).transpose()?))
+                let live = self.read(&key).await?;
+                Ok(Response::Value(live.map(|(_, body)| codec.decode(&key, &body)).transpose()?))
             }
             Request::Exists { key } => {
-                let n: i64 = self
-                    .pool
-                    .exists(self.keys.value(&key))
-                    .await
-                    .map_err(|e| self.backend_error("exists", e))?;
-                Ok(Response::Bool(n > 0))
+                let found = self.found(self.get_stored(&key).await?);
+                Ok(Response::Bool(!matches!(found, Found::Missing)))
             }
-            Request::Ttl { key } => {
-                let left: i64 =
-                    self.pool.pttl(self.keys.value(&key)).await.map_err(|e| self.backend_error("pttl", e))?;
-                Ok(Response::Ttl((left >= 0).then(|| Duration::from_millis(left as u64))))
-            }
+            Request::Ttl { key } => match self.found(self.get_stored(&key).await?) {
+                Found::Live(Some(d), _) => Ok(Response::Ttl(Some(self.clock.remaining(d)))),
+                _ => Ok(Response::Ttl(None)),
+            },
             Request::Set { key, value, ttl, lock } => {
-                let value = Bytes::from(codec.encode(&key, &value)?);
+                // Without a TTL the stored bytes are final here; with one, the script adds the deadline.
+                let header: &[u8] = if ttl.is_none() { &[layout::NO_DEADLINE] } else { &[] };
+                let value = Bytes::from(codec.encode_after(&key, &value, header)?);
                 let ttl: RedisValue = ttl.map_or_else(|| "".into(), |t| ms(t).into());
                 let mut op = batch::SetOp { key, value, ttl, owner: owner(lock) };
                 let mut backoff = Duration::from_millis(1);
@@ -378,8 +530,15 @@ impl<V: Value> Shared<V> {
                 Ok(Response::Deleted { removed: matches!(status, Status::Ok), value })
             }
             Request::Expire { key, ttl, lock } => {
-                let args =
-                    vec![owner(lock), key.clone().into(), ms(ttl).into(), ms(self.config.grace).into()];
+                let shard = self.layout.shard_of(&key);
+                let args = vec![
+                    owner(lock),
+                    key.clone().into(),
+                    ms(ttl).into(),
+                    ms(self.config.grace).into(),
+                    self.layout.wake.clone().into(),
+                    (shard as i64).into(),
+                ];
                 let (status, _) = self.write("expire", &self.scripts.expire, &key, args).await?;
                 Ok(Response::Bool(matches!(status, Status::Ok)))
             }
@@ -389,54 +548,30 @@ impl<V: Value> Shared<V> {
                 Ok(Response::Bool(matches!(status, Status::Ok)))
             }
             Request::Keys => {
-                let n = self.keys.value_prefix.len();
-                Ok(Response::Keys(
-                    self.scan_keys(&self.keys.value_prefix)
-                        .await?
-                        .into_iter()
-                        .map(|k| k[n..].to_owned())
-                        .collect(),
-                ))
+                let found = self.scan_namespace().await?;
+                let due = try_join_all(shards.iter().map(|s| self.due_in(s))).await?;
+                let keys = found
+                    .into_iter()
+                    .zip(due)
+                    .flat_map(|(keys, due)| keys.into_iter().filter(move |k| !due.contains(k)));
+                Ok(Response::Keys(keys.collect()))
             }
             Request::Items => {
-                let n = self.keys.value_prefix.len();
-                let keys = self.scan_keys(&self.keys.value_prefix).await?;
-                let mut items = Vec::with_capacity(keys.len());
-                for chunk in keys.chunks(PAGE as usize) {
-                    let values: Vec<Option<Bytes>> =
-                        self.pool.mget(chunk.to_vec()).await.map_err(|e| self.backend_error("mget", e))?;
-                    for (full, bytes) in chunk.iter().zip(values) {
-                        // A value that expired between SCAN and MGET is simply not listed.
-                        if let Some(bytes) = bytes {
-                            let key = full[n..].to_owned();
-                            let value = codec.decode(&key, &bytes)?;
-                            items.push((key, value));
-                        }
-                    }
-                }
-                Ok(Response::Items(items))
+                let found = self.scan_namespace().await?;
+                let per_shard =
+                    try_join_all(shards.iter().zip(found).map(|(s, keys)| self.shard_items(s, keys))).await?;
+                Ok(Response::Items(per_shard.into_iter().flatten().collect()))
             }
-            Request::Len => Ok(Response::Len(self.scan_keys(&self.keys.value_prefix).await?.len())),
+            Request::Len => {
+                let per_shard = try_join_all(shards.iter().map(|s| self.shard_len(s))).await?;
+                Ok(Response::Len(per_shard.into_iter().sum()))
+            }
             Request::Clear => {
-                // Entries already past their deadline expired before this clear: claim
-                // and report them first, so a sweeper that has not run yet cannot lose them.
-                for _ in 0..100 {
-                    if !sweeper::sweep_once(self).await.is_zero() {
-                        break;
-                    }
-                }
-                for prefix in [&self.keys.value_prefix, &self.keys.shadow_prefix] {
-                    let keys = self.scan_keys(prefix).await?;
-                    for chunk in keys.chunks(PAGE as usize) {
-                        let _: i64 = self
-                            .pool
-                            .unlink(chunk.to_vec())
-                            .await
-                            .map_err(|e| self.backend_error("clear", e))?;
-                    }
-                }
-                let _: i64 =
-                    self.pool.del(&self.keys.index).await.map_err(|e| self.backend_error("clear", e))?;
+                // Entries already past their deadline expired before this clear: each
+                // shard's are claimed and reported first, so none is lost.
+                try_join_all(shards.iter().map(|s| sweeper::claim_all(self, s))).await?;
+                let found = self.scan_namespace().await?;
+                try_join_all(shards.iter().zip(found).map(|(s, keys)| self.clear_shard(s, keys))).await?;
                 Ok(Response::Done)
             }
             Request::Lock { key, timeout, token } => self.lock(key, timeout, token).await,
@@ -446,7 +581,7 @@ impl<V: Value> Shared<V> {
                 let renewed: i64 = self
                     .scripts
                     .renew
-                    .evalsha_with_reload(self.pool.next(), vec![self.keys.lock(&key)], args)
+                    .evalsha_with_reload(self.pool.next(), vec![self.layout.shard(&key).lock(&key)], args)
                     .await
                     .map_err(|e| self.backend_error("renew", e))?;
                 if renewed == 1 { Ok(Response::Done) } else { Err(Error::LockLost { key }) }
@@ -456,13 +591,14 @@ impl<V: Value> Shared<V> {
                 let _: i64 = self
                     .scripts
                     .unlock
-                    .evalsha_with_reload(self.pool.next(), vec![self.keys.lock(&key)], args)
+                    .evalsha_with_reload(self.pool.next(), vec![self.layout.shard(&key).lock(&key)], args)
                     .await
                     .map_err(|e| self.backend_error("unlock", e))?;
                 Ok(Response::Done)
             }
             Request::Shutdown => {
                 self.closed.store(true, Ordering::Release);
+                sweeper::leave(self).await;
                 self.sweeper.token().cancel();
                 let _ = self.pool.quit().await;
                 Ok(Response::Done)
@@ -473,7 +609,8 @@ impl<V: Value> Shared<V> {
     async fn lock(&self, key: String, timeout: Duration, token: crate::LockToken) -> Result<Response<V>> {
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(1);
-        let keys = vec![self.keys.lock(&key), self.keys.fence.clone()];
+        let shard = self.layout.shard(&key);
+        let keys = vec![shard.lock(&key), shard.fence.clone()];
         loop {
             let args: Vec<RedisValue> =
                 vec![token.as_str().to_owned().into(), ms(self.config.lock_lease).into()];

@@ -4,8 +4,8 @@
 //! # Freshness
 //!
 //! - A cached value is never returned past its own deadline: it is cached
-//!   with the remaining TTL Redis reported in the same atomic read (one Lua
-//!   script: `GET` + `PTTL`), capped at the staleness bound.
+//!   for the time left until the deadline in its header (against the upper
+//!   bound of the server's clock), capped at the staleness bound.
 //! - Writes through this store (set, delete, expire, persist, clear) drop the
 //!   key from the cache when they complete, and a read that raced with one
 //!   does not fill the cache with what it read: read-your-writes holds.
@@ -21,26 +21,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fred::bytes::Bytes;
-use fred::types::Value as RedisValue;
-use fred::types::scripts::Script;
 use moka::Expiry;
 
 use super::Shared;
 use crate::Value;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::request::{Request, Response};
 
 /// Writes that completed bump one of these (by key hash); a read fills the
 /// cache only if its stripe did not move while it was in flight.
 const STRIPES: usize = 64;
-
-/// `GET` and `PTTL` of one key, atomically: `{value or nil, pttl}`.
-const READ: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if not v then return {false, -2} end
-return {v, redis.call('PTTL', KEYS[1])}
-"#;
 
 /// Settings of the near cache (see [`RedisConfig::near_cache`](super::RedisConfig::near_cache)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +50,6 @@ struct NearInner<V> {
     epochs: [AtomicU64; STRIPES],
     hasher: std::collections::hash_map::RandomState,
     bound: Duration,
-    read: Script,
 }
 
 #[derive(Clone)]
@@ -98,7 +87,6 @@ impl<V: Value> NearCache<V> {
                 epochs: std::array::from_fn(|_| AtomicU64::new(0)),
                 hasher: Default::default(),
                 bound: config.bound,
-                read: Script::from_lua(READ),
             }),
         }
     }
@@ -129,30 +117,12 @@ impl<V: Value> NearCache<V> {
         }
         let stripe = self.stripe(&key);
         let before = stripe.load(Ordering::Acquire);
-        let reply: RedisValue = self
-            .inner
-            .read
-            .evalsha_with_reload(shared.pool.next(), vec![shared.keys.value(&key)], Vec::<RedisValue>::new())
-            .await
-            .map_err(|e| shared.backend_error("get", e))?;
-        let (bytes, pttl) = match reply {
-            RedisValue::Array(mut parts) if parts.len() == 2 => {
-                let pttl = parts[1].as_i64().unwrap_or(-2);
-                let bytes: Option<Bytes> = match parts.swap_remove(0) {
-                    RedisValue::Bytes(b) => Some(b),
-                    RedisValue::String(s) => Some(s.into_inner()),
-                    _ => None,
-                };
-                (bytes, pttl)
-            }
-            _ => return Err(Error::backend_msg("redis", "unexpected reply to the near-cache read")),
-        };
-        let Some(bytes) = bytes else { return Ok(Response::Value(None)) };
-        let value: V = shared.config.codec.decode(&key, &bytes)?;
-        let ttl = match pttl {
-            -1 => Some(self.inner.bound),
-            left if left > 0 => Some(Duration::from_millis(left as u64).min(self.inner.bound)),
-            _ => None, // expired between GET and PTTL cannot happen in a script; do not cache
+        // One GET: the header's deadline bounds how long the value may be served.
+        let Some((deadline, body)) = shared.read(&key).await? else { return Ok(Response::Value(None)) };
+        let value: V = shared.config.codec.decode(&key, &body)?;
+        let ttl = match deadline {
+            None => Some(self.inner.bound),
+            Some(d) => Some(shared.clock.remaining(d).min(self.inner.bound)).filter(|t| !t.is_zero()),
         };
         if let Some(ttl) = ttl
             && stripe.load(Ordering::Acquire) == before

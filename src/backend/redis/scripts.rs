@@ -1,18 +1,24 @@
-//! The Lua scripts: each write is one atomic script (one round trip) that
-//! checks the key's lock, keeps the deadline index in step, and hands back an
-//! expired-but-unclaimed value it replaced, so no expiry is ever lost.
+//! The Lua scripts (layout version 2, see `layout.rs`): each write is one
+//! atomic script on one shard (one hash tag, so legal on a cluster) that
+//! checks the key's lock, keeps the shard's deadline index and entry count in
+//! step, and hands back an expired-but-unclaimed value it replaced, so no
+//! expiry is ever lost or reported twice.
 //!
-//! Keys (all under the hash tag `{namespace}`, so one cluster slot):
-//! `KEYS[1]` value, `KEYS[2]` shadow copy (value kept for the `Expire` event,
-//! `PX` = ttl + grace), `KEYS[3]` the deadline index (sorted set, score = ms
-//! since the epoch on the server's clock), `KEYS[4]` the key's lock.
+//! Per-key scripts take `KEYS` = value, index, count, lock of one shard.
+//! A stored value is a header (`~`, or the deadline in 8 base-64 digits)
+//! followed by the codec's bytes; `payload()` strips it.
 
 use fred::types::scripts::Script;
 
+use super::layout::LUA_HEADER;
+
+/// Helpers for the per-key scripts (after [`LUA_HEADER`]).
 const PRELUDE: &str = r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- the codec bytes of a stored value whose deadline_of() is d
+local function payload(v, d)
+  if d then return string.sub(v, 9) end
+  if d == false then return string.sub(v, 2) end
+  return v
 end
 -- nil when the write may go ahead; otherwise why not
 local function lock_state(lockkey, owner)
@@ -24,70 +30,81 @@ local function lock_state(lockkey, owner)
   end
   return nil
 end
--- claims this key's entry if it is past its deadline and not yet claimed
-local function take_expired(shadow, index, member, now)
-  local d = redis.call('ZSCORE', index, member)
-  if d and tonumber(d) <= now then
-    local v = redis.call('GET', shadow)
-    redis.call('ZREM', index, member)
-    redis.call('DEL', shadow)
-    return v or ''
+-- A TTL'd entry whose value Redis already dropped (past deadline + grace,
+-- with no instance running): its index entry is claimed here. '' (reported
+-- without a value) if there was one, false otherwise.
+local function claim_dropped(idx, cnt, member)
+  if redis.call('ZSCORE', idx, member) then
+    redis.call('ZREM', idx, member)
+    redis.call('DECR', cnt)
+    return ''
   end
   return false
+end
+-- Tells the shard's sweeper when `member` became the earliest deadline.
+local function wake_if_first(idx, member, channel, shard)
+  local first = redis.call('ZRANGE', idx, 0, 0)
+  if first[1] == member then redis.call('PUBLISH', channel, shard) end
 end
 "#;
 
 /// Sets of one or more keys (a batch from concurrent callers, see `batch.rs`).
-/// `KEYS[1]` the deadline index, then value, shadow, lock of each set;
-/// `ARGV[1]` grace_ms, then owner, member, value, ttl_ms (`''`: none) of each →
-/// `{status, expired, status, expired, …}`. Each set is checked and applied on
-/// its own, exactly as if it ran alone: one refused by its lock (`LOCKED`,
-/// `LOST`) or failing (`ERR`, then the message) does not stop the others.
+/// `KEYS`: value, index, count, lock of each set (4 per set);
+/// `ARGV[1]` grace_ms, `ARGV[2]` wake channel, then owner, member, value,
+/// ttl_ms, shard of each set (5 per set). The value is the stored bytes
+/// (header included) when ttl_ms is `''`, else the codec bytes alone (the
+/// script writes the deadline header). → `{status, expired, …}`. Each set is
+/// checked and applied on its own, exactly as if it ran alone: one refused by
+/// its lock (`LOCKED`, `LOST`) or failing (`ERR`, then the message) does not
+/// stop the others.
 const SET_MANY: &str = r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local index = KEYS[1]
 local grace = tonumber(ARGV[1])
+local wake = ARGV[2]
 local now = false
-local function set_one(vkey, skey, lkey, owner, member, value, ttl)
+local function set_one(vkey, idx, cnt, lkey, owner, member, value, ttl, shard)
   local holder = redis.call('GET', lkey)
   if owner == '' then
     if holder then return 'LOCKED', false end
   elseif holder ~= owner then
     return 'LOST', false
   end
-  -- A key without a deadline has no index entry and no shadow (they are only
-  -- ever written together), so a plain set over it is three calls, not six
-  -- (measured: the no-TTL set path was ~3x a raw SET in server CPU).
-  local d = redis.call('ZSCORE', index, member)
-  local expired = false
-  if d then
-    now = now or now_ms()
-    if tonumber(d) <= now then expired = redis.call('GET', skey) or '' end
-  end
+  local old, d
   if ttl == '' then
-    redis.call('SET', vkey, value)
-    if d then
-      redis.call('DEL', skey)
-      redis.call('ZREM', index, member)
-    end
+    old = redis.call('SET', vkey, value, 'GET')
   else
     now = now or now_ms()
     ttl = tonumber(ttl)
-    -- Both overwrite whatever deadline and shadow the key had.
-    redis.call('SET', vkey, value, 'PX', ttl)
-    redis.call('SET', skey, value, 'PX', ttl + grace)
-    redis.call('ZADD', index, now + ttl, member)
+    d = now + ttl
+    old = redis.call('SET', vkey, header(d) .. value, 'PX', ttl + grace, 'GET')
+  end
+  local expired = false
+  if not old then
+    if redis.call('ZSCORE', idx, member) then
+      expired = '' -- its value was dropped by Redis after the grace period
+      if not d then redis.call('ZREM', idx, member) end
+    else
+      redis.call('INCR', cnt)
+    end
+  else
+    local od = deadline_of(old)
+    if od then
+      now = now or now_ms()
+      if od <= now then expired = string.sub(old, 9) end
+      if not d then redis.call('ZREM', idx, member) end
+    end
+  end
+  if d then
+    redis.call('ZADD', idx, d, member)
+    -- the new earliest deadline of the shard: wake its sweeper
+    if redis.call('ZRANGE', idx, 0, 0)[1] == member then redis.call('PUBLISH', wake, shard) end
   end
   return 'OK', expired
 end
 local out = {}
-for i = 0, (#ARGV - 1) / 4 - 1 do
-  local k, a = 1 + 3 * i, 1 + 4 * i
-  local ok, st, expired = pcall(set_one, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3],
-    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+for i = 0, (#ARGV - 2) / 5 - 1 do
+  local k, a = 4 * i, 2 + 5 * i
+  local ok, st, expired = pcall(set_one, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
+    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
   if not ok then
     expired = type(st) == 'table' and (st.err or st.msg) or tostring(st)
     st = 'ERR'
@@ -100,61 +117,85 @@ return out
 
 /// `ARGV`: owner, member → `{status, expired, removed value}`.
 const DELETE: &str = r#"
-local now = now_ms()
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false, false} end
-local expired = take_expired(KEYS[2], KEYS[3], ARGV[2], now)
-local v = redis.call('GET', KEYS[1])
-if v then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('ZREM', KEYS[3], ARGV[2])
-  return {'OK', expired, v}
+local old = redis.call('GET', KEYS[1])
+if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2]), false} end
+redis.call('DEL', KEYS[1])
+redis.call('DECR', KEYS[3])
+local od = deadline_of(old)
+if od then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  if od <= now_ms() then return {'MISSING', payload(old, od), false} end
 end
-return {'MISSING', expired, false}
+return {'OK', false, payload(old, od)}
 "#;
 
-/// `ARGV`: owner, member, ttl_ms, grace_ms → `{status, expired}`.
+/// `ARGV`: owner, member, ttl_ms, grace_ms, wake channel, shard → `{status, expired}`.
 const EXPIRE: &str = r#"
-local now = now_ms()
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false} end
-local expired = take_expired(KEYS[2], KEYS[3], ARGV[2], now)
-local v = redis.call('GET', KEYS[1])
-if not v then return {'MISSING', expired} end
+local old = redis.call('GET', KEYS[1])
+if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2])} end
+local od = deadline_of(old)
+local now = now_ms()
+if od and od <= now then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('DECR', KEYS[3])
+  return {'MISSING', payload(old, od)}
+end
 local ttl = tonumber(ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('SET', KEYS[2], v, 'PX', ttl + tonumber(ARGV[4]))
-redis.call('ZADD', KEYS[3], now + ttl, ARGV[2])
-return {'OK', expired}
+local d = now + ttl
+redis.call('SET', KEYS[1], header(d) .. payload(old, od), 'PX', ttl + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], d, ARGV[2])
+wake_if_first(KEYS[2], ARGV[2], ARGV[5], ARGV[6])
+return {'OK', false}
 "#;
 
 /// `ARGV`: owner, member → `{status, expired}`.
 const PERSIST: &str = r#"
-local now = now_ms()
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false} end
-local expired = take_expired(KEYS[2], KEYS[3], ARGV[2], now)
-if redis.call('PERSIST', KEYS[1]) == 1 then
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[3], ARGV[2])
-  return {'OK', expired}
+local old = redis.call('GET', KEYS[1])
+if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2])} end
+local od = deadline_of(old)
+if not od then return {'MISSING', false} end
+redis.call('ZREM', KEYS[2], ARGV[2])
+if od <= now_ms() then
+  redis.call('DEL', KEYS[1])
+  redis.call('DECR', KEYS[3])
+  return {'MISSING', payload(old, od)}
 end
-return {'MISSING', expired}
+redis.call('SET', KEYS[1], '~' .. payload(old, od))
+return {'OK', false}
 "#;
 
-/// The sweeper's claim. `KEYS[1]` index; `ARGV`: shadow key prefix, limit →
-/// `{now, next deadline or false, {member, value-or-false, …}}`.
+/// The sweeper's claim on one shard. `KEYS`: index, count; `ARGV`: value key
+/// prefix, limit → `{now_ms, next deadline or false, {member, value-or-false, …}}`.
+/// An index entry whose value was re-set without a deadline (or dropped by
+/// Redis after the grace period) is removed; only the latter is reported.
 const CLAIM: &str = r#"
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, m in ipairs(due) do
-  local shadow = ARGV[1] .. m
-  local v = redis.call('GET', shadow)
-  redis.call('DEL', shadow)
+  local vkey = ARGV[1] .. m
+  local v = redis.call('GET', vkey)
   redis.call('ZREM', KEYS[1], m)
-  out[#out + 1] = m
-  out[#out + 1] = v
+  if not v then
+    redis.call('DECR', KEYS[2])
+    out[#out + 1] = m
+    out[#out + 1] = false
+  else
+    local od = deadline_of(v)
+    if od and od <= now then
+      redis.call('DEL', vkey)
+      redis.call('DECR', KEYS[2])
+      out[#out + 1] = m
+      out[#out + 1] = string.sub(v, 9)
+    end
+  end
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {now, nxt[2] or false, out}
@@ -185,6 +226,45 @@ end
 return 0
 "#;
 
+/// Sweeper membership. `KEYS`: the sweepers hash; `ARGV`: this instance's
+/// id, lease_ms, `1` to leave → `{seconds, microseconds, live id, …}`.
+const HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], now + lease)
+end
+local out = {t[1], t[2]}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) < now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    out[#out + 1] = all[i]
+  end
+end
+redis.call('PEXPIRE', KEYS[1], lease * 10)
+return out
+"#;
+
+/// The layout check at open. `KEYS`: the layout key, then the version-1
+/// index and fence keys of the namespace; `ARGV`: this layout's descriptor →
+/// `{'OK'}`, `{'OTHER', descriptor}` or `{'V1'}` (the namespace holds data of
+/// the old, one-slot layout).
+const LAYOUT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if cur == ARGV[1] then return {'OK'} end
+  return {'OTHER', cur}
+end
+if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return {'V1'} end
+redis.call('SET', KEYS[1], ARGV[1])
+return {'OK'}
+"#;
+
 /// Every script, loaded lazily by `EVALSHA` (reloaded after a server restart).
 pub(super) struct Scripts {
     pub(super) set_many: Script,
@@ -195,21 +275,24 @@ pub(super) struct Scripts {
     pub(super) lock: Script,
     pub(super) renew: Script,
     pub(super) unlock: Script,
+    pub(super) heartbeat: Script,
+    pub(super) layout: Script,
 }
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        let with_prelude = |body: &str| Script::from_lua(format!("{PRELUDE}{body}"));
+        let with_prelude = |body: &str| Script::from_lua(format!("{LUA_HEADER}{PRELUDE}{body}"));
         Scripts {
-            // Without the prelude: its functions are not used, and each costs a closure per call.
-            set_many: Script::from_lua(SET_MANY),
+            set_many: Script::from_lua(format!("{LUA_HEADER}{SET_MANY}")),
             delete: with_prelude(DELETE),
             expire: with_prelude(EXPIRE),
             persist: with_prelude(PERSIST),
-            claim: with_prelude(CLAIM),
+            claim: Script::from_lua(format!("{LUA_HEADER}{CLAIM}")),
             lock: Script::from_lua(LOCK),
             renew: Script::from_lua(RENEW),
             unlock: Script::from_lua(UNLOCK),
+            heartbeat: Script::from_lua(HEARTBEAT),
+            layout: Script::from_lua(LAYOUT),
         }
     }
 }
