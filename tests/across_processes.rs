@@ -88,7 +88,8 @@ async fn play(role: String) {
     out.flush().unwrap();
 }
 
-/// Runs `body` against a fresh SQLite file and (if redis-server is installed) a fresh Redis namespace.
+/// Runs `body` against a fresh SQLite file and (if redis-server is installed) a fresh Redis
+/// namespace, on a single server and on a local 3-master cluster.
 macro_rules! on_shared_backends {
     ($(async fn $name:ident($url:ident: &str) $body:block)*) => {
         $(
@@ -107,6 +108,16 @@ macro_rules! on_shared_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn redis() {
                     let Some(h) = support::Harness::redis() else { return };
+                    run(h.url()).await
+                }
+
+                #[cfg(feature = "redis")]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn redis_cluster() {
+                    let Some(h) = tokio::task::spawn_blocking(support::Harness::redis_cluster).await.unwrap()
+                    else {
+                        return;
+                    };
                     run(h.url()).await
                 }
             }

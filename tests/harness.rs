@@ -95,3 +95,51 @@ async fn a_cluster_store_works_on_a_local_cluster() {
     assert_eq!(d.get("b").await.unwrap(), None);
     d.shutdown().await.unwrap();
 }
+
+/// One namespace spreads over every master of a 3-master cluster: 3,000 TTL'd
+/// keys, each master holds at least 15 % of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_namespace_spreads_over_every_master() {
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0)).await.unwrap() else {
+        return;
+    };
+    let d = LiveDict::<u32>::open(&format!("{}&namespace=spread", cluster.url())).await.unwrap();
+    let n = 3000;
+    let writes: Vec<_> = (0..n)
+        .map(|i| {
+            let d = d.clone();
+            async move { d.set_with_ttl(format!("key:{i}"), i, Duration::from_secs(600)).await }
+        })
+        .collect();
+    for r in futures::future::join_all(writes).await {
+        r.unwrap();
+    }
+    assert_eq!(d.len().await.unwrap(), n as usize);
+    let values: Vec<(u16, usize)> = cluster
+        .current_masters()
+        .into_iter()
+        .map(|i| {
+            let node = &cluster.nodes()[i];
+            let mut count = 0;
+            let mut cursor = "0".to_string();
+            loop {
+                let reply =
+                    node.command(&["SCAN", &cursor, "MATCH", "ld:{spread:*}:v:*", "COUNT", "1000"]).unwrap();
+                let mut lines = reply.lines();
+                cursor = lines.next().unwrap().to_owned();
+                count += lines.count();
+                if cursor == "0" {
+                    break;
+                }
+            }
+            (node.port(), count)
+        })
+        .collect();
+    assert_eq!(values.len(), 3);
+    assert_eq!(values.iter().map(|(_, c)| c).sum::<usize>(), n as usize, "{values:?}");
+    for (port, count) in &values {
+        assert!(*count * 100 >= n as usize * 15, "master {port} holds {count} of {n} keys: {values:?}");
+    }
+    eprintln!("keys per master: {values:?}");
+    d.shutdown().await.unwrap();
+}

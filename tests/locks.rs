@@ -215,25 +215,9 @@ async fn distributed_locks(h: &support::Harness) -> bool {
             raw.query_row("SELECT count(*) FROM livedict_locks", [], |r| r.get::<_, i64>(0)).unwrap() == 0
         }
         #[cfg(feature = "redis")]
-        Kind::Redis => {
-            use fred::interfaces::{ClientLike, KeysInterface};
-            let (server, ns) = h.url().split_once("?namespace=").unwrap();
-            let config = fred::types::config::Config::from_url(server).unwrap();
-            let client = fred::types::Builder::from_config(config).build().unwrap();
-            client.init().await.unwrap();
-            let mut cursor = "0".to_string();
-            let mut empty = true;
-            loop {
-                let (next, keys): (String, Vec<String>) =
-                    client.scan_page(cursor, format!("ld:{{{ns}:*}}:l:*"), Some(1000), None).await.unwrap();
-                empty &= keys.is_empty();
-                if next == "0" {
-                    break;
-                }
-                cursor = next;
-            }
-            let _ = client.quit().await;
-            empty
+        Kind::Redis | Kind::RedisCluster => {
+            let (_, ns) = h.redis_parts();
+            h.redis_keys_matching(&format!("ld:{{{ns}:*}}:l:*")).is_empty()
         }
         #[allow(unreachable_patterns)]
         _ => true,

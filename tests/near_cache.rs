@@ -13,6 +13,7 @@ async fn open_with(h: &Harness, options: &str) -> LiveDict<u32> {
     LiveDict::open(&format!("{}&{options}", h.url())).await.unwrap()
 }
 
+/// Each test on a single server (`<name>`) and on a local 3-master cluster (`cluster::<name>`).
 macro_rules! redis_test {
     ($(async fn $name:ident($h:ident: Harness) $body:block)*) => {
         $(
@@ -22,6 +23,19 @@ macro_rules! redis_test {
                 $body
             }
         )*
+        mod cluster {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some($h) = tokio::task::spawn_blocking(Harness::redis_cluster).await.unwrap() else {
+                        return;
+                    };
+                    $body
+                }
+            )*
+        }
     };
 }
 

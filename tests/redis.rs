@@ -46,9 +46,15 @@ async fn sub_second_ttls_are_millisecond_precise() {
     d.set_with_ttl("k", 1, Duration::from_millis(750)).await.unwrap();
     let raw = raw_client(&server).await;
     let vkey = livedict::backend::RedisConfig::new(&server.url()).namespace("p").value_key("k");
-    // The value outlives its deadline by the grace period (60 s), for its Expire event.
+    // The value outlives its deadline until a sweeper claims it (no Redis expiry by default).
     let pttl: i64 = raw.pttl(&vkey).await.unwrap();
-    assert!((60_740..=60_750).contains(&pttl), "PTTL {pttl}");
+    assert_eq!(pttl, -1, "PTTL {pttl}");
+    // With grace_ms, Redis drops it that long after the deadline if nobody claims it.
+    let g = LiveDict::<u64>::open(&format!("{}&grace_ms=60000", url(&server, "g"))).await.unwrap();
+    g.set_with_ttl("k", 1, Duration::from_millis(750)).await.unwrap();
+    let gkey = livedict::backend::RedisConfig::new(&server.url()).namespace("g").value_key("k");
+    let pttl: i64 = raw.pttl(&gkey).await.unwrap();
+    assert!((60_700..=60_750).contains(&pttl), "PTTL {pttl}");
     let left = d.ttl("k").await.unwrap().unwrap();
     assert!(left <= Duration::from_millis(750) && left >= Duration::from_millis(700), "{left:?}");
     d.set_with_ttl("short", 2, Duration::from_millis(40)).await.unwrap();

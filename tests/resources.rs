@@ -107,17 +107,6 @@ async fn timer_and_lock_tables_return_to_empty_after_100k_entries_expire() {
     assert_eq!(backend.pending_deadlines(), 0);
 }
 
-/// Open connections to a Redis server, counted by `redis-cli CLIENT LIST`.
-fn redis_clients(url: &str) -> usize {
-    let port = url.split(':').nth(2).and_then(|p| p.split('/').next()).unwrap();
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", port, "CLIENT", "LIST"])
-        .output()
-        .expect("redis-cli");
-    // The CLIENT LIST command itself is one of the listed connections.
-    String::from_utf8_lossy(&out.stdout).lines().count().saturating_sub(1)
-}
-
 /// Uses every part of a store that runs in the background: expiry, sync and
 /// async callbacks (with timeouts, so the sync one has a watchdog), locks
 /// released by drop, clones.
@@ -157,7 +146,9 @@ fn assert_running(h: &support::Harness) {
             let wal = format!("{}-wal", h.url().strip_prefix("sqlite://").unwrap());
             assert!(std::path::Path::new(&wal).exists(), "no WAL file while open");
         }
-        Kind::Redis => assert!(redis_clients(h.url()) > 0, "no Redis connection while open"),
+        Kind::Redis | Kind::RedisCluster => {
+            assert!(h.redis_connections() > 0, "no Redis connection while open")
+        }
     }
 }
 
@@ -174,9 +165,8 @@ async fn assert_all_stopped(h: &support::Harness, tasks_before: usize, marker: &
             let wal = format!("{}-wal", h.url().strip_prefix("sqlite://").unwrap());
             eventually("every SQLite connection closed", || !std::path::Path::new(&wal).exists()).await;
         }
-        Kind::Redis => {
-            let url = h.url().to_owned();
-            eventually("every Redis connection closed", || redis_clients(&url) == 0).await;
+        Kind::Redis | Kind::RedisCluster => {
+            eventually("every Redis connection closed", || h.redis_connections() == 0).await;
         }
     }
 }

@@ -264,6 +264,21 @@ mod across_processes {
                     }
                 )*
             }
+            #[cfg(feature = "redis")]
+            mod redis_cluster {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let Some(h) = tokio::task::spawn_blocking(super::Harness::redis_cluster)
+                            .await
+                            .unwrap()
+                        else {
+                            return;
+                        };
+                        super::$name(h).await
+                    }
+                )*
+            }
         };
     }
 

@@ -41,20 +41,195 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
         rep.skipped("redis", "redis", "no redis-server on PATH");
         return;
     };
-    let n = o.pick(2_000, 10_000);
-    let many_ops = o.pick(20_000, 100_000);
-    let keys = Arc::new(keys(n));
-    let v = value();
-    let rt = runtime();
-    let raw: Client = rt.block_on(async {
-        let client = Builder::from_config(Config::from_url(&server.raw_url()).expect("url"))
+    let opts = std::env::var("COMPARE_REDIS_OPTS").unwrap_or_default();
+    throughput(rep, o, "redis", &server.raw_url(), &|ns| server.url(ns));
+    memory(rep, o, server);
+    idle(rep, "redis", &[server.inner.port()], &server.url("idle"));
+    // The same rows on a local 3-master cluster, raw fred on the same cluster.
+    match crate::redis_server::RedisCluster::start(3, 0) {
+        Some(cluster) => {
+            let url = cluster.url();
+            throughput(rep, o, "cluster", &url, &|ns| format!("{url}&namespace={ns}{opts}"));
+            let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+            idle(rep, "cluster", &ports, &format!("{url}&namespace=idle{opts}"));
+            spread(rep, &cluster, &format!("{url}&namespace=spread{opts}"));
+        }
+        None => rep.skipped("redis", "cluster", "no redis-server on PATH"),
+    }
+}
+
+/// Connects a raw fred client (a cluster client for `redis-cluster://`).
+fn raw_client(rt: &tokio::runtime::Runtime, url: &str) -> Client {
+    rt.block_on(async {
+        let client = Builder::from_config(Config::from_url(url).expect("url"))
             .with_connection_config(|c| c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() })
             .build()
             .expect("fred client");
         client.init().await.expect("connect");
         client
+    })
+}
+
+/// `used_memory` of the server on `port`.
+fn used_memory(port: u16) -> f64 {
+    let info = crate::redis_server::command(port, &["INFO", "memory"]).expect("INFO memory");
+    crate::redis_server::info_field(&info, "used_memory").and_then(|v| v.parse().ok()).expect("used_memory")
+}
+
+/// Bytes per entry in Redis: livedict against raw `SET k v PX ttl` / `SET k v`, same keys and values.
+fn memory(rep: &mut Report, o: &Opts, server: &Server) {
+    let n = o.pick(5_000, 20_000);
+    let port = server.inner.port();
+    let rt = runtime();
+    let raw = raw_client(&rt, &server.raw_url());
+    let v = value();
+    for ttl in [true, false] {
+        let flush = || crate::redis_server::command(port, &["FLUSHALL", "SYNC"]).expect("FLUSHALL");
+        flush();
+        let before = used_memory(port);
+        rt.block_on(async {
+            for i in 0..n {
+                let expire = ttl.then_some(Expiration::PX(600_000));
+                let _: () = raw.set(format!("key:{i}"), v.as_str(), expire, None, false).await.expect("SET");
+            }
+        });
+        let raw_bytes = (used_memory(port) - before) / n as f64;
+        flush();
+        let d: LiveDict<String> = rt.block_on(LiveDict::open(&server.url("mem"))).expect("store");
+        let before = used_memory(port);
+        rt.block_on(async {
+            for i in 0..n {
+                let k = format!("key:{i}");
+                if ttl {
+                    d.set_with_ttl(&k, v.clone(), std::time::Duration::from_secs(600)).await.expect("set");
+                } else {
+                    d.set(&k, v.clone()).await.expect("set");
+                }
+            }
+            assert_eq!(d.len().await.expect("len"), n, "every entry is there");
+        });
+        let live_bytes = (used_memory(port) - before) / n as f64;
+        rt.block_on(d.shutdown()).expect("shutdown");
+        let (op, bound, raw_cmd) = if ttl {
+            ("bytes/entry, TTL'd, 100 B value", 1.5, "SET k v PX ttl")
+        } else {
+            ("bytes/entry, no TTL, 100 B value", 1.2, "SET k v")
+        };
+        let ratio = live_bytes / raw_bytes;
+        let note = format!("INFO used_memory over {n} entries; raw: `{raw_cmd}` on the same keys");
+        rep.measure(
+            "redis-size",
+            "redis",
+            op,
+            live_bytes,
+            Some(raw_bytes),
+            "B",
+            &format!("<= {bound}x raw"),
+            ratio <= bound,
+            &note,
+        );
+    }
+    crate::redis_server::command(port, &["FLUSHALL", "SYNC"]).expect("FLUSHALL");
+    rt.block_on(async {
+        let _ = raw.quit().await;
     });
-    let d: LiveDict<String> = rt.block_on(LiveDict::open(&server.url("bench"))).expect("redis store");
+}
+
+/// Commands per second an idle instance sends (one key with a far deadline), from
+/// `INFO stats` on every node; nothing else is connected.
+fn idle(rep: &mut Report, backend: &str, ports: &[u16], url: &str) {
+    let rt = runtime();
+    let d: LiveDict<String> = rt.block_on(LiveDict::open(url)).expect("store");
+    rt.block_on(d.set_with_ttl("far", "v".into(), std::time::Duration::from_secs(3600))).expect("set");
+    std::thread::sleep(std::time::Duration::from_secs(2)); // settle: heartbeat, first sweeps
+    let total = || -> f64 {
+        ports
+            .iter()
+            .filter_map(|&p| {
+                let info = crate::redis_server::command(p, &["INFO", "stats"]).ok()?;
+                crate::redis_server::info_field(&info, "total_commands_processed")?.parse::<f64>().ok()
+            })
+            .sum()
+    };
+    let secs = 5.0;
+    let c0 = total();
+    std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+    // Our own INFO calls (one per node) are counted too.
+    let per_s = (total() - c0 - ports.len() as f64) / secs;
+    rt.block_on(d.shutdown()).expect("shutdown");
+    let note = format!("{} node(s), one store with one key due in an hour, {secs:.0} s", ports.len());
+    rep.measure(
+        "redis-idle",
+        backend,
+        "commands/s, idle instance",
+        per_s,
+        None,
+        "cmd/s",
+        "<= 20",
+        per_s <= 20.0,
+        &note,
+    );
+}
+
+/// Keys of one namespace per master of the cluster (3,000 TTL'd keys).
+fn spread(rep: &mut Report, cluster: &crate::redis_server::RedisCluster, url: &str) {
+    let rt = runtime();
+    let d: LiveDict<u32> = rt.block_on(LiveDict::open(url)).expect("store");
+    let n = 3000u32;
+    rt.block_on(async {
+        for i in 0..n {
+            d.set_with_ttl(&format!("key:{i}"), i, std::time::Duration::from_secs(600)).await.expect("set");
+        }
+    });
+    let per_master: Vec<f64> = cluster
+        .current_masters()
+        .into_iter()
+        .map(|i| {
+            let port = cluster.nodes()[i].port();
+            let mut count = 0usize;
+            let mut cursor = "0".to_string();
+            loop {
+                let reply = crate::redis_server::command(
+                    port,
+                    &["SCAN", &cursor, "MATCH", "ld:{spread:*}:v:*", "COUNT", "1000"],
+                )
+                .expect("SCAN");
+                let mut lines = reply.lines();
+                cursor = lines.next().unwrap_or("0").to_owned();
+                count += lines.count();
+                if cursor == "0" {
+                    break;
+                }
+            }
+            count as f64 * 100.0 / f64::from(n)
+        })
+        .collect();
+    rt.block_on(d.shutdown()).expect("shutdown");
+    let least = per_master.iter().copied().fold(f64::INFINITY, f64::min);
+    let shares: Vec<String> = per_master.iter().map(|p| format!("{p:.1}%")).collect();
+    let note = format!("one namespace, {n} TTL'd keys, share per master: {}", shares.join(" / "));
+    rep.measure(
+        "redis-spread",
+        "cluster",
+        "least share of one namespace per master",
+        least,
+        None,
+        "%",
+        ">= 15%",
+        least >= 15.0,
+        &note,
+    );
+}
+
+/// set / get rows against raw fred on the same server or cluster.
+fn throughput(rep: &mut Report, o: &Opts, backend: &str, raw_url: &str, live_url: &dyn Fn(&str) -> String) {
+    let n = o.pick(2_000, 10_000);
+    let many_ops = o.pick(20_000, 100_000);
+    let keys = Arc::new(keys(n));
+    let v = value();
+    let rt = runtime();
+    let raw = raw_client(&rt, raw_url);
+    let d: LiveDict<String> = rt.block_on(LiveDict::open(&live_url("bench"))).expect("redis store");
     let raw_v = Bytes::from(v.clone().into_bytes());
 
     let raw_op = |set: bool, tasks: usize, ops: usize| {
@@ -104,13 +279,13 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
                     "raw: fred GET (1 connection, pipelined); livedict: GET + JSON decode (default pool: half the CPUs)",
                 )
             };
-            rep.ops("redis", "redis", op, tasks, l, Some(r), Target::Ratio(target), note);
+            rep.ops("redis", backend, op, tasks, l, Some(r), Target::Ratio(target), note);
         }
     }
     // The near cache (`near_cache_ms`): repeated reads of the same keys cost no
     // round trip. Same namespace, so the keys written above are there.
     let near: LiveDict<String> = rt
-        .block_on(LiveDict::open(&format!("{}&near_cache_ms=1000", server.url("bench"))))
+        .block_on(LiveDict::open(&format!("{}&near_cache_ms=1000", live_url("bench"))))
         .expect("redis store with near cache");
     let near_op = |tasks: usize, ops: usize| {
         on_tasks(&rt, tasks, |t| {
@@ -126,7 +301,7 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
     for (tasks, ops) in [(1, n), (50, many_ops)] {
         let (r, l) = crate::best_pair(rounds, ops, || raw_op(false, tasks, ops), || near_op(tasks, ops));
         let note = "raw: fred GET (1 connection, pipelined); livedict: near_cache_ms=1000, every key cached";
-        rep.ops("redis", "redis", "get (hit), near cache", tasks, l, Some(r), Target::None, note);
+        rep.ops("redis", backend, "get (hit), near cache", tasks, l, Some(r), Target::None, note);
     }
     rt.block_on(async {
         near.shutdown().await.expect("shutdown");

@@ -156,6 +156,27 @@ impl Report {
         }));
     }
 
+    /// A measurement that is not a throughput (bytes per entry, commands per second, a share…).
+    #[allow(clippy::too_many_arguments)]
+    pub fn measure(
+        &mut self,
+        suite: &str,
+        backend: &str,
+        op: &str,
+        live: f64,
+        raw: Option<f64>,
+        unit: &str,
+        target: &str,
+        meets: bool,
+        note: &str,
+    ) {
+        self.emit(json!({
+            "suite": suite, "backend": backend, "op": op, "tasks": null,
+            "livedict_value": round(live, 1), "raw_value": raw.map(|r| round(r, 1)), "unit": unit,
+            "ratio": raw.map(|r| round(live / r, 3)), "target": target, "meets": meets, "note": note,
+        }));
+    }
+
     /// A row that could not run.
     pub fn skipped(&mut self, suite: &str, backend: &str, why: &str) {
         self.emit(json!({
@@ -208,6 +229,10 @@ impl Report {
                     format!("dropped {}", f("dropped").unwrap_or(0.0)),
                 ),
                 _ if s("op") == "skipped" => (s("note"), String::new()),
+                _ if r.get("unit").is_some() => (
+                    format!("{:.1} {}", f("livedict_value").unwrap_or(0.0), s("unit")),
+                    f("raw_value").map(|x| format!("{x:.1} {}", s("unit"))).unwrap_or_default(),
+                ),
                 _ => {
                     let live = f("livedict_ops_per_s").unwrap_or(0.0);
                     let us = if live > 0.0 { format!(" ({:.2} us)", 1e6 / live) } else { String::new() };

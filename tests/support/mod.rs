@@ -21,6 +21,8 @@ pub enum Kind {
     Memory,
     Sqlite,
     Redis,
+    /// A local 3-master Redis Cluster (`redis-cluster://`).
+    RedisCluster,
 }
 
 /// One test's store location and the resources behind it.
@@ -29,19 +31,20 @@ pub struct Harness {
     url: String,
     _dir: Option<tempfile::TempDir>,
     _redis: Option<redis_server::RedisServer>,
+    _cluster: Option<redis_server::RedisCluster>,
 }
 
 static NEXT_NAMESPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Harness {
     pub fn memory() -> Self {
-        Harness { kind: Kind::Memory, url: "memory://".into(), _dir: None, _redis: None }
+        Harness { kind: Kind::Memory, url: "memory://".into(), _dir: None, _redis: None, _cluster: None }
     }
 
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        Harness { kind: Kind::Sqlite, url, _dir: Some(dir), _redis: None }
+        Harness { kind: Kind::Sqlite, url, _dir: Some(dir), _redis: None, _cluster: None }
     }
 
     /// `None` when redis-server is missing and not required (the test skips).
@@ -49,7 +52,66 @@ impl Harness {
         let server = redis_server::RedisServer::start()?;
         let n = NEXT_NAMESPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = format!("{}?namespace=t{}", server.url(), n);
-        Some(Harness { kind: Kind::Redis, url, _dir: None, _redis: Some(server) })
+        Some(Harness { kind: Kind::Redis, url, _dir: None, _redis: Some(server), _cluster: None })
+    }
+
+    /// A namespace on a fresh local 3-master Redis Cluster; `None` as for [`Harness::redis`].
+    pub fn redis_cluster() -> Option<Self> {
+        let cluster = redis_server::RedisCluster::start(3, 0)?;
+        let n = NEXT_NAMESPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = format!("{}&namespace=t{}", cluster.url(), n);
+        Some(Harness { kind: Kind::RedisCluster, url, _dir: None, _redis: None, _cluster: Some(cluster) })
+    }
+
+    /// Whether this is a Redis store (single server or cluster).
+    pub fn is_redis(&self) -> bool {
+        matches!(self.kind, Kind::Redis | Kind::RedisCluster)
+    }
+
+    /// The ports of every Redis server behind this store (one, or every cluster node).
+    pub fn redis_ports(&self) -> Vec<u16> {
+        match (&self._redis, &self._cluster) {
+            (Some(server), _) => vec![server.port()],
+            (_, Some(cluster)) => cluster.nodes().iter().map(|n| n.port()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Keys matching `pattern` on every Redis server behind this store (`SCAN`).
+    pub fn redis_keys_matching(&self, pattern: &str) -> Vec<String> {
+        let mut all = Vec::new();
+        for port in self.redis_ports() {
+            let mut cursor = "0".to_string();
+            loop {
+                let reply =
+                    redis_server::command(port, &["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"])
+                        .expect("SCAN");
+                let mut lines = reply.lines();
+                cursor = lines.next().unwrap_or("0").to_owned();
+                all.extend(lines.map(str::to_owned));
+                if cursor == "0" {
+                    break;
+                }
+            }
+        }
+        all
+    }
+
+    /// Client connections open on the Redis servers behind this store (not counting the one asking).
+    pub fn redis_connections(&self) -> usize {
+        self.redis_ports()
+            .into_iter()
+            .map(|port| {
+                let list = redis_server::command(port, &["CLIENT", "LIST"]).unwrap_or_default();
+                list.lines().filter(|l| !l.is_empty()).count().saturating_sub(1)
+            })
+            .sum()
+    }
+
+    /// For Redis: the server URL without livedict's options, and the namespace.
+    pub fn redis_parts(&self) -> (String, String) {
+        let (server, ns) = self.url.split_once("namespace=").expect("a redis url with a namespace");
+        (server.trim_end_matches(['?', '&']).to_owned(), ns.to_owned())
     }
 
     /// The store's URL.
@@ -87,7 +149,7 @@ impl Harness {
     pub fn grace(&self) -> Duration {
         match self.kind {
             Kind::Memory => Duration::from_millis(50),
-            Kind::Sqlite | Kind::Redis => Duration::from_millis(600),
+            Kind::Sqlite | Kind::Redis | Kind::RedisCluster => Duration::from_millis(600),
         }
     }
 
@@ -204,6 +266,23 @@ macro_rules! for_each_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let Some($h) = $crate::support::Harness::redis() else { return };
+                    $body
+                }
+            )*
+        }
+        #[cfg(feature = "redis")]
+        mod redis_cluster {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some($h) = tokio::task::spawn_blocking($crate::support::Harness::redis_cluster)
+                        .await
+                        .expect("cluster start")
+                    else {
+                        return;
+                    };
                     $body
                 }
             )*

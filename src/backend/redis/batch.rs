@@ -231,7 +231,7 @@ impl<V: Value> Shared<V> {
     /// `ARGV`: grace, wake channel, then owner, member, value, ttl and shard of each op.
     fn set_args(&self, ops: &[&SetOp]) -> Vec<RedisValue> {
         let mut out = Vec::with_capacity(2 + 5 * ops.len());
-        out.push(super::ms(self.config.grace).into());
+        out.push(self.grace_arg());
         out.push(self.layout.wake.as_str().into());
         for op in ops {
             out.push(op.owner.clone());

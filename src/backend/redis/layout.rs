@@ -4,7 +4,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `ld:{ns}:layout` | string | `v2 shards=<S>`: the layout version and shard count, written once |
-//! | `ld:{<tag>}:v:<key>` | string | header + codec-encoded value; `PX` = TTL + grace for TTL'd entries |
+//! | `ld:{<tag>}:v:<key>` | string | header + codec-encoded value (`PX` = TTL + grace only with `grace_ms`) |
 //! | `ld:{<tag>}:d` | sorted set | key → deadline (ms since the epoch, server clock), TTL'd entries only |
 //! | `ld:{<tag>}:n` | integer | entries stored in the shard (live or expired-unclaimed) |
 //! | `ld:{<tag>}:l:<key>` | string | lock owner token, `PX` = the lease |
@@ -26,7 +26,7 @@
 //! server clock) as 8 characters of [`ALPHABET`] (base 64, most significant
 //! first). Keeping the deadline beside the value lets a plain `GET` decide
 //! liveness (against [`ServerClock`](super::clock::ServerClock)) while the value
-//! itself outlives its deadline by the grace period, for the `Expire` event.
+//! itself outlives its deadline until a sweeper claims it, for the `Expire` event.
 
 use std::fmt::Write as _;
 

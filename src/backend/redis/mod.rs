@@ -29,11 +29,12 @@
 //! - Writes are one Lua script each, on the key's shard: lock check, value,
 //!   deadline index and entry count change atomically. Concurrent sets share
 //!   one script call (see `batch.rs`), each still checked and applied on its own.
-//! - Expiry events: a TTL'd value lives for its TTL plus the grace period;
-//!   the shard's sweeper claims it at its deadline with one atomic script,
+//! - Expiry events: a TTL'd value stays stored past its deadline (hidden
+//!   from reads) until the shard's sweeper claims it with one atomic script,
 //!   so exactly one instance reports each expiry, with its value. With no
-//!   instance running, expiries are reported by the next instance that starts
-//!   within the grace period (after it, without the value).
+//!   instance running, expiries are reported by the next instance that
+//!   starts; with `grace_ms`, Redis drops values unclaimed that long after
+//!   their deadline (they are then reported without the value).
 //! - Each shard is swept by one live instance at a time (see `sweeper.rs`);
 //!   an idle instance sleeps until its shards' next deadline, and a write of
 //!   an earlier deadline wakes the sweeper through the `wake` channel.
@@ -245,6 +246,11 @@ fn into_bytes(v: RedisValue) -> Option<Bytes> {
 impl<V: Value> Shared<V> {
     fn backend_error(&self, what: &str, e: fred::error::Error) -> Error {
         Error::backend("redis", format!("{what} on {}: {e}", self.label), e)
+    }
+
+    /// The grace period as a script argument (`''`: none).
+    fn grace_arg(&self) -> RedisValue {
+        self.config.grace.map_or_else(|| "".into(), |g| ms(g).into())
     }
 
     /// Writes the layout descriptor of a new namespace, or checks that of an existing one.
@@ -535,7 +541,7 @@ impl<V: Value> Shared<V> {
                     owner(lock),
                     key.clone().into(),
                     ms(ttl).into(),
-                    ms(self.config.grace).into(),
+                    self.grace_arg(),
                     self.layout.wake.clone().into(),
                     (shard as i64).into(),
                 ];

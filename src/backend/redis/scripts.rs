@@ -50,7 +50,7 @@ end
 
 /// Sets of one or more keys (a batch from concurrent callers, see `batch.rs`).
 /// `KEYS`: value, index, count, lock of each set (4 per set);
-/// `ARGV[1]` grace_ms, `ARGV[2]` wake channel, then owner, member, value,
+/// `ARGV[1]` grace_ms (`''`: none), `ARGV[2]` wake channel, then owner, member, value,
 /// ttl_ms, shard of each set (5 per set). The value is the stored bytes
 /// (header included) when ttl_ms is `''`, else the codec bytes alone (the
 /// script writes the deadline header). → `{status, expired, …}`. Each set is
@@ -58,7 +58,7 @@ end
 /// its lock (`LOCKED`, `LOST`) or failing (`ERR`, then the message) does not
 /// stop the others.
 const SET_MANY: &str = r#"
-local grace = tonumber(ARGV[1])
+local grace = tonumber(ARGV[1]) -- nil: values are kept until claimed
 local wake = ARGV[2]
 local now = false
 local function set_one(vkey, idx, cnt, lkey, owner, member, value, ttl, shard)
@@ -75,7 +75,11 @@ local function set_one(vkey, idx, cnt, lkey, owner, member, value, ttl, shard)
     now = now or now_ms()
     ttl = tonumber(ttl)
     d = now + ttl
-    old = redis.call('SET', vkey, header(d) .. value, 'PX', ttl + grace, 'GET')
+    if grace then
+      old = redis.call('SET', vkey, header(d) .. value, 'PX', ttl + grace, 'GET')
+    else
+      old = redis.call('SET', vkey, header(d) .. value, 'GET')
+    end
   end
   local expired = false
   if not old then
@@ -131,7 +135,7 @@ end
 return {'OK', false, payload(old, od)}
 "#;
 
-/// `ARGV`: owner, member, ttl_ms, grace_ms, wake channel, shard → `{status, expired}`.
+/// `ARGV`: owner, member, ttl_ms, grace_ms (`''`: none), wake channel, shard → `{status, expired}`.
 const EXPIRE: &str = r#"
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false} end
@@ -147,7 +151,11 @@ if od and od <= now then
 end
 local ttl = tonumber(ARGV[3])
 local d = now + ttl
-redis.call('SET', KEYS[1], header(d) .. payload(old, od), 'PX', ttl + tonumber(ARGV[4]))
+if ARGV[4] == '' then
+  redis.call('SET', KEYS[1], header(d) .. payload(old, od))
+else
+  redis.call('SET', KEYS[1], header(d) .. payload(old, od), 'PX', ttl + tonumber(ARGV[4]))
+end
 redis.call('ZADD', KEYS[2], d, ARGV[2])
 wake_if_first(KEYS[2], ARGV[2], ARGV[5], ARGV[6])
 return {'OK', false}

@@ -16,8 +16,8 @@
 //!   shard's earliest deadline earlier publishes the shard on `ld:{ns}:wake`,
 //!   which wakes its sweeper. Wake-ups are pub/sub (lost while disconnected),
 //!   so each owned shard is also re-checked every `sweep_ms` (spread to at
-//!   most 4 checks per second), and all of them after a reconnect. An idle
-//!   instance sends about 1 heartbeat + ≤ 4 checks per second.
+//!   most 2 checks per second), and all of them after a reconnect. An idle
+//!   instance sends about 1 heartbeat + ≤ 2 checks per second.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a membership lasts without a heartbeat.
 const MEMBER_LEASE: Duration = Duration::from_secs(3);
 /// The safety-net checks are at least this far apart.
-const MIN_CHECK_GAP: Duration = Duration::from_millis(250);
+const MIN_CHECK_GAP: Duration = Duration::from_millis(500);
 
 /// A wake-up from the `wake` channel.
 enum Wake {
