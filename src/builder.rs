@@ -110,7 +110,8 @@ impl<V: Value> Builder<V> {
         self
     }
 
-    /// Uses the Redis server at `url` (`redis://`, `rediss://`, `redis-cluster://`; URL options allowed).
+    /// Uses the Redis server at `url` (`redis://`, `rediss://`, `redis-cluster://`,
+    /// `redis-sentinel://`; URL options allowed).
     #[cfg(feature = "redis")]
     pub fn redis(self, url: &str) -> Self {
         self.url(url)
@@ -262,11 +263,13 @@ fn parse_target(raw: &str) -> Result<Target> {
         #[cfg(feature = "sqlite")]
         "sqlite" => Target::Sqlite(SqliteConfig::from_url(&mut url)?),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" | "redis-cluster" => Target::Redis(RedisConfig::from_url(&mut url)?),
+        "redis" | "rediss" | "redis-cluster" | "rediss-cluster" | "redis-sentinel" | "rediss-sentinel" => {
+            Target::Redis(RedisConfig::from_url(&mut url)?)
+        }
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => return Err(url.error("the `sqlite` cargo feature is not enabled")),
         #[cfg(not(feature = "redis"))]
-        "redis" | "rediss" | "redis-cluster" => {
+        "redis" | "rediss" | "redis-cluster" | "rediss-cluster" | "redis-sentinel" | "rediss-sentinel" => {
             return Err(url.error("the `redis` cargo feature is not enabled"));
         }
         other => {

@@ -78,7 +78,8 @@ fn used_memory(port: u16) -> f64 {
 
 /// Bytes per entry in Redis: livedict against raw `SET k v PX ttl` / `SET k v`, same keys and values.
 fn memory(rep: &mut Report, o: &Opts, server: &Server) {
-    let n = o.pick(5_000, 20_000);
+    // Enough entries that fixed costs (script cache, connection buffers, table growth) do not count.
+    let n = o.pick(20_000, 50_000);
     let port = server.inner.port();
     let rt = runtime();
     let raw = raw_client(&rt, &server.raw_url());

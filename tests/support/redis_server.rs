@@ -184,6 +184,8 @@ pub struct ServerOptions {
     pub cluster_node_timeout_ms: Option<u64>,
     /// More `--name value` arguments.
     pub extra: Vec<(String, String)>,
+    /// Run as a Sentinel monitoring the master `(name, port, quorum)`.
+    pub sentinel_of: Option<(String, u16, u32)>,
 }
 
 /// A running `redis-server` owned by one test.
@@ -279,18 +281,35 @@ impl RedisServer {
         let port = self.port().to_string();
         let o = &self.options;
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", if o.appendonly { "yes" } else { "no" }])
-            .args(["--appendfsync", "always", "--daemonize", "no", "--protected-mode", "yes"])
-            .args(["--loglevel", "warning", "--logfile", "server.log"])
-            .arg("--dir")
-            .arg(self.dir.path());
-        if let Some(timeout) = o.cluster_node_timeout_ms {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", &timeout.to_string()]);
-        }
-        for (name, value) in &o.extra {
-            cmd.arg(format!("--{name}")).arg(value);
+        if let Some((name, master, quorum)) = &o.sentinel_of {
+            // Sentinel keeps its state in its config file, so it gets one of its own.
+            let conf = self.dir.path().join("sentinel.conf");
+            if !conf.exists() {
+                let text = format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile sentinel.log\n\
+                     sentinel monitor {name} 127.0.0.1 {master} {quorum}\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 5000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir = self.dir.path().display()
+                );
+                fs::write(&conf, text).expect("write sentinel.conf");
+            }
+            cmd.arg(&conf).arg("--sentinel");
+        } else {
+            cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+                .args(["--appendonly", if o.appendonly { "yes" } else { "no" }])
+                .args(["--appendfsync", "always", "--daemonize", "no", "--protected-mode", "yes"])
+                .args(["--loglevel", "warning", "--logfile", "server.log"])
+                .arg("--dir")
+                .arg(self.dir.path());
+            if let Some(timeout) = o.cluster_node_timeout_ms {
+                cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+                    .args(["--cluster-node-timeout", &timeout.to_string()]);
+            }
+            for (name, value) in &o.extra {
+                cmd.arg(format!("--{name}")).arg(value);
+            }
         }
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn redis-server");
         let pid = child.id();
@@ -477,4 +496,92 @@ fn owns_slot(port: u16, slot: u16) -> bool {
         }
         None => range.parse::<u16>() == Ok(slot),
     })
+}
+
+// ---------------------------------------------------------------------------
+// Sentinel
+
+/// A master, `replicas` replicas and three Sentinels (quorum 2) watching it as `mymaster`.
+pub struct RedisSentinel {
+    /// `[master, replica, …]` as started (roles change on failover).
+    pub data: Vec<RedisServer>,
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl RedisSentinel {
+    /// The name the Sentinels know the master by.
+    pub const NAME: &'static str = "mymaster";
+
+    /// Starts and waits until every Sentinel knows the replica and each other.
+    pub fn start(replicas: usize) -> Option<RedisSentinel> {
+        if !redis_available() {
+            return None;
+        }
+        let master = RedisServer::spawn_new(ServerOptions::default());
+        let replica_of = ServerOptions {
+            extra: vec![("replicaof".into(), format!("127.0.0.1 {}", master.port()))],
+            ..Default::default()
+        };
+        let mut data = vec![master];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for _ in 0..replicas {
+            let replica = RedisServer::spawn_new(replica_of.clone());
+            while replica
+                .command(&["INFO", "replication"])
+                .ok()
+                .and_then(|i| info_field(&i, "master_link_status"))
+                != Some("up".into())
+            {
+                assert!(Instant::now() < deadline, "replica did not sync");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            data.push(replica);
+        }
+        let master = &data[0];
+        let watch =
+            ServerOptions { sentinel_of: Some((Self::NAME.into(), master.port(), 2)), ..Default::default() };
+        let sentinels: Vec<RedisServer> = (0..3).map(|_| RedisServer::spawn_new(watch.clone())).collect();
+        for s in &sentinels {
+            loop {
+                let info = s.command(&["SENTINEL", "MASTER", Self::NAME]).unwrap_or_default();
+                let field = |name: &str| {
+                    let lines: Vec<&str> = info.lines().collect();
+                    lines
+                        .iter()
+                        .position(|l| *l == name)
+                        .and_then(|i| lines.get(i + 1))
+                        .map(|v| v.to_string())
+                };
+                if field("num-slaves") == Some(replicas.to_string())
+                    && field("num-other-sentinels").as_deref() == Some("2")
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "sentinels did not discover each other and the replica");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Some(RedisSentinel { data, sentinels })
+    }
+
+    /// `redis-sentinel://` URL naming every Sentinel.
+    pub fn url(&self) -> String {
+        let rest: Vec<String> =
+            self.sentinels[1..].iter().map(|s| format!("&node=127.0.0.1:{}", s.port())).collect();
+        format!(
+            "redis-sentinel://127.0.0.1:{}/0?service_name={}{}",
+            self.sentinels[0].port(),
+            Self::NAME,
+            rest.concat()
+        )
+    }
+
+    /// The port of the current master, as the Sentinels see it.
+    pub fn master_port(&self) -> Option<u16> {
+        let reply = self.sentinels.iter().find_map(|s| {
+            s.pid()?;
+            s.command(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::NAME]).ok()
+        })?;
+        reply.lines().nth(1)?.parse().ok()
+    }
 }

@@ -180,6 +180,16 @@ impl<V: Value> Shared<V> {
                 Err(e) => Err(e),
             };
         }
+        if reply.is_ok()
+            && let Some(op) = ops.first()
+            && let Err(e) = self.await_replicas(client, self.layout.shard(&op.key).slot, "set").await
+        {
+            let why = match &e {
+                Error::Backend { context, .. } => context.clone(),
+                other => other.to_string(),
+            };
+            return ops.iter().map(|_| Err(Error::backend_msg("redis", why.clone()))).collect();
+        }
         let parts = match reply {
             Ok(RedisValue::Array(parts)) if parts.len() == 2 * ops.len() => parts,
             Ok(_) => {

@@ -10,7 +10,8 @@ use crate::url::StoreUrl;
 ///
 /// URL form: `redis://[user:password@]host[:port][/db]?namespace=orders&pool_size=4`
 /// (`rediss://` for TLS with the `redis-tls` cargo feature — an error without it —, `redis-cluster://` for a
-/// cluster). Options:
+/// cluster — more seed nodes with `&node=host:port` —, `redis-sentinel://sentinel-host:26379/0?service_name=mymaster`
+/// for a master found through Sentinel, more sentinels with `&node=host:port`). Options:
 ///
 /// | option | default | meaning |
 /// | --- | --- | --- |
@@ -23,6 +24,8 @@ use crate::url::StoreUrl;
 /// | `sweep_ms` | 5000 | safety net: each shard an instance sweeps is re-checked at least this often (at most 2 checks/s in all) even without a wake-up |
 /// | `command_timeout_ms` | 4000 | how long a command may wait (e.g. during a reconnect) before failing |
 /// | `codec` | `json` | value encoding |
+/// | `replica_acks` | none | after each write, wait until this many replicas have it (`WAIT`), see [`RedisConfig::replica_acks`] |
+/// | `replica_ack_timeout_ms` | 1000 | how long a write waits for those replicas before failing |
 /// | `near_cache_ms` | off | keep reads in process for at most this long (see [`RedisConfig::near_cache`]) |
 /// | `near_cache_entries` | 10000 | entries the near cache holds |
 /// | `share_events` | `false` | publish events to, and stream events from, the other processes on this namespace (see [`RedisBackend::share_events`](super::RedisBackend::share_events)) |
@@ -48,6 +51,8 @@ pub struct RedisConfig {
     pub(super) sweep_interval: Duration,
     pub(super) command_timeout: Duration,
     pub(super) codec: Codec,
+    pub(super) replica_acks: Option<u32>,
+    pub(super) replica_ack_timeout: Duration,
     pub(super) share_events: bool,
     pub(super) near_cache: Option<super::near::NearCacheConfig>,
 }
@@ -71,6 +76,8 @@ impl RedisConfig {
             sweep_interval: Duration::from_secs(5),
             command_timeout: Duration::from_secs(4),
             codec: Codec::Json,
+            replica_acks: None,
+            replica_ack_timeout: Duration::from_secs(1),
             share_events: false,
             near_cache: None,
         }
@@ -208,6 +215,31 @@ impl RedisConfig {
         self
     }
 
+    /// Makes every acknowledged write survive the failure of its master:
+    /// after each write (set, delete, expire, persist, lock, and the sweeper's
+    /// claims) the store sends `WAIT n timeout` on the same connection and
+    /// answers only when `n` replicas have the write. If fewer confirm within
+    /// the [timeout](Self::replica_ack_timeout), the call fails with
+    /// [`Error::Backend`] saying so — the write was applied on the master but
+    /// may be lost if it fails now. Without this option Redis replicates
+    /// asynchronously, and writes acknowledged just before a master dies can
+    /// be lost in a failover (measured in the README). URL option: `replica_acks`.
+    ///
+    /// ```
+    /// let config = livedict::backend::RedisConfig::new("redis-cluster://127.0.0.1:7000").replica_acks(1);
+    /// # let _ = config;
+    /// ```
+    pub fn replica_acks(mut self, replicas: u32) -> Self {
+        self.replica_acks = (replicas > 0).then_some(replicas);
+        self
+    }
+
+    /// How long a write waits for [`replica_acks`](Self::replica_acks) (default 1 s).
+    pub fn replica_ack_timeout(mut self, timeout: Duration) -> Self {
+        self.replica_ack_timeout = timeout;
+        self
+    }
+
     /// The Redis key that holds `key`'s value in this config's namespace (for
     /// inspecting a store with `redis-cli`). The stored string is a header —
     /// `~` for an entry without a deadline, else the deadline in 8 base-64
@@ -276,13 +308,21 @@ impl RedisConfig {
         {
             return Err(url.error(format!("bad port `{port}`")));
         }
-        // Seed nodes of a cluster (or sentinels): handed to fred as they came.
-        let nodes = url.take_all("node");
+        // Seed nodes of a cluster (or sentinels) and the sentinel service name: handed to fred as they came.
+        let mut passed: Vec<(&str, String)> = url.take_all("node").into_iter().map(|n| ("node", n)).collect();
+        let sentinel = url.scheme().ends_with("-sentinel");
+        if sentinel {
+            match url.take("sentinelServiceName").or_else(|| url.take("service_name")) {
+                Some(name) => passed.push(("sentinelServiceName", name)),
+                None => return Err(url.error("a redis-sentinel:// url needs `service_name=<master name>`")),
+            }
+        }
         let mut server_url = format!("{}://{}", url.scheme(), body);
-        for (i, node) in nodes.iter().enumerate() {
+        for (i, (name, value)) in passed.iter().enumerate() {
             server_url.push(if i == 0 { '?' } else { '&' });
-            server_url.push_str("node=");
-            server_url.push_str(node);
+            server_url.push_str(name);
+            server_url.push('=');
+            server_url.push_str(value);
         }
         let mut config = RedisConfig::new(&server_url);
         if let Some(ns) = url.take("namespace") {
@@ -321,6 +361,12 @@ impl RedisConfig {
         }
         if let Some(n) = url.take_parsed::<u64>("near_cache_entries")? {
             config = config.near_cache_capacity(n);
+        }
+        if let Some(n) = url.take_parsed::<u32>("replica_acks")? {
+            config = config.replica_acks(n);
+        }
+        if let Some(d) = url.take_millis("replica_ack_timeout_ms")? {
+            config.replica_ack_timeout = d;
         }
         if let Some(share) = url.take_parsed::<bool>("share_events")? {
             config.share_events = share;

@@ -59,12 +59,15 @@ pub(super) struct Shard {
     pub(super) index: String,
     pub(super) count: String,
     pub(super) fence: String,
+    /// The cluster hash slot of the shard's tag.
+    pub(super) slot: u16,
 }
 
 impl Shard {
     fn new(tag: &str) -> Shard {
         let prefix = format!("ld:{{{tag}}}:");
         Shard {
+            slot: fred::util::redis_keyslot(tag.as_bytes()),
             value_prefix: format!("{prefix}v:"),
             index: format!("{prefix}d"),
             count: format!("{prefix}n"),

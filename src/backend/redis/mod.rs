@@ -59,7 +59,9 @@ use fred::bytes::Bytes;
 use fred::clients::Pool;
 use fred::interfaces::{ClientLike, KeysInterface, SortedSetsInterface};
 use fred::types::Value as RedisValue;
-use fred::types::config::{Config as FredConfig, ReconnectPolicy, TcpConfig};
+use fred::types::config::{
+    ClusterDiscoveryPolicy, Config as FredConfig, ReconnectPolicy, ServerConfig, TcpConfig,
+};
 use futures::future::{BoxFuture, try_join_all};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -151,8 +153,13 @@ pub(super) enum Status {
 
 /// Builds fred's client pool for `config` (not connected yet).
 fn build_pool(config: &RedisConfig, label: &str) -> Result<Pool> {
-    let fred_config = FredConfig::from_url(&config.server_url)
+    let mut fred_config = FredConfig::from_url(&config.server_url)
         .map_err(|e| Error::invalid_url(&config.server_url, e.details().to_string()))?;
+    if let ServerConfig::Clustered { policy, .. } = &mut fred_config.server {
+        // Rediscover the cluster from any node it knows (not only the URL's
+        // seeds), so a store follows a failover even when its seed node died.
+        *policy = ClusterDiscoveryPolicy::UseCache;
+    }
     let connect_timeout = config.connect_timeout;
     let command_timeout = config.command_timeout;
     fred::types::Builder::from_config(fred_config)
@@ -246,6 +253,29 @@ fn into_bytes(v: RedisValue) -> Option<Bytes> {
 impl<V: Value> Shared<V> {
     fn backend_error(&self, what: &str, e: fred::error::Error) -> Error {
         Error::backend("redis", format!("{what} on {}: {e}", self.label), e)
+    }
+
+    /// With `replica_acks`: waits until that many replicas have this
+    /// client's writes to the node of `slot` (`WAIT` on the same connection).
+    async fn await_replicas(&self, client: &fred::clients::Client, slot: u16, op: &str) -> Result<()> {
+        let Some(want) = self.config.replica_acks else { return Ok(()) };
+        let timeout = ms(self.config.replica_ack_timeout);
+        let cmd = fred::types::CustomCommand::new("WAIT", fred::types::ClusterHash::Custom(slot), false);
+        let got: i64 = client
+            .custom(cmd, vec![RedisValue::from(i64::from(want)), timeout.into()])
+            .await
+            .map_err(|e| self.backend_error(&format!("{op}: waiting for replicas"), e))?;
+        if got < i64::from(want) {
+            return Err(Error::backend_msg(
+                "redis",
+                format!(
+                    "{op} on {}: applied on the master but acknowledged by {got} of {want} replicas within {:?} \
+                     (it may be lost if the master fails now)",
+                    self.label, self.config.replica_ack_timeout
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The grace period as a script argument (`''`: none).
@@ -358,10 +388,12 @@ impl<V: Value> Shared<V> {
         let keys = vec![shard.value(key), shard.index.clone(), shard.count.clone(), shard.lock(key)];
         let mut backoff = Duration::from_millis(1);
         loop {
+            let client = self.pool.next();
             let reply: RedisValue = script
-                .evalsha_with_reload(self.pool.next(), keys.clone(), args.clone())
+                .evalsha_with_reload(client, keys.clone(), args.clone())
                 .await
                 .map_err(|e| self.backend_error(op, e))?;
+            self.await_replicas(client, shard.slot, op).await?;
             let RedisValue::Array(mut parts) = reply else {
                 return Err(Error::backend_msg("redis", format!("unexpected reply to {op}")));
             };
@@ -620,13 +652,15 @@ impl<V: Value> Shared<V> {
         loop {
             let args: Vec<RedisValue> =
                 vec![token.as_str().to_owned().into(), ms(self.config.lock_lease).into()];
+            let client = self.pool.next();
             let fence: i64 = self
                 .scripts
                 .lock
-                .evalsha_with_reload(self.pool.next(), keys.clone(), args)
+                .evalsha_with_reload(client, keys.clone(), args)
                 .await
                 .map_err(|e| self.backend_error("lock", e))?;
             if fence > 0 {
+                self.await_replicas(client, shard.slot, "lock").await?;
                 return Ok(Response::Locked(LockGrant::distributed(fence as u64, self.config.lock_lease)));
             }
             if started.elapsed() + backoff > timeout {

@@ -210,9 +210,15 @@ return {now, nxt[2] or false, out}
 "#;
 
 /// `KEYS`: lock, fence counter; `ARGV`: owner, lease_ms → fence, or 0 if held.
+/// The fence is at least the server time in µs, so it never goes backwards,
+/// even after a failover lost the counter's last increments.
 const LOCK: &str = r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+  local t = redis.call('TIME')
+  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local f = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, floor)
+  redis.call('SET', KEYS[2], string.format('%.0f', f))
+  return f
 end
 return 0
 "#;

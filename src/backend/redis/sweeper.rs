@@ -257,12 +257,18 @@ pub(super) async fn leave<V: Value>(shared: &Shared<V>) {
 pub(super) async fn claim<V: Value>(shared: &Shared<V>, shard: &Shard) -> Result<(Option<Duration>, bool)> {
     let keys = vec![shard.index.clone(), shard.count.clone()];
     let args: Vec<RedisValue> = vec![shard.value_prefix.clone().into(), CLAIM_BATCH.into()];
+    let client = shared.pool.next();
     let reply: RedisValue = shared
         .scripts
         .claim
-        .evalsha_with_reload(shared.pool.next(), keys, args)
+        .evalsha_with_reload(client, keys, args)
         .await
         .map_err(|e| shared.backend_error("claiming due deadlines", e))?;
+    // With replica_acks, a claim is replicated before its events go out, so a
+    // failover cannot bring the entries back to be claimed (and reported) again.
+    if let Err(e) = shared.await_replicas(client, shard.slot, "claim").await {
+        tracing::warn!(error = %e, "expirations claimed without replica acknowledgement are reported anyway");
+    }
     let RedisValue::Array(parts) = reply else {
         return Err(Error::backend_msg("redis", "unexpected reply to the claim script"));
     };
