@@ -118,8 +118,24 @@ async fn a_cluster_store_follows_a_master_failover_and_keeps_every_acknowledged_
         d.set_with_ttl(format!("late{j}"), j, Duration::from_millis(12_000)).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
+    // A fence taken before the failover, on every shard (keys spread over all of them).
+    let fences_before: Vec<u64> = {
+        let mut v = Vec::new();
+        for j in 0..32 {
+            let g = d.lock(format!("f{j}"), Duration::from_secs(5)).await.unwrap();
+            v.push(g.fence());
+            g.unlock().await.unwrap();
+        }
+        v
+    };
     let master = cluster.current_masters()[0];
     let (log, outage) = write_across(&d, || cluster.node_mut(master).kill()).await;
+    // Fences never go backwards, also on the shards whose master was replaced.
+    for (j, before) in fences_before.iter().enumerate() {
+        let g = d.lock(format!("f{j}"), Duration::from_secs(5)).await.unwrap();
+        assert!(g.fence() > *before, "fence of f{j} went from {before} to {}", g.fence());
+        g.unlock().await.unwrap();
+    }
     eprintln!(
         "cluster failover (replica_acks=1): last failed write {outage:?} after the kill; {} acked, {} failed; last error: {:?}",
         log.acked.len(),
