@@ -31,7 +31,7 @@ mod raw {
                     .unwrap();
             }
             #[cfg(feature = "redis")]
-            Kind::Redis | Kind::RedisCluster => {
+            Kind::Redis | Kind::RedisCluster | Kind::RedisSentinel => {
                 use fred::interfaces::{ClientLike, KeysInterface};
                 // The codec's bytes are corrupted; livedict's header (`~`: no deadline) stays.
                 let (client, full) = redis(h, key).await;
@@ -54,7 +54,7 @@ mod raw {
                     .unwrap()
             }
             #[cfg(feature = "redis")]
-            Kind::Redis | Kind::RedisCluster => {
+            Kind::Redis | Kind::RedisCluster | Kind::RedisSentinel => {
                 use fred::interfaces::{ClientLike, KeysInterface};
                 let (client, full) = redis(h, key).await;
                 let v: Option<Vec<u8>> = client.get(full).await.unwrap();
@@ -69,7 +69,7 @@ mod raw {
     async fn redis(h: &Harness, key: &str) -> (fred::clients::Client, String) {
         use fred::interfaces::ClientLike;
         let (server, ns) = h.redis_parts();
-        let config = fred::types::config::Config::from_url(&server).unwrap();
+        let config = fred::types::config::Config::from_url(&h.raw_redis_url()).unwrap();
         let client = fred::types::Builder::from_config(config).build().unwrap();
         client.init().await.unwrap();
         (client, livedict::backend::RedisConfig::new(&server).namespace(&ns).value_key(key))

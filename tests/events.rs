@@ -54,7 +54,7 @@ for_each_backend! {
         // expired entry is still unclaimed. Its Expire event must not be lost.
         let slow = match h.kind {
             support::Kind::Sqlite => format!("{}?poll_ms=60000", h.url()),
-            support::Kind::Redis | support::Kind::RedisCluster => format!("{}&sweep_ms=60000", h.url()),
+            support::Kind::Redis | support::Kind::RedisCluster | support::Kind::RedisSentinel => format!("{}&sweep_ms=60000", h.url()),
             support::Kind::Memory => h.url().to_owned(),
         };
         let d = h.builder::<u32>().url(&slow).build().await.unwrap();

@@ -81,7 +81,7 @@ async fn a_cluster_store_works_on_a_local_cluster() {
     d.set("a", "1".into()).await.unwrap();
     assert_eq!(d.get("a").await.unwrap().as_deref(), Some("1"));
     assert!(d.exists("a").await.unwrap());
-    d.set_with_ttl("b", "2".into(), Duration::from_millis(200)).await.unwrap();
+    d.set_with_ttl("b", "2".into(), Duration::from_millis(800)).await.unwrap();
     assert!(d.ttl("b").await.unwrap().is_some());
     assert_eq!(d.len().await.unwrap(), 2);
     assert!(d.delete("a").await.unwrap());

@@ -215,7 +215,7 @@ async fn distributed_locks(h: &support::Harness) -> bool {
             raw.query_row("SELECT count(*) FROM livedict_locks", [], |r| r.get::<_, i64>(0)).unwrap() == 0
         }
         #[cfg(feature = "redis")]
-        Kind::Redis | Kind::RedisCluster => {
+        Kind::Redis | Kind::RedisCluster | Kind::RedisSentinel => {
             let (_, ns) = h.redis_parts();
             h.redis_keys_matching(&format!("ld:{{{ns}:*}}:l:*")).is_empty()
         }

@@ -146,7 +146,7 @@ fn assert_running(h: &support::Harness) {
             let wal = format!("{}-wal", h.url().strip_prefix("sqlite://").unwrap());
             assert!(std::path::Path::new(&wal).exists(), "no WAL file while open");
         }
-        Kind::Redis | Kind::RedisCluster => {
+        Kind::Redis | Kind::RedisCluster | Kind::RedisSentinel => {
             assert!(h.redis_connections() > 0, "no Redis connection while open")
         }
     }
@@ -165,7 +165,7 @@ async fn assert_all_stopped(h: &support::Harness, tasks_before: usize, marker: &
             let wal = format!("{}-wal", h.url().strip_prefix("sqlite://").unwrap());
             eventually("every SQLite connection closed", || !std::path::Path::new(&wal).exists()).await;
         }
-        Kind::Redis | Kind::RedisCluster => {
+        Kind::Redis | Kind::RedisCluster | Kind::RedisSentinel => {
             eventually("every Redis connection closed", || h.redis_connections() == 0).await;
         }
     }

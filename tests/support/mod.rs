@@ -23,6 +23,8 @@ pub enum Kind {
     Redis,
     /// A local 3-master Redis Cluster (`redis-cluster://`).
     RedisCluster,
+    /// A master found through a Sentinel (`redis-sentinel://`).
+    RedisSentinel,
 }
 
 /// One test's store location and the resources behind it.
@@ -32,19 +34,27 @@ pub struct Harness {
     _dir: Option<tempfile::TempDir>,
     _redis: Option<redis_server::RedisServer>,
     _cluster: Option<redis_server::RedisCluster>,
+    _sentinel: Option<redis_server::RedisSentinel>,
 }
 
 static NEXT_NAMESPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Harness {
     pub fn memory() -> Self {
-        Harness { kind: Kind::Memory, url: "memory://".into(), _dir: None, _redis: None, _cluster: None }
+        Harness {
+            kind: Kind::Memory,
+            url: "memory://".into(),
+            _dir: None,
+            _redis: None,
+            _cluster: None,
+            _sentinel: None,
+        }
     }
 
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        Harness { kind: Kind::Sqlite, url, _dir: Some(dir), _redis: None, _cluster: None }
+        Harness { kind: Kind::Sqlite, url, _dir: Some(dir), _redis: None, _cluster: None, _sentinel: None }
     }
 
     /// `None` when redis-server is missing and not required (the test skips).
@@ -52,7 +62,14 @@ impl Harness {
         let server = redis_server::RedisServer::start()?;
         let n = NEXT_NAMESPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = format!("{}?namespace=t{}", server.url(), n);
-        Some(Harness { kind: Kind::Redis, url, _dir: None, _redis: Some(server), _cluster: None })
+        Some(Harness {
+            kind: Kind::Redis,
+            url,
+            _dir: None,
+            _redis: Some(server),
+            _cluster: None,
+            _sentinel: None,
+        })
     }
 
     /// A namespace on a fresh local 3-master Redis Cluster; `None` as for [`Harness::redis`].
@@ -60,19 +77,42 @@ impl Harness {
         let cluster = redis_server::RedisCluster::start(3, 0)?;
         let n = NEXT_NAMESPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = format!("{}&namespace=t{}", cluster.url(), n);
-        Some(Harness { kind: Kind::RedisCluster, url, _dir: None, _redis: None, _cluster: Some(cluster) })
+        Some(Harness {
+            kind: Kind::RedisCluster,
+            url,
+            _dir: None,
+            _redis: None,
+            _cluster: Some(cluster),
+            _sentinel: None,
+        })
     }
 
-    /// Whether this is a Redis store (single server or cluster).
+    /// A namespace on a fresh master found through a Sentinel; `None` as for [`Harness::redis`].
+    pub fn redis_sentinel() -> Option<Self> {
+        let sentinel = redis_server::RedisSentinel::start_minimal()?;
+        let n = NEXT_NAMESPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = format!("{}&namespace=t{}", sentinel.url(), n);
+        Some(Harness {
+            kind: Kind::RedisSentinel,
+            url,
+            _dir: None,
+            _redis: None,
+            _cluster: None,
+            _sentinel: Some(sentinel),
+        })
+    }
+
+    /// Whether this is a Redis store (single server, cluster or Sentinel).
     pub fn is_redis(&self) -> bool {
-        matches!(self.kind, Kind::Redis | Kind::RedisCluster)
+        matches!(self.kind, Kind::Redis | Kind::RedisCluster | Kind::RedisSentinel)
     }
 
     /// The ports of every Redis server behind this store (one, or every cluster node).
     pub fn redis_ports(&self) -> Vec<u16> {
-        match (&self._redis, &self._cluster) {
-            (Some(server), _) => vec![server.port()],
-            (_, Some(cluster)) => cluster.nodes().iter().map(|n| n.port()).collect(),
+        match (&self._redis, &self._cluster, &self._sentinel) {
+            (Some(server), _, _) => vec![server.port()],
+            (_, Some(cluster), _) => cluster.nodes().iter().map(|n| n.port()).collect(),
+            (_, _, Some(sentinel)) => sentinel.data.iter().map(|n| n.port()).collect(),
             _ => Vec::new(),
         }
     }
@@ -103,9 +143,21 @@ impl Harness {
             .into_iter()
             .map(|port| {
                 let list = redis_server::command(port, &["CLIENT", "LIST"]).unwrap_or_default();
-                list.lines().filter(|l| !l.is_empty()).count().saturating_sub(1)
+                // Not counted: Sentinels watching the master, and replicas.
+                list.lines()
+                    .filter(|l| !l.is_empty() && !l.contains("name=sentinel-") && !l.contains(" flags=S "))
+                    .count()
+                    .saturating_sub(1)
             })
             .sum()
+    }
+
+    /// For Redis: a URL a plain client can use (for Sentinel, the master's own `redis://`).
+    pub fn raw_redis_url(&self) -> String {
+        match &self._sentinel {
+            Some(sentinel) => format!("redis://127.0.0.1:{}/0", sentinel.data[0].port()),
+            None => self.redis_parts().0,
+        }
     }
 
     /// For Redis: the server URL without livedict's options, and the namespace.
@@ -149,7 +201,9 @@ impl Harness {
     pub fn grace(&self) -> Duration {
         match self.kind {
             Kind::Memory => Duration::from_millis(50),
-            Kind::Sqlite | Kind::Redis | Kind::RedisCluster => Duration::from_millis(600),
+            Kind::Sqlite | Kind::Redis | Kind::RedisCluster | Kind::RedisSentinel => {
+                Duration::from_millis(600)
+            }
         }
     }
 
@@ -266,6 +320,23 @@ macro_rules! for_each_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let Some($h) = $crate::support::Harness::redis() else { return };
+                    $body
+                }
+            )*
+        }
+        #[cfg(feature = "redis")]
+        mod redis_sentinel {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some($h) = tokio::task::spawn_blocking($crate::support::Harness::redis_sentinel)
+                        .await
+                        .expect("sentinel start")
+                    else {
+                        return;
+                    };
                     $body
                 }
             )*
