@@ -16,19 +16,31 @@ pub fn run(rep: &mut Report, o: &Opts, redis: Option<&crate::redis::Server>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite = format!("sqlite://{}", dir.path().join("expire.db").display());
     for spread in [true, false] {
-        one(rep, o, "memory", "memory://", 10.0, spread);
-        one(rep, o, "sqlite", &sqlite, 10.0, spread);
+        one(rep, o, "memory", "memory://", 10.0, spread, false);
+        one(rep, o, "sqlite", &sqlite, 10.0, spread, false);
         match redis {
-            Some(s) => one(rep, o, "redis", &s.url("expire"), 50.0, spread),
+            Some(s) => one(rep, o, "redis", &s.url("expire"), 50.0, spread, false),
             None => rep.skipped("expire", "redis", "no redis-server on PATH"),
+        }
+    }
+    if let Some(s) = redis {
+        // Deadlines written by another instance: two stores on one namespace,
+        // one writes, the shards' sweepers are split between them.
+        one(rep, o, "redis", &s.url("expire2"), 50.0, true, true);
+    }
+    // The same on a local 3-master cluster.
+    if let Some(cluster) = crate::redis_server::RedisCluster::start(3, 0) {
+        for spread in [true, false] {
+            one(rep, o, "cluster", &format!("{}&namespace=expire", cluster.url()), 50.0, spread, false);
         }
     }
 }
 
 /// `spread`: TTLs from 0.5 s to 1.5 s (deadlines spread evenly over a
 /// second, 10,000 expirations/s); else all 1 s (every deadline within the
-/// few milliseconds it took to set them: a burst).
-fn one(rep: &mut Report, _o: &Opts, backend: &str, url: &str, p99_target_ms: f64, spread: bool) {
+/// few milliseconds it took to set them: a burst). `two`: a second store on
+/// the same namespace writes, and both report (the callback is on both).
+fn one(rep: &mut Report, _o: &Opts, backend: &str, url: &str, p99_target_ms: f64, spread: bool, two: bool) {
     let n = 10_000;
     let base = Duration::from_millis(if spread { 500 } else { 1000 });
     let ttl_of = move |i: usize| base + Duration::from_millis(if spread { (i * 1000 / n) as u64 } else { 0 });
@@ -37,16 +49,26 @@ fn one(rep: &mut Report, _o: &Opts, backend: &str, url: &str, p99_target_ms: f64
     let d: LiveDict<String> = rt.block_on(LiveDict::open(url)).expect("store");
     rt.block_on(async { d.clear().await.expect("clear") });
     let fired: Fired = Arc::default();
-    let f = Arc::clone(&fired);
-    d.register_callback(
-        EventKind::Expire,
-        Callback::new(move |ev: &Event<String>| {
-            let at = Instant::now();
-            let i: usize = ev.key()[1..].parse().expect("key index");
-            f.lock().unwrap().push((i, at));
-        }),
-    )
-    .expect("register");
+    let writer: LiveDict<String> =
+        if two { rt.block_on(LiveDict::open(url)).expect("store") } else { d.clone() };
+    let stores = if two { vec![d.clone(), writer.clone()] } else { vec![d.clone()] };
+    for store in &stores {
+        let f = Arc::clone(&fired);
+        store
+            .register_callback(
+                EventKind::Expire,
+                Callback::new(move |ev: &Event<String>| {
+                    let at = Instant::now();
+                    let i: usize = ev.key()[1..].parse().expect("key index");
+                    f.lock().unwrap().push((i, at));
+                }),
+            )
+            .expect("register");
+    }
+    // Both instances heartbeat before the writes, so the shards are split between them.
+    if two {
+        std::thread::sleep(Duration::from_millis(1500));
+    }
     // Deadlines as seen from here: taken before each call, so the measured
     // lateness is never less than the real one.
     let deadlines: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
@@ -55,7 +77,7 @@ fn one(rep: &mut Report, _o: &Opts, backend: &str, url: &str, p99_target_ms: f64
     rt.block_on(async {
         let mut hs = Vec::new();
         for t in 0..writers {
-            let (d, v, deadlines) = (d.clone(), v.clone(), Arc::clone(&deadlines));
+            let (d, v, deadlines) = (writer.clone(), v.clone(), Arc::clone(&deadlines));
             hs.push(tokio::spawn(async move {
                 for i in crate::part(t, writers, n) {
                     let ttl = ttl_of(i);
@@ -95,7 +117,11 @@ fn one(rep: &mut Report, _o: &Opts, backend: &str, url: &str, p99_target_ms: f64
     let duplicates = count.values().map(|c| c - 1).sum();
     rep.lateness(
         backend,
-        if spread { "expire lateness, deadlines over 1 s" } else { "expire lateness, burst" },
+        match (spread, two) {
+            (_, true) => "expire lateness, other instance writes",
+            (true, false) => "expire lateness, deadlines over 1 s",
+            (false, false) => "expire lateness, burst",
+        },
         n,
         base,
         &mut late,
@@ -108,5 +134,9 @@ fn one(rep: &mut Report, _o: &Opts, backend: &str, url: &str, p99_target_ms: f64
             set_ms
         ),
     );
-    rt.block_on(async { d.shutdown().await.expect("shutdown") });
+    rt.block_on(async {
+        for store in stores {
+            store.shutdown().await.expect("shutdown");
+        }
+    });
 }
