@@ -37,10 +37,25 @@ const MAX_BATCH: usize = 128;
 pub(super) struct SetOp {
     pub(super) key: String,
     pub(super) value: Bytes,
-    /// ms, or `''` for no TTL.
-    pub(super) ttl: RedisValue,
-    /// The lock token, or `''`.
-    pub(super) owner: RedisValue,
+    /// `SET_MANY`'s spec: `''` for an unguarded set without TTL, else the TTL
+    /// in ms and/or `:` and the lock token (see [`SetOp::spec`]).
+    pub(super) spec: RedisValue,
+}
+
+impl SetOp {
+    /// The spec of a set with `ttl_ms` (if any) made under lock `owner` (if any).
+    pub(super) fn spec(ttl_ms: Option<i64>, owner: Option<&str>) -> RedisValue {
+        match (ttl_ms, owner) {
+            (None, None) => "".into(),
+            (Some(t), None) => t.into(),
+            (t, Some(o)) => {
+                let mut s = t.map(|t| t.to_string()).unwrap_or_default();
+                s.push(':');
+                s.push_str(o);
+                s.into()
+            }
+        }
+    }
 }
 
 /// What the script answered for one set: its status and an expired value it claimed.
@@ -73,7 +88,7 @@ impl SetBatch {
 
 /// Stands in for an op lost with its batch task (the caller gets `Closed` and does not retry).
 fn closed_op() -> SetOp {
-    SetOp { key: String::new(), value: Bytes::new(), ttl: RedisValue::Null, owner: RedisValue::Null }
+    SetOp { key: String::new(), value: Bytes::new(), spec: RedisValue::Null }
 }
 
 /// A script call slot taken by a caller; handed on when it goes.
@@ -172,11 +187,15 @@ impl<V: Value> Shared<V> {
     async fn run_group(&self, ops: &[&SetOp]) -> Vec<SetReply> {
         let script = &self.scripts.set_many;
         let client = self.pool.next();
+        let (keys, args, order) = self.set_call(ops);
         let mut reply: std::result::Result<RedisValue, _> =
-            client.evalsha(script.sha1().clone(), self.set_keys(ops), self.set_args(ops)).await;
+            client.evalsha(script.sha1().clone(), keys, args).await;
         if matches!(&reply, Err(e) if e.details().starts_with("NOSCRIPT")) {
             reply = match script.load(client).await {
-                Ok(()) => client.evalsha(script.sha1().clone(), self.set_keys(ops), self.set_args(ops)).await,
+                Ok(()) => {
+                    let (keys, args, _) = self.set_call(ops);
+                    client.evalsha(script.sha1().clone(), keys, args).await
+                }
                 Err(e) => Err(e),
             };
         }
@@ -191,7 +210,7 @@ impl<V: Value> Shared<V> {
             return ops.iter().map(|_| Err(Error::backend_msg("redis", why.clone()))).collect();
         }
         let parts = match reply {
-            Ok(RedisValue::Array(parts)) if parts.len() == 2 * ops.len() => parts,
+            Ok(RedisValue::Array(parts)) if parts.len() % 3 == 0 => parts,
             Ok(_) => {
                 return ops
                     .iter()
@@ -200,56 +219,50 @@ impl<V: Value> Shared<V> {
             }
             Err(e) => return ops.iter().map(|_| Err(self.backend_error("set", e.clone()))).collect(),
         };
+        let mut out: Vec<SetReply> = ops.iter().map(|_| Ok((Status::Ok, None))).collect();
         let mut parts = parts.into_iter();
-        let mut out = Vec::with_capacity(ops.len());
-        while let (Some(status), Some(expired)) = (parts.next(), parts.next()) {
-            let status = match status.as_str().as_deref() {
-                Some("OK") => Status::Ok,
-                Some("LOCKED") => Status::Locked,
-                Some("LOST") => Status::Lost,
+        while let (Some(at), Some(status), Some(expired)) = (parts.next(), parts.next(), parts.next()) {
+            // `at` numbers the sets from 1 in call order.
+            let Some(&i) = at.as_usize().and_then(|at| order.get(at.wrapping_sub(1))) else {
+                continue;
+            };
+            out[i] = match status.as_str().as_deref() {
+                Some("OK") => Ok((Status::Ok, super::into_bytes(expired))),
+                Some("LOCKED") => Ok((Status::Locked, super::into_bytes(expired))),
+                Some("LOST") => Ok((Status::Lost, super::into_bytes(expired))),
                 Some("ERR") => {
                     let why = expired.as_str().map(|s| s.into_owned()).unwrap_or_default();
-                    out.push(Err(Error::backend_msg("redis", format!("set on {}: {why}", self.label))));
-                    continue;
+                    Err(Error::backend_msg("redis", format!("set on {}: {why}", self.label)))
                 }
-                other => {
-                    out.push(Err(Error::backend_msg(
-                        "redis",
-                        format!("unexpected status {other:?} for set"),
-                    )));
-                    continue;
-                }
+                other => Err(Error::backend_msg("redis", format!("unexpected status {other:?} for set"))),
             };
-            out.push(Ok((status, super::into_bytes(expired))));
         }
         out
     }
 
-    /// `KEYS`: value, index, count and lock of each op.
-    fn set_keys(&self, ops: &[&SetOp]) -> Vec<Key> {
-        let mut out = Vec::with_capacity(4 * ops.len());
-        for op in ops {
-            let shard = self.layout.shard(&op.key);
-            out.push(shard.value(&op.key).into());
-            out.push(shard.index.as_str().into());
-            out.push(shard.count.as_str().into());
-            out.push(shard.lock(&op.key).into());
+    /// `KEYS` and `ARGV` of `SET_MANY` over `ops`, grouped by shard, and the
+    /// order in which the ops go (indexes into `ops`).
+    fn set_call(&self, ops: &[&SetOp]) -> (Vec<Key>, Vec<RedisValue>, Vec<usize>) {
+        let mut order: Vec<(usize, usize)> =
+            ops.iter().enumerate().map(|(i, op)| (self.layout.shard_of(&op.key), i)).collect();
+        order.sort_unstable();
+        let mut keys = Vec::with_capacity(ops.len() + 2 * order.len().min(self.layout.shards.len()));
+        let mut args = Vec::with_capacity(2 + 2 * ops.len() + 2 * order.len().min(self.layout.shards.len()));
+        args.push(self.grace_arg());
+        args.push(self.layout.wake.as_str().into());
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let shard = &self.layout.shards[group[0].0];
+            keys.push(shard.index.as_str().into());
+            keys.push(shard.count.as_str().into());
+            args.push((group[0].0 as i64).into());
+            args.push((group.len() as i64).into());
+            for &(_, i) in group {
+                let op = ops[i];
+                keys.push(shard.value(&op.key).into());
+                args.push(op.spec.clone());
+                args.push(op.value.clone().into());
+            }
         }
-        out
-    }
-
-    /// `ARGV`: grace, wake channel, then owner, member, value, ttl and shard of each op.
-    fn set_args(&self, ops: &[&SetOp]) -> Vec<RedisValue> {
-        let mut out = Vec::with_capacity(2 + 5 * ops.len());
-        out.push(self.grace_arg());
-        out.push(self.layout.wake.as_str().into());
-        for op in ops {
-            out.push(op.owner.clone());
-            out.push(op.key.as_str().into());
-            out.push(op.value.clone().into());
-            out.push(op.ttl.clone());
-            out.push((self.layout.shard_of(&op.key) as i64).into());
-        }
-        out
+        (keys, args, order.into_iter().map(|(_, i)| i).collect())
     }
 }

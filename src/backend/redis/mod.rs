@@ -541,8 +541,8 @@ impl<V: Value> Shared<V> {
                 // Without a TTL the stored bytes are final here; with one, the script adds the deadline.
                 let header: &[u8] = if ttl.is_none() { &[layout::NO_DEADLINE] } else { &[] };
                 let value = Bytes::from(codec.encode_after(&key, &value, header)?);
-                let ttl: RedisValue = ttl.map_or_else(|| "".into(), |t| ms(t).into());
-                let mut op = batch::SetOp { key, value, ttl, owner: owner(lock) };
+                let spec = batch::SetOp::spec(ttl.map(ms), lock.as_ref().map(|t| t.as_str()));
+                let mut op = batch::SetOp { key, value, spec };
                 let mut backoff = Duration::from_millis(1);
                 loop {
                     let (back, reply) = self.set_batched(op).await;
