@@ -1,19 +1,23 @@
 //! Atomic read-modify-write on one key: [`LiveDict::update`], [`LiveDict::incr`],
 //! [`LiveDict::compare_and_set`].
 //!
-//! Each runs under the key's lock ([`LiveDict::lock`]): take the lock, read,
+//! On Redis, `incr` and `compare_and_set` are one script call that checks
+//! the key's lock like any write ([`Request::Incr`], [`Request::CompareAndSet`]).
+//! Otherwise each runs under the key's lock ([`LiveDict::lock`]): take the lock, read,
 //! decide, write through the guard, release. The lock is enforced against
 //! every other writer of the key (plain `set`/`delete`/`expire` wait while it
 //! is held) and, on SQLite and Redis, held across every process sharing the
 //! file or namespace, with a lease and fenced writes. So no concurrent write
 //! from any handle or process can slip between the read and the write.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::Value;
 use crate::dict::LiveDict;
 use crate::error::{Error, Result};
 use crate::guard::KeyGuard;
+use crate::request::{Request, Response, validate_key};
 
 /// How long [`update`](LiveDict::update), [`incr`](LiveDict::incr),
 /// [`compare_and_set`](LiveDict::compare_and_set) and
@@ -132,7 +136,22 @@ impl<V: Value> LiveDict<V> {
     where
         V: PartialEq,
     {
-        self.read_modify_write(key.as_ref(), self.inner.default_ttl, |current| {
+        let key = key.as_ref();
+        let ttl = self.inner.default_ttl;
+        if self.inner.native_cas.load(Ordering::Relaxed) {
+            validate_key(key)?;
+            let req = Request::CompareAndSet {
+                key: key.to_owned(),
+                expected: expected.cloned(),
+                new: new.clone(),
+                ttl,
+                eq: |a: &V, b: &V| a == b,
+            };
+            if let Some(written) = self.one_step(req, &self.inner.native_cas).await? {
+                return Ok(written.is_some());
+            }
+        }
+        self.read_modify_write(key, ttl, |current| {
             Ok(if current.as_ref() == expected { (Change::Set(new), true) } else { (Change::Keep, false) })
         })
         .await
@@ -167,6 +186,21 @@ impl<V: Value> LiveDict<V> {
     {
         let key = key.as_ref();
         let overflow = || Error::Overflow { key: key.to_owned(), delta };
+        if self.inner.native_incr.load(Ordering::Relaxed)
+            && let Some(range) = int_range::<V>()
+        {
+            validate_key(key)?;
+            let req = Request::Incr {
+                key: key.to_owned(),
+                delta,
+                ttl: self.inner.default_ttl,
+                range,
+                value_of: |n| V::try_from(n).ok(),
+            };
+            if let Some(written) = self.one_step(req, &self.inner.native_incr).await? {
+                return written.ok_or_else(overflow);
+            }
+        }
         self.read_modify_write(key, self.inner.default_ttl, |current| {
             let old: i64 = match current {
                 Some(v) => v.try_into().map_err(|_| overflow())?,
@@ -177,6 +211,20 @@ impl<V: Value> LiveDict<V> {
             Ok((Change::Set(new.clone()), new))
         })
         .await
+    }
+
+    /// Offers `req` (`Incr` or `CompareAndSet`) to the backend as one step:
+    /// `Some` with what it wrote, or `None` if it has no such step (then
+    /// `native` is cleared, so this handle locks the key from now on).
+    async fn one_step(&self, req: Request<V>, native: &AtomicBool) -> Result<Option<Option<V>>> {
+        match self.call(req).await? {
+            Response::Written(written) => Ok(Some(written)),
+            Response::Unsupported => {
+                native.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+            _ => Err(Response::<V>::mismatch("incr")),
+        }
     }
 
     /// Locks `key`, reads it, lets `decide` choose the change and the result,
@@ -221,5 +269,49 @@ pub(crate) async fn release<V: Value>(guard: KeyGuard<V>) {
     let key = guard.key().to_owned();
     if let Err(e) = guard.unlock().await {
         tracing::warn!(key = %key, error = %e, "releasing a lock after a read-modify-write failed; its lease will free it");
+    }
+}
+
+/// The integers `V` holds, as `(smallest, largest)`, if they form one range
+/// around 0 (found by bisection on `TryFrom<i64>`; `None` if 0 does not convert).
+fn int_range<V: TryFrom<i64>>() -> Option<(i64, i64)> {
+    V::try_from(0).ok()?;
+    let fits = |n: i128| i64::try_from(n).is_ok_and(|n| V::try_from(n).is_ok());
+    // The largest n >= 0 that fits.
+    let (mut lo, mut hi) = (0i128, i128::from(i64::MAX));
+    while lo < hi {
+        let mid = (lo + hi + 1) / 2;
+        if fits(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    let max = lo;
+    // The smallest n <= 0 that fits.
+    let (mut lo, mut hi) = (i128::from(i64::MIN), 0i128);
+    while lo < hi {
+        let mid = (lo + hi).div_euclid(2);
+        if fits(mid) { hi = mid } else { lo = mid + 1 }
+    }
+    Some((hi as i64, max as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::int_range;
+
+    #[test]
+    fn int_ranges_of_the_integer_types() {
+        assert_eq!(int_range::<u8>(), Some((0, 255)));
+        assert_eq!(int_range::<i8>(), Some((-128, 127)));
+        assert_eq!(int_range::<u32>(), Some((0, u32::MAX as i64)));
+        assert_eq!(int_range::<i64>(), Some((i64::MIN, i64::MAX)));
+        assert_eq!(int_range::<u64>(), Some((0, i64::MAX)));
+        assert_eq!(int_range::<i128>(), Some((i64::MIN, i64::MAX)));
+        struct Positive;
+        impl TryFrom<i64> for Positive {
+            type Error = ();
+            fn try_from(n: i64) -> Result<Self, ()> {
+                if n > 0 { Ok(Positive) } else { Err(()) }
+            }
+        }
+        assert!(int_range::<Positive>().is_none());
     }
 }

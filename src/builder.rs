@@ -193,7 +193,7 @@ impl<V: Value> Builder<V> {
             .layer(LockLayer::new().with_stats_of(&dispatcher))
             .layer(CallbackLayer::new(dispatcher.clone()))
             .service(backend);
-        Ok(LiveDict::from_parts(Stack::new(stack), dispatcher, self.default_ttl))
+        Ok(LiveDict::from_parts(Stack::new(stack), dispatcher, self.default_ttl, true))
     }
 
     /// Builds a [`blocking::LiveDict`](crate::blocking::LiveDict) on its own runtime.

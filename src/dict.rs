@@ -43,6 +43,10 @@ pub(crate) struct Inner<V> {
     closed: AtomicBool,
     /// Loads of `get_or_insert_with` in flight (see `single_flight`).
     pub(crate) flights: Flights<V>,
+    /// Whether to offer the backend `Incr` / `CompareAndSet` as one step
+    /// (cleared the first time it answers `Unsupported`; see `atomic.rs`).
+    pub(crate) native_incr: AtomicBool,
+    pub(crate) native_cas: AtomicBool,
 }
 
 impl<V> Drop for Inner<V> {
@@ -138,13 +142,15 @@ impl<V: Value> LiveDict<V> {
         S: tower::Service<Request<V>, Response = Response<V>, Error = Error> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
     {
-        Self::from_parts(Stack::new_boxed(service), dispatcher, None)
+        // A custom service may not know the one-step atomic requests.
+        Self::from_parts(Stack::new_boxed(service), dispatcher, None, false)
     }
 
     pub(crate) fn from_parts(
         service: Stack<V>,
         dispatcher: Dispatcher<V>,
         default_ttl: Option<Duration>,
+        native_atomics: bool,
     ) -> Self {
         LiveDict {
             inner: Arc::new(Inner {
@@ -153,6 +159,8 @@ impl<V: Value> LiveDict<V> {
                 default_ttl,
                 closed: AtomicBool::new(false),
                 flights: Flights::default(),
+                native_incr: AtomicBool::new(native_atomics),
+                native_cas: AtomicBool::new(native_atomics),
             }),
         }
     }

@@ -194,6 +194,45 @@ pub enum Request<V> {
     },
     /// Flush pending writes and stop background drivers.
     Shutdown,
+    /// Store `new` only if the live value equals `expected` (`None`: only if
+    /// the key is missing), in one atomic step of the backend.
+    ///
+    /// Answered with [`Response::Written`]; a backend without such a step
+    /// answers [`Response::Unsupported`] and the handle locks the key
+    /// instead. Used by [`LiveDict::compare_and_set`](crate::LiveDict::compare_and_set)
+    /// on Redis (one script call).
+    CompareAndSet {
+        /// The key.
+        key: String,
+        /// The value the live one must equal, or `None` for "missing".
+        expected: Option<V>,
+        /// The value to store.
+        new: V,
+        /// Time to live of the new value, or `None` for no expiry.
+        ttl: Option<Duration>,
+        /// Equality of two values (`PartialEq`), for backends that compare
+        /// encoded bytes first and must confirm a byte mismatch.
+        eq: fn(&V, &V) -> bool,
+    },
+    /// Add `delta` to the integer stored under `key` (a missing key counts
+    /// as 0) in one atomic step of the backend.
+    ///
+    /// Answered with [`Response::Written`] holding the new value,
+    /// [`Error::Overflow`] if it leaves `range`, or [`Response::Unsupported`]
+    /// (the handle then locks the key instead). Used by
+    /// [`LiveDict::incr`](crate::LiveDict::incr) on Redis (one script call).
+    Incr {
+        /// The key.
+        key: String,
+        /// What to add.
+        delta: i64,
+        /// Time to live of the new value, or `None` for no expiry.
+        ttl: Option<Duration>,
+        /// The smallest and largest integer the value type holds.
+        range: (i64, i64),
+        /// The new integer as a value.
+        value_of: fn(i64) -> Option<V>,
+    },
 }
 
 impl<V> Request<V> {
@@ -215,6 +254,8 @@ impl<V> Request<V> {
             Request::Renew { .. } => "renew",
             Request::Unlock { .. } => "unlock",
             Request::Shutdown => "shutdown",
+            Request::CompareAndSet { .. } => "compare_and_set",
+            Request::Incr { .. } => "incr",
         }
     }
 
@@ -230,7 +271,9 @@ impl<V> Request<V> {
             | Request::Persist { key, .. }
             | Request::Lock { key, .. }
             | Request::Renew { key, .. }
-            | Request::Unlock { key, .. } => Some(key),
+            | Request::Unlock { key, .. }
+            | Request::CompareAndSet { key, .. }
+            | Request::Incr { key, .. } => Some(key),
             Request::Keys | Request::Items | Request::Len | Request::Clear | Request::Shutdown => None,
         }
     }
@@ -242,6 +285,7 @@ impl<V> Request<V> {
             | Request::Delete { key, lock }
             | Request::Expire { key, lock, .. }
             | Request::Persist { key, lock } => Some((key, lock.as_ref())),
+            Request::CompareAndSet { key, .. } | Request::Incr { key, .. } => Some((key, None)),
             _ => None,
         }
     }
@@ -272,6 +316,12 @@ pub enum Response<V> {
     Len(usize),
     /// For `Lock`: the grant.
     Locked(LockGrant),
+    /// For `CompareAndSet` and `Incr`: the value stored, or `None` if the
+    /// comparison failed and nothing was written.
+    Written(Option<V>),
+    /// The backend has no single step for this request; the caller falls
+    /// back to another way (see [`Request::CompareAndSet`]).
+    Unsupported,
     /// For `Set`, `Clear`, `Renew`, `Unlock`, `Shutdown`.
     Done,
 }

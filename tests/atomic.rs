@@ -3,7 +3,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use livedict::{Error, LiveDict};
@@ -161,6 +161,81 @@ for_each_backend! {
         }
         let expected = if ds.len() == 2 { 200 } else { 20 };
         assert_eq!(ds[0].get("k").await.unwrap(), Some(expected), "each update saw the guarded write");
+    }
+
+    async fn incr_and_compare_and_set_wait_for_a_lock_held_elsewhere(h: Harness) {
+        let ds = handles::<u32>(&h).await;
+        ds[0].set("k", 1).await.unwrap();
+        let guard = ds[0].lock("k", Duration::from_secs(5)).await.unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut joins = Vec::new();
+        for d in &ds {
+            let (d, done) = (d.clone(), Arc::clone(&done));
+            joins.push(tokio::spawn(async move {
+                let n = d.incr("k", 1).await.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+                n
+            }));
+        }
+        let (d, cas_done) = (ds[ds.len() - 1].clone(), Arc::clone(&done));
+        let cas = tokio::spawn(async move {
+            // Inserts only if absent: never, the key exists throughout.
+            let stored = d.compare_and_set("k", None, 99).await.unwrap();
+            cas_done.fetch_add(1, Ordering::SeqCst);
+            stored
+        });
+        h.pass(Duration::from_millis(200)).await;
+        assert_eq!(done.load(Ordering::SeqCst), 0, "an incr or compare_and_set passed a held lock");
+        guard.set(10).await.unwrap();
+        guard.unlock().await.unwrap();
+        let mut seen: Vec<u32> = Vec::new();
+        for j in joins {
+            seen.push(j.await.unwrap());
+        }
+        assert!(!cas.await.unwrap());
+        seen.sort_unstable();
+        let expected: Vec<u32> = (11..11 + ds.len() as u32).collect();
+        assert_eq!(seen, expected, "each incr saw the guarded write");
+    }
+
+    async fn incr_past_two_to_the_53_is_exact(h: Harness) {
+        // Beyond what a double holds exactly (Redis scripts add in doubles).
+        let d = h.open::<i64>().await;
+        let big = (1i64 << 60) + 1;
+        d.set("big", big).await.unwrap();
+        assert_eq!(d.incr("big", 2).await.unwrap(), big + 2);
+        assert_eq!(d.get("big").await.unwrap(), Some(big + 2));
+        // Small numbers still add right after the slow path.
+        assert_eq!(d.incr("small", 3).await.unwrap(), 3);
+        assert_eq!(d.incr("small", -(1i64 << 54)).await.unwrap(), 3 - (1i64 << 54));
+    }
+
+    async fn compare_and_set_compares_values_not_their_encoding(h: Harness) {
+        use std::collections::HashMap;
+        let d = h.open::<HashMap<String, u32>>().await;
+        let stored: HashMap<String, u32> = (0..64).map(|i| (format!("f{i}"), i)).collect();
+        d.set("m", stored.clone()).await.unwrap();
+        // The same map, built apart: its iteration (and JSON) order differs from the stored one.
+        let expected: HashMap<String, u32> = (0..64).rev().map(|i| (format!("f{i}"), i)).collect();
+        let mut new = expected.clone();
+        new.insert("added".into(), 1);
+        assert!(d.compare_and_set("m", Some(&expected), new.clone()).await.unwrap());
+        assert_eq!(d.get("m").await.unwrap(), Some(new));
+        assert!(!d.compare_and_set("m", Some(&stored), stored.clone()).await.unwrap());
+    }
+
+    async fn incr_and_compare_and_set_fire_set_events_with_the_new_value(h: Harness) {
+        let d = h.open::<u64>().await;
+        let seen = support::Collector::new();
+        d.register_callback(livedict::EventKind::Set, seen.callback()).unwrap();
+        d.incr("n", 2).await.unwrap();
+        assert!(d.compare_and_set("n", Some(&2), 5).await.unwrap());
+        assert!(!d.compare_and_set("n", Some(&2), 6).await.unwrap()); // no write, no event
+        support::eventually("two set events", || seen.len() >= 2).await;
+        support::settle().await;
+        let set = livedict::EventKind::Set;
+        assert_eq!(seen.events(), vec![(set, "n".to_string(), Some(2)), (set, "n".to_string(), Some(5))]);
+        assert_eq!(d.stats().sets, 2);
     }
 
     async fn atomic_operations_reject_bad_keys(h: Harness) {

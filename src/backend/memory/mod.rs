@@ -490,6 +490,8 @@ impl<V: Value> Shared<V> {
             // In-process locks live in the LockLayer; the memory backend holds no lock state.
             Request::Lock { .. } => Ok(Response::Locked(LockGrant::local())),
             Request::Renew { .. } | Request::Unlock { .. } | Request::Shutdown => Ok(Response::Done),
+            // Atomic through the lock layer (see `atomic.rs`): no step of its own needed.
+            Request::CompareAndSet { .. } | Request::Incr { .. } => Ok(Response::Unsupported),
         }
     }
 }

@@ -41,6 +41,7 @@
 //! - `len()` reads the shards' counters (O(shards) commands); `keys`,
 //!   `items` and `clear` scan the namespace's value keys shard by shard.
 
+mod atomic;
 mod batch;
 mod clock;
 mod config;
@@ -149,6 +150,12 @@ pub(super) enum Status {
     Missing,
     Locked,
     Lost,
+    /// `WRITE_IF`: the comparison failed.
+    No,
+    /// `WRITE_IF`: the sum leaves the value type's range.
+    Range,
+    /// `WRITE_IF`: no single step for this value; lock the key instead.
+    Slow,
 }
 
 /// Builds fred's client pool for `config` (not connected yet).
@@ -406,6 +413,9 @@ impl<V: Value> Shared<V> {
                 Some("MISSING") => Status::Missing,
                 Some("LOCKED") => Status::Locked,
                 Some("LOST") => Status::Lost,
+                Some("NO") => Status::No,
+                Some("RANGE") => Status::Range,
+                Some("SLOW") => Status::Slow,
                 other => {
                     return Err(Error::backend_msg("redis", format!("unexpected status {other:?} for {op}")));
                 }
@@ -557,7 +567,7 @@ impl<V: Value> Shared<V> {
                             op = back;
                         }
                         Status::Lost => return Err(Error::LockLost { key: back.key }),
-                        Status::Ok | Status::Missing => return Ok(Response::Done),
+                        _ => return Ok(Response::Done),
                     }
                 }
             }
@@ -584,6 +594,12 @@ impl<V: Value> Shared<V> {
                 let args = vec![owner(lock), key.clone().into()];
                 let (status, _) = self.write("persist", &self.scripts.persist, &key, args).await?;
                 Ok(Response::Bool(matches!(status, Status::Ok)))
+            }
+            Request::CompareAndSet { key, expected, new, ttl, eq } => {
+                self.compare_and_set(key, expected, new, ttl, eq).await
+            }
+            Request::Incr { key, delta, ttl, range, value_of } => {
+                self.incr(key, delta, ttl, range, value_of).await
             }
             Request::Keys => {
                 let found = self.scan_namespace().await?;

@@ -152,6 +152,8 @@ impl<V: Value> Shared<V> {
             | Request::Delete { key, .. }
             | Request::Expire { key, .. }
             | Request::Persist { key, .. }
+            | Request::CompareAndSet { key, .. }
+            | Request::Incr { key, .. }
             | Request::Lock { key, .. } => Touch::Key(key.clone()),
             Request::Clear | Request::Shutdown => Touch::All,
             _ => Touch::Nothing,

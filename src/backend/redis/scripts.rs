@@ -165,6 +165,71 @@ end
 return out
 "#;
 
+/// `compare_and_set` and `incr` in one step. `ARGV`: mode (`absent`, `eq`
+/// or `incr`), expected codec bytes (`eq`) or delta (`incr`), smallest and
+/// largest allowed result (`incr`), new codec bytes (`absent`, `eq`), ttl_ms
+/// (`''`: none), grace_ms (`''`: none), wake channel, shard, member →
+/// `{status, expired, bytes}`: `OK` with the stored codec bytes, `NO` (the
+/// comparison failed) with the live value's codec bytes or false, `RANGE`
+/// (the sum leaves the range), `SLOW` (the stored value is not a JSON
+/// integer of at most 15 digits, or the sum passes 2^53: the caller takes
+/// the key's lock instead). Unguarded: waits (`LOCKED`) for any lock holder.
+const WRITE_IF: &str = r#"
+local st = lock_state(KEYS[4], '')
+if st then return {st, false, false} end
+local old = redis.call('GET', KEYS[1])
+local now = now_ms()
+local od, body, live, expired = nil, false, false, false
+if old then
+  od = deadline_of(old)
+  body = payload(old, od)
+  if od and od <= now then expired = body else live = true end
+end
+local mode, new = ARGV[1], ARGV[5]
+if mode == 'incr' then
+  local n = 0
+  if live then
+    if #body > 16 or not string.find(body, '^%-?%d+$') then return {'SLOW', false, false} end
+    n = tonumber(body)
+  end
+  local r = n + tonumber(ARGV[2])
+  if math.abs(n) > 999999999999999 or math.abs(r) > 9007199254740992 then return {'SLOW', false, false} end
+  if r < tonumber(ARGV[3]) or r > tonumber(ARGV[4]) then return {'RANGE', false, false} end
+  new = string.format('%.0f', r)
+elseif mode == 'absent' then
+  if live then return {'NO', false, body} end
+elseif not live or body ~= ARGV[2] then
+  return {'NO', false, live and body}
+end
+local member, ttl, d = ARGV[10], ARGV[6], false
+if ttl == '' then
+  redis.call('SET', KEYS[1], '~' .. new)
+else
+  ttl = tonumber(ttl)
+  d = now + ttl
+  if ARGV[7] == '' then
+    redis.call('SET', KEYS[1], header(d) .. new)
+  else
+    redis.call('SET', KEYS[1], header(d) .. new, 'PX', ttl + tonumber(ARGV[7]))
+  end
+end
+if not old then
+  if redis.call('ZSCORE', KEYS[2], member) then
+    expired = '' -- its value was dropped by Redis after the grace period
+    if not d then redis.call('ZREM', KEYS[2], member) end
+  else
+    redis.call('INCR', KEYS[3])
+  end
+elseif od and not d then
+  redis.call('ZREM', KEYS[2], member)
+end
+if d then
+  redis.call('ZADD', KEYS[2], d, member)
+  wake_if_first(KEYS[2], member, ARGV[8], ARGV[9])
+end
+return {'OK', expired, new}
+"#;
+
 /// `ARGV`: owner, member → `{status, expired, removed value}`.
 const DELETE: &str = r#"
 local st = lock_state(KEYS[4], ARGV[1])
@@ -331,6 +396,7 @@ pub(super) struct Scripts {
     pub(super) delete: Script,
     pub(super) expire: Script,
     pub(super) persist: Script,
+    pub(super) write_if: Script,
     pub(super) claim: Script,
     pub(super) lock: Script,
     pub(super) renew: Script,
@@ -347,6 +413,7 @@ impl Scripts {
             delete: with_prelude(DELETE),
             expire: with_prelude(EXPIRE),
             persist: with_prelude(PERSIST),
+            write_if: with_prelude(WRITE_IF),
             claim: Script::from_lua(format!("{LUA_HEADER}{CLAIM}")),
             lock: Script::from_lua(LOCK),
             renew: Script::from_lua(RENEW),

@@ -476,6 +476,8 @@ impl<V: Value> Shared<V> {
                 self.write(WriteOp::Unlock { key, owner: token.as_str().to_owned() }).await?;
                 Ok(Response::Done)
             }
+            // Atomic through the cross-process lock (see `atomic.rs`).
+            Request::CompareAndSet { .. } | Request::Incr { .. } => Ok(Response::Unsupported),
             Request::Shutdown => {
                 // Every acknowledged write is already committed; stop the driver.
                 self.closed.store(true, Ordering::Release);

@@ -16,13 +16,18 @@ pub(super) enum Plan<V> {
     Get(Option<String>),
     Set(Option<(String, V)>),
     Delete(Option<String>),
+    /// A `CompareAndSet` or `Incr`: a `Set` event if it wrote.
+    Written(Option<String>),
     Other,
 }
 
 impl<V> Plan<V> {
     /// Whether an event will be built (some callback listens to its kind).
     fn emits(&self) -> bool {
-        matches!(self, Plan::Get(Some(_)) | Plan::Set(Some(_)) | Plan::Delete(Some(_)))
+        matches!(
+            self,
+            Plan::Get(Some(_)) | Plan::Set(Some(_)) | Plan::Delete(Some(_)) | Plan::Written(Some(_))
+        )
     }
 }
 
@@ -85,6 +90,12 @@ fn report<V: Clone + Send + Sync + 'static>(d: &Dispatcher<V>, plan: Plan<V>, re
             counters.sets.incr();
             if let Some((key, value)) = seed {
                 d.emit(Event::new(EventKind::Set, key, Some(value)));
+            }
+        }
+        (Plan::Written(key), Response::Written(Some(value))) => {
+            counters.sets.incr();
+            if let Some(key) = key {
+                d.emit(Event::new(EventKind::Set, key, Some(value.clone())));
             }
         }
         (Plan::Delete(key), Response::Deleted { removed: true, value }) => {

@@ -55,6 +55,9 @@ where
                 Plan::Set(d.wants(EventKind::Set).then(|| (key.clone(), value.clone())))
             }
             Request::Delete { key, .. } => Plan::Delete(d.wants(EventKind::Delete).then(|| key.clone())),
+            Request::CompareAndSet { key, .. } | Request::Incr { key, .. } => {
+                Plan::Written(d.wants(EventKind::Set).then(|| key.clone()))
+            }
             _ => Plan::Other,
         };
         CallbacksFuture::new(self.inner.call(req), plan, self.dispatcher.clone())
