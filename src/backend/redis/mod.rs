@@ -540,7 +540,7 @@ impl<V: Value> Shared<V> {
             Request::Set { key, value, ttl, lock } => {
                 // Without a TTL the stored bytes are final here; with one, the script adds the deadline.
                 let header: &[u8] = if ttl.is_none() { &[layout::NO_DEADLINE] } else { &[] };
-                let value = Bytes::from(codec.encode_after(&key, &value, header)?);
+                let value = Bytes::from(self.config.encoder().encode_after(&key, &value, header)?);
                 let ttl: RedisValue = ttl.map_or_else(|| "".into(), |t| ms(t).into());
                 let mut op = batch::SetOp { key, value, ttl, owner: owner(lock) };
                 let mut backoff = Duration::from_millis(1);
