@@ -59,6 +59,7 @@ pub struct Builder<V> {
     table: Option<String>,
     lock_lease: Option<Duration>,
     codec: Option<Codec>,
+    verify_codec: Option<bool>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -87,6 +88,7 @@ impl<V: Value> Builder<V> {
             table: None,
             lock_lease: None,
             codec: None,
+            verify_codec: None,
             _value: PhantomData,
         }
     }
@@ -160,6 +162,22 @@ impl<V: Value> Builder<V> {
         self
     }
 
+    /// Whether SQLite and Redis decode every encoded value once before writing
+    /// it (default false; URL option `verify_codec`). With it, a value whose
+    /// `Serialize` output its own `Deserialize` rejects is refused with
+    /// [`Error::Encode`](crate::Error::Encode) and nothing is written, instead
+    /// of being stored and failing every later `get` with
+    /// [`Error::Decode`](crate::Error::Decode). Costs one decode per write.
+    ///
+    /// ```
+    /// let builder = livedict::LiveDict::<f64>::builder().url("sqlite::memory:").verify_codec(true);
+    /// # let _ = builder;
+    /// ```
+    pub fn verify_codec(mut self, on: bool) -> Self {
+        self.verify_codec = Some(on);
+        self
+    }
+
     /// Events each callback may have queued before new ones are dropped and counted.
     pub fn callback_queue_capacity(mut self, events: usize) -> Self {
         self.dispatch = self.dispatch.queue_capacity(events);
@@ -227,6 +245,9 @@ impl<V: Value> Builder<V> {
                 if let Some(codec) = self.codec {
                     config = config.codec(codec);
                 }
+                if let Some(on) = self.verify_codec {
+                    config = config.verify_codec(on);
+                }
                 let share_events = config.shares_events();
                 let backend = SqliteBackend::open(config, sink).await?;
                 if share_events {
@@ -244,6 +265,9 @@ impl<V: Value> Builder<V> {
                 }
                 if let Some(codec) = self.codec {
                     config = config.codec(codec);
+                }
+                if let Some(on) = self.verify_codec {
+                    config = config.verify_codec(on);
                 }
                 let share_events = config.shares_events();
                 let backend = RedisBackend::open(config, sink).await?;

@@ -219,7 +219,7 @@ for_each_backend! {
             }
             Err(e) => panic!("expected Encode, got {e:?}"),
         }
-        // JSON cannot represent non-finite floats (serde_json writes `null`):
+        // JSON cannot represent non-finite floats (the JSON codec refuses them, see tests/codec.rs):
         // whatever the codec does, the outcome is a typed error, never a wrong value or a panic.
         let f = h.open::<f64>().await;
         for (key, x) in [("nan", f64::NAN), ("inf", f64::INFINITY)] {

@@ -58,7 +58,8 @@ impl<V: Value> Shared<V> {
         eq: fn(&V, &V) -> bool,
     ) -> Result<Response<V>> {
         let codec = self.config.codec;
-        let new_bytes = Bytes::from(codec.encode(&key, &new)?);
+        // The new value is checked like every write (`verify_codec`); the expected one is only compared.
+        let new_bytes = Bytes::from(self.config.encoder().encode(&key, &new)?);
         let mut expected_bytes =
             expected.as_ref().map(|v| codec.encode(&key, v)).transpose()?.map(Bytes::from);
         for _ in 0..EQUAL_RETRIES {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, Encoder};
 use crate::error::{Error, Result};
 use crate::url::StoreUrl;
 
@@ -24,6 +24,7 @@ use crate::url::StoreUrl;
 /// | `sweep_ms` | 5000 | safety net: each shard an instance sweeps is re-checked at least this often (at most 2 checks/s in all) even without a wake-up |
 /// | `command_timeout_ms` | 4000 | how long a command may wait (e.g. during a reconnect) before failing |
 /// | `codec` | `json` | value encoding |
+/// | `verify_codec` | `false` | decode every encoded value once before writing it; one that does not decode back is refused (see [`RedisConfig::verify_codec`]) |
 /// | `replica_acks` | none | after each write, wait until this many replicas have it (`WAIT`), see [`RedisConfig::replica_acks`] |
 /// | `replica_ack_timeout_ms` | 1000 | how long a write waits for those replicas before failing |
 /// | `near_cache_ms` | off | keep reads in process for at most this long (see [`RedisConfig::near_cache`]) |
@@ -51,6 +52,7 @@ pub struct RedisConfig {
     pub(super) sweep_interval: Duration,
     pub(super) command_timeout: Duration,
     pub(super) codec: Codec,
+    pub(super) verify_codec: bool,
     pub(super) replica_acks: Option<u32>,
     pub(super) replica_ack_timeout: Duration,
     pub(super) share_events: bool,
@@ -76,6 +78,7 @@ impl RedisConfig {
             sweep_interval: Duration::from_secs(5),
             command_timeout: Duration::from_secs(4),
             codec: Codec::Json,
+            verify_codec: false,
             replica_acks: None,
             replica_ack_timeout: Duration::from_secs(1),
             share_events: false,
@@ -138,6 +141,28 @@ impl RedisConfig {
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
         self
+    }
+
+    /// Decodes every encoded value once (into `V`) before writing it
+    /// (default false). A value whose `Serialize` output its own
+    /// `Deserialize` rejects is then refused with
+    /// [`Error::Encode`] and nothing is written, instead of being stored and
+    /// failing every later read with [`Error::Decode`]. Non-finite floats
+    /// under JSON are refused without it. Costs one decode per write. URL
+    /// option: `verify_codec`.
+    ///
+    /// ```
+    /// let config = livedict::backend::RedisConfig::new("redis://127.0.0.1/").verify_codec(true);
+    /// # let _ = config;
+    /// ```
+    pub fn verify_codec(mut self, on: bool) -> Self {
+        self.verify_codec = on;
+        self
+    }
+
+    /// The encoder of written values (codec and `verify_codec`).
+    pub(super) fn encoder(&self) -> Encoder {
+        Encoder::new(self.codec, self.verify_codec)
     }
 
     /// A safety net for abandoned namespaces (default: none). Normally the
@@ -374,6 +399,9 @@ impl RedisConfig {
         if let Some(name) = url.take("codec") {
             config.codec =
                 Codec::from_name(&name).ok_or_else(|| url.error(format!("unknown codec `{name}`")))?;
+        }
+        if let Some(verify) = url.take_parsed::<bool>("verify_codec")? {
+            config.verify_codec = verify;
         }
         fred::types::config::Config::from_url(&config.server_url)
             .map_err(|e| url.error(format!("not a redis url: {}", e.details())))?;

@@ -550,7 +550,7 @@ impl<V: Value> Shared<V> {
             Request::Set { key, value, ttl, lock } => {
                 // Without a TTL the stored bytes are final here; with one, the script adds the deadline.
                 let header: &[u8] = if ttl.is_none() { &[layout::NO_DEADLINE] } else { &[] };
-                let value = Bytes::from(codec.encode_after(&key, &value, header)?);
+                let value = Bytes::from(self.config.encoder().encode_after(&key, &value, header)?);
                 let spec = batch::SetOp::spec(ttl.map(ms), lock.as_ref().map(|t| t.as_str()));
                 let mut op = batch::SetOp { key, value, spec };
                 let mut backoff = Duration::from_millis(1);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, Encoder};
 use crate::error::{Error, Result};
 use crate::url::StoreUrl;
 
@@ -21,6 +21,7 @@ use crate::url::StoreUrl;
 /// | `poll_ms` | 100 | how often the expiry driver looks for other processes' deadlines |
 /// | `readers` | 2 | read connections (reads never queue behind writes) |
 /// | `codec` | `json` | value encoding |
+/// | `verify_codec` | `false` | decode every encoded value once before writing it; one that does not decode back is refused (see [`SqliteConfig::verify_codec`]) |
 /// | `share_events` | `false` | append events to, and stream events from, the change feed shared by the processes on this file and table (see [`SqliteBackend::share_events`](super::SqliteBackend::share_events)) |
 ///
 /// ```
@@ -39,6 +40,7 @@ pub struct SqliteConfig {
     pub(super) busy_timeout: Duration,
     pub(super) lock_lease: Duration,
     pub(super) codec: Codec,
+    pub(super) verify_codec: bool,
     pub(super) poll_interval: Duration,
     pub(super) readers: usize,
     pub(super) share_events: bool,
@@ -55,6 +57,7 @@ impl SqliteConfig {
             busy_timeout: Duration::from_secs(5),
             lock_lease: Duration::from_secs(30),
             codec: Codec::Json,
+            verify_codec: false,
             poll_interval: Duration::from_millis(100),
             readers: 2,
             share_events: false,
@@ -89,6 +92,28 @@ impl SqliteConfig {
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
         self
+    }
+
+    /// Decodes every encoded value once (into `V`) before writing it
+    /// (default false). A value whose `Serialize` output its own
+    /// `Deserialize` rejects is then refused with
+    /// [`Error::Encode`](crate::Error::Encode) and nothing is written, instead
+    /// of being stored and failing every later read with
+    /// [`Error::Decode`](crate::Error::Decode). Non-finite floats under JSON
+    /// are refused without it. Costs one decode per write. URL option: `verify_codec`.
+    ///
+    /// ```
+    /// let config = livedict::backend::SqliteConfig::new("orders.db").verify_codec(true);
+    /// # let _ = config;
+    /// ```
+    pub fn verify_codec(mut self, on: bool) -> Self {
+        self.verify_codec = on;
+        self
+    }
+
+    /// The encoder of written values (codec and `verify_codec`).
+    pub(super) fn encoder(&self) -> Encoder {
+        Encoder::new(self.codec, self.verify_codec)
     }
 
     /// How often the expiry driver checks for deadlines set by other processes.
@@ -178,6 +203,9 @@ impl SqliteConfig {
         if let Some(name) = url.take("codec") {
             config.codec =
                 Codec::from_name(&name).ok_or_else(|| url.error(format!("unknown codec `{name}`")))?;
+        }
+        if let Some(verify) = url.take_parsed::<bool>("verify_codec")? {
+            config.verify_codec = verify;
         }
         Ok(config)
     }

@@ -419,7 +419,7 @@ impl<V: Value> Shared<V> {
                 ))
             }
             Request::Set { key, value, ttl, lock } => {
-                let value = codec.encode(&key, &value)?;
+                let value = self.config.encoder().encode(&key, &value)?;
                 let expires_at = ttl.map(|t| self.deadline(t));
                 let owner = lock.map(|t| t.as_str().to_owned());
                 self.write(WriteOp::Set { key, value, expires_at, owner }).await?;
