@@ -29,6 +29,10 @@ use crate::request::{Request, Response, validate_key};
 /// ```
 pub const ATOMIC_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Optimistic rounds of [`update`](LiveDict::update) (read, compare-and-set)
+/// before it takes the key's lock.
+const OPTIMISTIC_ATTEMPTS: usize = 4;
+
 /// What a read-modify-write decided to do with the key.
 pub(crate) enum Change<V> {
     /// Leave the key as it is (no write, no event).
@@ -43,12 +47,19 @@ impl<V: Value> LiveDict<V> {
     /// Atomically replaces the value of `key` with `f(current)` and returns
     /// the new value; `f` returning `None` deletes the key.
     ///
-    /// `f` sees the live value (`None` if the key is missing or expired) and
-    /// runs once, under the key's lock, so no other write to the key — from
-    /// this handle, another handle, or (SQLite, Redis) another process — lands
-    /// between the read and the write. Waits up to [`ATOMIC_LOCK_TIMEOUT`] for
-    /// the lock. `f` must not write to `key` itself (that write would wait for
-    /// the lock `update` holds).
+    /// `f` sees the live value (`None` if the key is missing or expired), and
+    /// no other write to the key — from this handle, another handle, or
+    /// (SQLite, Redis) another process — lands between the read and the write.
+    ///
+    /// On Redis the update is optimistic: read, call `f`, store only if the
+    /// stored value is still the one read (one script call that also waits
+    /// for any lock holder), else read again — two round trips without
+    /// contention. So `f` may run more than once, each time on the current
+    /// value, and must not have side effects that must happen once (it is an
+    /// `FnMut`, like `AtomicU64::fetch_update`'s). After a few lost races, a
+    /// delete, or on the other backends, `update` takes the key's lock, reads
+    /// and writes under it (waiting up to [`ATOMIC_LOCK_TIMEOUT`]). `f` must
+    /// not write to `key` itself.
     ///
     /// **TTL:** the new value is stored like [`set`](Self::set) — with the
     /// builder's default TTL if one is configured, otherwise without expiry;
@@ -74,7 +85,7 @@ impl<V: Value> LiveDict<V> {
     /// ```
     pub async fn update<F>(&self, key: impl AsRef<str>, f: F) -> Result<Option<V>>
     where
-        F: FnOnce(Option<V>) -> Option<V>,
+        F: FnMut(Option<V>) -> Option<V>,
     {
         self.update_inner(key.as_ref(), self.inner.default_ttl, f).await
     }
@@ -93,16 +104,43 @@ impl<V: Value> LiveDict<V> {
     /// ```
     pub async fn update_with_ttl<F>(&self, key: impl AsRef<str>, ttl: Duration, f: F) -> Result<Option<V>>
     where
-        F: FnOnce(Option<V>) -> Option<V>,
+        F: FnMut(Option<V>) -> Option<V>,
     {
         crate::request::validate_ttl(ttl)?;
         self.update_inner(key.as_ref(), Some(ttl), f).await
     }
 
-    async fn update_inner<F>(&self, key: &str, ttl: Option<Duration>, f: F) -> Result<Option<V>>
+    async fn update_inner<F>(&self, key: &str, ttl: Option<Duration>, mut f: F) -> Result<Option<V>>
     where
-        F: FnOnce(Option<V>) -> Option<V>,
+        F: FnMut(Option<V>) -> Option<V>,
     {
+        if self.inner.native_cas.load(Ordering::Relaxed) {
+            validate_key(key)?;
+            for _ in 0..OPTIMISTIC_ATTEMPTS {
+                let current = self.get(key).await?;
+                let existed = current.is_some();
+                let Some(new) = f(current.clone()) else {
+                    if existed {
+                        break; // a delete: under the lock
+                    }
+                    return Ok(None);
+                };
+                // Compared as stored bytes only (`V` need not be `PartialEq`):
+                // a value whose encoding is not canonical retries, then locks.
+                let req = Request::CompareAndSet {
+                    key: key.to_owned(),
+                    expected: current,
+                    new: new.clone(),
+                    ttl,
+                    eq: |_, _| false,
+                };
+                match self.one_step(req, &self.inner.native_cas).await? {
+                    Some(Some(_)) => return Ok(Some(new)),
+                    Some(None) => continue, // another write came first: read again
+                    None => break,
+                }
+            }
+        }
         self.read_modify_write(key, ttl, |current| {
             let existed = current.is_some();
             Ok(match f(current) {

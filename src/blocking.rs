@@ -203,7 +203,7 @@ impl<V: Value> LiveDict<V> {
     /// ```
     pub fn update<F>(&self, key: impl AsRef<str>, f: F) -> Result<Option<V>>
     where
-        F: FnOnce(Option<V>) -> Option<V>,
+        F: FnMut(Option<V>) -> Option<V>,
     {
         self.runtime.block_on(self.inner.update(key, f))?
     }
@@ -219,7 +219,7 @@ impl<V: Value> LiveDict<V> {
     /// ```
     pub fn update_with_ttl<F>(&self, key: impl AsRef<str>, ttl: Duration, f: F) -> Result<Option<V>>
     where
-        F: FnOnce(Option<V>) -> Option<V>,
+        F: FnMut(Option<V>) -> Option<V>,
     {
         self.runtime.block_on(self.inner.update_with_ttl(key, ttl, f))?
     }

@@ -205,13 +205,15 @@ impl<V: Value> Builder<V> {
         let dispatcher = Dispatcher::new(self.dispatch.clone())?;
         let backend = self.open_backend(target, &dispatcher).await?;
         let name = backend.name();
+        // Only Redis has single steps for `incr` / `compare_and_set` (see `atomic.rs`).
+        let native_atomics = name == "redis";
         let stack = tower::ServiceBuilder::new()
             .layer(TraceLayer::new(name))
             .layer(TimeoutLayer::new(self.request_timeout))
             .layer(LockLayer::new().with_stats_of(&dispatcher))
             .layer(CallbackLayer::new(dispatcher.clone()))
             .service(backend);
-        Ok(LiveDict::from_parts(Stack::new(stack), dispatcher, self.default_ttl, true))
+        Ok(LiveDict::from_parts(Stack::new(stack), dispatcher, self.default_ttl, native_atomics))
     }
 
     /// Builds a [`blocking::LiveDict`](crate::blocking::LiveDict) on its own runtime.

@@ -43,6 +43,7 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
     };
     let opts = std::env::var("COMPARE_REDIS_OPTS").unwrap_or_default();
     throughput(rep, o, "redis", &server.raw_url(), &|ns| server.url(ns));
+    atomics(rep, o, "redis", &server.raw_url(), &server.url("atomics"));
     memory(rep, o, server);
     idle(rep, "redis", &[server.inner.port()], &server.url("idle"));
     // The same rows on a local 3-master cluster, raw fred on the same cluster.
@@ -50,6 +51,7 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
         Some(cluster) => {
             let url = cluster.url();
             throughput(rep, o, "cluster", &url, &|ns| format!("{url}&namespace={ns}{opts}"));
+            atomics(rep, o, "cluster", &url, &format!("{url}&namespace=atomics{opts}"));
             let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
             idle(rep, "cluster", &ports, &format!("{url}&namespace=idle{opts}"));
             spread(rep, &cluster, &format!("{url}&namespace=spread{opts}"));
@@ -223,6 +225,81 @@ fn spread(rep: &mut Report, cluster: &crate::redis_server::RedisCluster, url: &s
 }
 
 /// set / get rows against raw fred on the same server or cluster.
+/// `incr` and `compare_and_set`, one task, against raw fred `INCR` (one
+/// round trip): a ratio near the `set` row's means one round trip each
+/// (they were lock, get, set, unlock: four).
+fn atomics(rep: &mut Report, o: &Opts, backend: &str, raw_url: &str, live_url: &str) {
+    let n = o.pick(2_000, 10_000);
+    let keys = Arc::new(keys(100));
+    let rt = runtime();
+    let raw = raw_client(&rt, raw_url);
+    let d: LiveDict<i64> = rt.block_on(LiveDict::open(live_url)).expect("redis store");
+    let raw_op = || {
+        on_tasks(&rt, 1, |_| {
+            let (c, keys) = (raw.clone(), Arc::clone(&keys));
+            async move {
+                for i in 0..n {
+                    let _: i64 = c.incr(keys[i % keys.len()].as_str()).await.expect("INCR");
+                }
+            }
+        })
+    };
+    let incr_op = || {
+        on_tasks(&rt, 1, |_| {
+            let (d, keys) = (d.clone(), Arc::clone(&keys));
+            async move {
+                for i in 0..n {
+                    black_box(d.incr(&keys[i % keys.len()], 1).await.expect("incr"));
+                }
+            }
+        })
+    };
+    let cas_op = || {
+        on_tasks(&rt, 1, |_| {
+            let (d, keys) = (d.clone(), Arc::clone(&keys));
+            async move {
+                let mut seen = vec![None; keys.len()];
+                for i in 0..n {
+                    let k = i % keys.len();
+                    let next = seen[k].map_or(0, |v: i64| v + 1);
+                    assert!(
+                        d.compare_and_set(&keys[k], seen[k].as_ref(), next).await.expect("cas"),
+                        "no other writer"
+                    );
+                    seen[k] = Some(next);
+                }
+            }
+        })
+    };
+    let update_op = || {
+        on_tasks(&rt, 1, |_| {
+            let (d, keys) = (d.clone(), Arc::clone(&keys));
+            async move {
+                for i in 0..n {
+                    black_box(
+                        d.update(&keys[i % keys.len()], |v| Some(v.unwrap_or(0) + 1)).await.expect("update"),
+                    );
+                }
+            }
+        })
+    };
+    let rounds = o.pick(2, 5);
+    let note =
+        "1 task; raw: fred INCR (one round trip); livedict: one script call, waits for any lock holder";
+    let (r, l) = crate::best_pair(rounds, n, raw_op, incr_op);
+    rep.ops("redis", backend, "incr", 1, l, Some(r), Target::Ratio(0.6), note);
+    rt.block_on(d.clear()).expect("clear");
+    let (r, l) = crate::best_pair(rounds, n, raw_op, cas_op);
+    rep.ops("redis", backend, "compare_and_set", 1, l, Some(r), Target::Ratio(0.6), note);
+    let (r, l) = crate::best_pair(rounds, n, raw_op, update_op);
+    let note = "1 task; raw: fred INCR; livedict: optimistic, GET then one compare-and-set script call";
+    rep.ops("redis", backend, "update (optimistic)", 1, l, Some(r), Target::Ratio(0.4), note);
+    rt.block_on(async {
+        d.shutdown().await.expect("shutdown");
+        let _ = raw.quit().await;
+    });
+}
+
 fn throughput(rep: &mut Report, o: &Opts, backend: &str, raw_url: &str, live_url: &dyn Fn(&str) -> String) {
     let n = o.pick(2_000, 10_000);
     let many_ops = o.pick(20_000, 100_000);
