@@ -212,12 +212,14 @@ impl RedisConfig {
 
     /// Turns on the near cache: reads are kept in process (moka, up to
     /// 10,000 entries, see [`near_cache_capacity`](Self::near_cache_capacity))
-    /// so repeated reads of a key cost no round trip, while a change made by
-    /// another process is seen at most `max_staleness` later (sooner with
-    /// `share_events=true` on every process: their events drop the key at
-    /// once). Values are never returned past their own deadline; writes
-    /// through this store are seen at once (read-your-writes); reads under a
-    /// lock always go to Redis. URL option: `near_cache_ms`.
+    /// so repeated reads of a key cost no round trip. Redis keeps it coherent
+    /// (client tracking in broadcast mode, on a RESP3 connection of its own
+    /// per node): a change made anywhere drops the key about one round trip
+    /// later; `max_staleness` bounds any entry's age on top of that. Values
+    /// are never returned past their own deadline; writes through this store
+    /// are seen at once (read-your-writes); reads under a lock always go to
+    /// Redis; while tracking is being restored the cache serves nothing.
+    /// URL option: `near_cache_ms`.
     ///
     /// ```
     /// use std::time::Duration;

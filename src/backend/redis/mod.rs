@@ -50,6 +50,7 @@ mod layout;
 mod near;
 mod scripts;
 mod sweeper;
+mod tracking;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -236,6 +237,12 @@ impl<V: Value> RedisBackend<V> {
             shared.sync_clock().await
         };
         if let Err(e) = opened.await {
+            let _ = shared.pool.quit().await;
+            return Err(e);
+        }
+        if let Some(near) = shared.near.clone()
+            && let Err(e) = tracking::start(&shared, near, cancel.clone()).await
+        {
             let _ = shared.pool.quit().await;
             return Err(e);
         }

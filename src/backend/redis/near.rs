@@ -9,9 +9,12 @@
 //! - Writes through this store (set, delete, expire, persist, clear) drop the
 //!   key from the cache when they complete, and a read that raced with one
 //!   does not fill the cache with what it read: read-your-writes holds.
-//! - A change made by another process is seen at the latest `bound` after it
-//!   happened (each entry lives at most `bound`); with `share_events=true` on
-//!   the processes of the namespace, their events also drop the key at once.
+//! - A change made anywhere else (another process, a script, `redis-cli`,
+//!   an expiry or eviction in Redis) drops the key about one round trip after
+//!   it happened: Redis pushes the key's name to this store's tracking
+//!   connection (`CLIENT TRACKING … BCAST`, see `tracking.rs`). While that
+//!   connection is down or being restored, the cache is empty and reads go to
+//!   Redis; `bound` stays an upper bound on how long any entry is served.
 //! - Taking a key's lock drops it from the cache, so reads under a lock
 //!   ([`KeyGuard::get`](crate::KeyGuard::get), and with it `update`, `incr`,
 //!   `compare_and_set`, `get_or_insert_with`) always see the current value.
@@ -47,6 +50,8 @@ pub(super) struct NearCache<V> {
 
 struct NearInner<V> {
     cache: moka::sync::Cache<String, Entry<V>>,
+    /// Whether Redis's invalidation pushes are flowing (see `tracking.rs`).
+    tracking: Arc<super::tracking::TrackingState>,
     epochs: [AtomicU64; STRIPES],
     hasher: std::collections::hash_map::RandomState,
     bound: Duration,
@@ -84,11 +89,17 @@ impl<V: Value> NearCache<V> {
         NearCache {
             inner: Arc::new(NearInner {
                 cache,
+                tracking: Default::default(),
                 epochs: std::array::from_fn(|_| AtomicU64::new(0)),
                 hasher: Default::default(),
                 bound: config.bound,
             }),
         }
+    }
+
+    /// Whether the cache may serve and fill (tracking is on, no push lost since).
+    pub(super) fn tracking(&self) -> Arc<super::tracking::TrackingState> {
+        Arc::clone(&self.inner.tracking)
     }
 
     fn stripe(&self, key: &str) -> &AtomicU64 {
@@ -112,6 +123,13 @@ impl<V: Value> NearCache<V> {
 
     /// A `Get`: from the cache, else one atomic read that fills it.
     async fn get(&self, shared: &Shared<V>, key: String) -> Result<Response<V>> {
+        if !self.inner.tracking.is_live() {
+            // Invalidations may be lost: read through, fill nothing.
+            let live = shared.read(&key).await?;
+            return Ok(Response::Value(
+                live.map(|(_, body)| shared.config.codec.decode(&key, &body)).transpose()?,
+            ));
+        }
         if let Some(entry) = self.inner.cache.get(&key) {
             return Ok(Response::Value(Some(entry.value)));
         }
