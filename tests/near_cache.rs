@@ -227,6 +227,18 @@ redis_test! {
         eventually_reads(&near, "k", Some(3)).await;
     }
 
+    async fn shutdown_closes_the_tracking_connections_too(h: Harness) {
+        let near = open_with(&h, "near_cache_ms=60000").await;
+        near.set("k", 1).await.unwrap();
+        assert_eq!(near.get("k").await.unwrap(), Some(1));
+        near.shutdown().await.unwrap();
+        let started = std::time::Instant::now();
+        while h.redis_connections() > 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "connections left open after shutdown");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn a_zero_bound_is_rejected(h: Harness) {
         let r = LiveDict::<u32>::open(&format!("{}&near_cache_ms=0", h.url())).await;
         assert!(matches!(r, Err(Error::InvalidUrl { .. })));
