@@ -120,18 +120,7 @@ async fn one_namespace_spreads_over_every_master() {
         .into_iter()
         .map(|i| {
             let node = &cluster.nodes()[i];
-            let mut count = 0;
-            let mut cursor = "0".to_string();
-            loop {
-                let reply =
-                    node.command(&["SCAN", &cursor, "MATCH", "ld:{spread:*}:v:*", "COUNT", "1000"]).unwrap();
-                let mut lines = reply.lines();
-                cursor = lines.next().unwrap().to_owned();
-                count += lines.count();
-                if cursor == "0" {
-                    break;
-                }
-            }
+            let count = support::redis_server::scan(node.port(), "ld:{spread:*}:v:*").len();
             (node.port(), count)
         })
         .collect();

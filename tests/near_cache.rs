@@ -10,18 +10,7 @@ use support::Harness;
 
 /// `GET` commands the Redis servers behind `h` have run (scripts' included).
 fn gets(h: &Harness) -> u64 {
-    h.redis_ports()
-        .into_iter()
-        .map(|port| {
-            let stats = support::redis_server::command(port, &["INFO", "commandstats"]).unwrap_or_default();
-            stats
-                .lines()
-                .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
-                .and_then(|rest| rest.split(',').next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
+    support::redis_server::command_calls(&h.redis_ports(), "get")
 }
 
 /// The port of the node that holds `key` (the only node on a single server).

@@ -188,22 +188,7 @@ fn spread(rep: &mut Report, cluster: &crate::redis_server::RedisCluster, url: &s
         .current_masters()
         .into_iter()
         .map(|i| {
-            let port = cluster.nodes()[i].port();
-            let mut count = 0usize;
-            let mut cursor = "0".to_string();
-            loop {
-                let reply = crate::redis_server::command(
-                    port,
-                    &["SCAN", &cursor, "MATCH", "ld:{spread:*}:v:*", "COUNT", "1000"],
-                )
-                .expect("SCAN");
-                let mut lines = reply.lines();
-                cursor = lines.next().unwrap_or("0").to_owned();
-                count += lines.count();
-                if cursor == "0" {
-                    break;
-                }
-            }
+            let count = crate::redis_server::scan(cluster.nodes()[i].port(), "ld:{spread:*}:v:*").len();
             count as f64 * 100.0 / f64::from(n)
         })
         .collect();
@@ -308,19 +293,7 @@ fn atomics(rep: &mut Report, o: &Opts, backend: &str, raw_url: &str, live_url: &
 
 /// `GET` commands the servers on `ports` have run so far.
 fn gets(ports: &[u16]) -> u64 {
-    ports
-        .iter()
-        .map(|&port| {
-            let stats =
-                crate::redis_server::command(port, &["INFO", "commandstats"]).expect("INFO commandstats");
-            stats
-                .lines()
-                .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
-                .and_then(|rest| rest.split(',').next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
+    crate::redis_server::command_calls(ports, "get")
 }
 
 fn throughput(

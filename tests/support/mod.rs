@@ -119,22 +119,7 @@ impl Harness {
 
     /// Keys matching `pattern` on every Redis server behind this store (`SCAN`).
     pub fn redis_keys_matching(&self, pattern: &str) -> Vec<String> {
-        let mut all = Vec::new();
-        for port in self.redis_ports() {
-            let mut cursor = "0".to_string();
-            loop {
-                let reply =
-                    redis_server::command(port, &["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"])
-                        .expect("SCAN");
-                let mut lines = reply.lines();
-                cursor = lines.next().unwrap_or("0").to_owned();
-                all.extend(lines.map(str::to_owned));
-                if cursor == "0" {
-                    break;
-                }
-            }
-        }
-        all
+        self.redis_ports().into_iter().flat_map(|port| redis_server::scan(port, pattern)).collect()
     }
 
     /// Client connections open on the Redis servers behind this store (not counting the one asking).

@@ -172,6 +172,39 @@ pub fn info_field(info: &str, field: &str) -> Option<String> {
     info.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(|v| v.trim().to_owned()))
 }
 
+/// Every key on the server on `port` that matches `pattern` (a `SCAN` loop).
+pub fn scan(port: u16, pattern: &str) -> Vec<String> {
+    let mut all = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let reply = command(port, &["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"]).expect("SCAN");
+        let mut lines = reply.lines();
+        cursor = lines.next().unwrap_or("0").to_owned();
+        all.extend(lines.map(str::to_owned));
+        if cursor == "0" {
+            return all;
+        }
+    }
+}
+
+/// How many times the servers on `ports` ran `command` (lower case, e.g.
+/// `get`; calls from scripts included), from `INFO commandstats`.
+pub fn command_calls(ports: &[u16], command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    ports
+        .iter()
+        .map(|&port| {
+            let stats = self::command(port, &["INFO", "commandstats"]).unwrap_or_default();
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 // ---------------------------------------------------------------------------
 // One server
 
@@ -472,17 +505,6 @@ impl RedisCluster {
     pub fn master_of_slot(&self, slot: u16) -> Option<usize> {
         (0..self.nodes.len())
             .find(|&i| self.nodes[i].pid().is_some() && owns_slot(self.nodes[i].port(), slot))
-    }
-
-    /// Keys per running master (`DBSIZE`), in node order.
-    pub fn keys_per_master(&self) -> Vec<(u16, u64)> {
-        self.current_masters()
-            .into_iter()
-            .map(|i| {
-                let n = &self.nodes[i];
-                (n.port(), n.command(&["DBSIZE"]).ok().and_then(|s| s.parse().ok()).unwrap_or(0))
-            })
-            .collect()
     }
 }
 
