@@ -335,6 +335,7 @@
 //! callback and a locked counter; feature `tower-sessions`). Run one with
 //! `cargo run --example quickstart`.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod atomic;
@@ -349,9 +350,11 @@ pub mod event;
 mod guard;
 pub mod layer;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 pub mod request;
 #[cfg(feature = "tower-sessions")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower-sessions")))]
 pub mod sessions;
 mod single_flight;
 mod stack;
