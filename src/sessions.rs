@@ -83,7 +83,7 @@
 //!
 //! let dict = LiveDict::builder().url("redis://127.0.0.1:6379/0").namespace("sessions").build().await?;
 //! let layer = SessionManagerLayer::new(LiveDictStore::new(dict))
-//!     .with_expiry(Expiry::OnInactivity(time::Duration::minutes(30)));
+//!     .with_expiry(Expiry::OnInactivity(tower_sessions::cookie::time::Duration::minutes(30)));
 //! let app: Router = Router::new().route("/", get(visits)).layer(layer);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await?;
