@@ -1,5 +1,5 @@
 //! Atomic read-modify-write on one key: [`LiveDict::update`], [`LiveDict::incr`],
-//! [`LiveDict::compare_and_set`].
+//! [`LiveDict::compare_and_set`], [`LiveDict::compare_and_set_with_ttl`].
 //!
 //! On Redis, `incr` and `compare_and_set` are one script call that checks
 //! the key's lock like any write ([`Request::Incr`], [`Request::CompareAndSet`]).
@@ -174,8 +174,49 @@ impl<V: Value> LiveDict<V> {
     where
         V: PartialEq,
     {
-        let key = key.as_ref();
-        let ttl = self.inner.default_ttl;
+        self.compare_and_set_inner(key.as_ref(), expected, new, self.inner.default_ttl).await
+    }
+
+    /// Like [`compare_and_set`](Self::compare_and_set), but a stored value
+    /// expires `ttl` from now: the comparison, the write and the deadline
+    /// are one atomic step (no moment where the new value lives without its
+    /// deadline). `compare_and_set_with_ttl(key, None, v, ttl)` is an atomic
+    /// insert-if-absent with a TTL.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use std::time::Duration;
+    /// let d = livedict::LiveDict::<String>::open("memory://").await?;
+    /// let lease = Duration::from_secs(10);
+    /// assert!(d.compare_and_set_with_ttl("leader", None, "node-a".into(), lease).await?);
+    /// assert!(!d.compare_and_set_with_ttl("leader", None, "node-b".into(), lease).await?);
+    /// assert!(d.ttl("leader").await?.is_some_and(|left| left <= lease));
+    /// # Ok(()) }
+    /// ```
+    pub async fn compare_and_set_with_ttl(
+        &self,
+        key: impl AsRef<str>,
+        expected: Option<&V>,
+        new: V,
+        ttl: Duration,
+    ) -> Result<bool>
+    where
+        V: PartialEq,
+    {
+        crate::request::validate_ttl(ttl)?;
+        self.compare_and_set_inner(key.as_ref(), expected, new, Some(ttl)).await
+    }
+
+    async fn compare_and_set_inner(
+        &self,
+        key: &str,
+        expected: Option<&V>,
+        new: V,
+        ttl: Option<Duration>,
+    ) -> Result<bool>
+    where
+        V: PartialEq,
+    {
         if self.inner.native_cas.load(Ordering::Relaxed) {
             validate_key(key)?;
             let req = Request::CompareAndSet {

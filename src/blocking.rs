@@ -253,6 +253,28 @@ impl<V: Value> LiveDict<V> {
         self.runtime.block_on(self.inner.compare_and_set(key, expected, new))?
     }
 
+    /// See [`crate::LiveDict::compare_and_set_with_ttl`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// assert!(d.compare_and_set_with_ttl("k", None, 1, Duration::from_secs(5))?);
+    /// assert!(d.ttl("k")?.is_some());
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn compare_and_set_with_ttl(
+        &self,
+        key: impl AsRef<str>,
+        expected: Option<&V>,
+        new: V,
+        ttl: Duration,
+    ) -> Result<bool>
+    where
+        V: PartialEq,
+    {
+        self.runtime.block_on(self.inner.compare_and_set_with_ttl(key, expected, new, ttl))?
+    }
+
     /// See [`crate::LiveDict::get_or_insert_with`]; the loader is a plain
     /// closure, run on the thread of one of the waiting callers.
     ///

@@ -107,6 +107,7 @@ impl<V: Value> Builder<V> {
 
     /// Uses an SQLite file at `path` (`":memory:"` for a private in-memory database).
     #[cfg(feature = "sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
     pub fn sqlite(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.target = Ok(Target::Sqlite(SqliteConfig::new(path)));
         self
@@ -115,6 +116,7 @@ impl<V: Value> Builder<V> {
     /// Uses the Redis server at `url` (`redis://`, `rediss://`, `redis-cluster://`,
     /// `redis-sentinel://`; URL options allowed).
     #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(self, url: &str) -> Self {
         self.url(url)
     }

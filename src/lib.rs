@@ -325,14 +325,17 @@
 //! | `redis-tls` | no | TLS for `rediss://` (rustls); without it a `rediss://` URL is [`Error::InvalidUrl`], never plaintext |
 //! | `msgpack` | no | [`Codec`]'s MessagePack variant |
 //! | `metrics` | no | export of [`Stats`] through the `metrics` facade |
+//! | `tower-sessions` | no | `sessions::LiveDictStore`, a [`tower-sessions`](https://docs.rs/tower-sessions) session store on any backend, whose `Expire` events carry each ended session |
 //!
 //! # Examples
 //!
 //! `examples/` in the repository: `quickstart`, `blocking`, `sqlite`, `redis`,
 //! `tower_stack` (third-party middleware) and `axum_session_store` (an axum
-//! server keeping sessions with a TTL, an expire callback and a locked
-//! counter). Run one with `cargo run --example quickstart`.
+//! server keeping `tower-sessions` sessions in livedict, with an expire
+//! callback and a locked counter; feature `tower-sessions`). Run one with
+//! `cargo run --example quickstart`.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod atomic;
@@ -347,8 +350,12 @@ pub mod event;
 mod guard;
 pub mod layer;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 pub mod request;
+#[cfg(feature = "tower-sessions")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower-sessions")))]
+pub mod sessions;
 mod single_flight;
 mod stack;
 pub mod stats;

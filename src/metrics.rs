@@ -112,6 +112,7 @@ pub fn record(stats: &Stats, store: &str) {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 impl<V: Value> LiveDict<V> {
     /// Copies this store's [`stats`](LiveDict::stats) into the `metrics`
     /// facade's current recorder (cargo feature `metrics`): each counter of

@@ -64,6 +64,26 @@ for_each_backend! {
         assert_eq!(d.get("k").await.unwrap().as_deref(), Some("b"));
     }
 
+    async fn compare_and_set_with_ttl_writes_with_a_deadline_only_on_a_match(h: Harness) {
+        let d = h.open::<String>().await;
+        let long = Duration::from_secs(60);
+        d.set_with_ttl("k", "a".into(), long).await.unwrap();
+        assert!(!d.compare_and_set_with_ttl("k", None, "b".into(), h.short_ttl()).await.unwrap());
+        assert!(d.ttl("k").await.unwrap().unwrap() > h.short_ttl(), "a failed comparison keeps the deadline");
+        assert!(d.compare_and_set_with_ttl("k", Some(&"a".to_string()), "b".into(), h.short_ttl()).await.unwrap());
+        assert!(d.compare_and_set_with_ttl("new", None, "c".into(), h.short_ttl()).await.unwrap());
+        for key in ["k", "new"] {
+            assert!(d.ttl(key).await.unwrap().unwrap() <= h.short_ttl(), "{key}");
+        }
+        h.pass(h.short_ttl() + h.grace()).await;
+        assert_eq!(d.get("k").await.unwrap(), None);
+        assert_eq!(d.get("new").await.unwrap(), None);
+        assert!(matches!(
+            d.compare_and_set_with_ttl("k", None, "x".into(), Duration::ZERO).await,
+            Err(Error::InvalidTtl { .. })
+        ));
+    }
+
     async fn exactly_one_of_many_concurrent_inserts_if_absent_wins(h: Harness) {
         let ds = handles::<u32>(&h).await;
         let mut joins = Vec::new();

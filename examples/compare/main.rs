@@ -3,7 +3,7 @@
 //! ratios.
 //!
 //! ```text
-//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size] [--json]
+//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size] [--json] [--svg DIR]
 //! ```
 //!
 //! - `memory`: `get` / `set` / `set_with_ttl` through the full default stack
@@ -27,7 +27,10 @@
 //! Workload everywhere: keys `k0..kN` built before timing, 100-byte `String`
 //! values. Throughputs are the best of several rounds, raw and livedict
 //! alternating, so both see the same machine. Output: one JSON object per row
-//! (stdout), then a table (skipped with `--json`).
+//! (stdout), then a table (skipped with `--json`). With `--svg DIR`, also two
+//! charts drawn with `plotters` (see `svg.rs`): `DIR/ratios.svg` (livedict ÷
+//! raw per row, targets marked) and `DIR/expire_lateness.svg` (the CDF of
+//! expire lateness per backend and scenario).
 
 mod alloc;
 mod callback;
@@ -38,8 +41,10 @@ mod redis;
 mod redis_server;
 mod report;
 mod sqlite;
+mod svg;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use report::Report;
@@ -55,11 +60,13 @@ pub struct Opts {
     pub quick: bool,
     pub json_only: bool,
     only: Option<Vec<String>>,
+    /// Where `--svg` writes the charts.
+    svg: Option<PathBuf>,
 }
 
 impl Opts {
     fn parse() -> Opts {
-        let mut o = Opts { quick: false, json_only: false, only: None };
+        let mut o = Opts { quick: false, json_only: false, only: None, svg: None };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -69,9 +76,18 @@ impl Opts {
                     let list = args.next().unwrap_or_else(|| die("--only needs a list"));
                     o.only = Some(list.split(',').map(|s| s.trim().to_owned()).collect());
                 }
+                "--svg" => {
+                    let dir = args.next().unwrap_or_else(|| die("--svg needs a directory"));
+                    o.svg = Some(PathBuf::from(dir));
+                }
                 "-h" | "--help" => {
                     println!(
-                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size] [--json]"
+                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size] [--json] [--svg DIR]\n\n\
+                         --quick        fewer keys and rounds (~1 min instead of ~7)\n\
+                         --only LIST    run only these suites (comma-separated)\n\
+                         --json         print only the JSON rows, no table\n\
+                         --svg DIR      also write DIR/ratios.svg (livedict / raw per row, targets marked)\n\
+                         \x20              and DIR/expire_lateness.svg (expire lateness CDF per backend)"
                     );
                     std::process::exit(0);
                 }
@@ -222,4 +238,14 @@ fn main() {
     }
     drop(server);
     rep.table(started.elapsed());
+    if let Some(dir) = &o.svg {
+        match svg::write(&rep, dir) {
+            Ok(files) => {
+                for f in files {
+                    eprintln!("compare: wrote {}", f.display());
+                }
+            }
+            Err(e) => die(&format!("--svg {}: {e}", dir.display())),
+        }
+    }
 }

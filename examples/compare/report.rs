@@ -25,6 +25,58 @@ pub enum Target {
 pub struct Report {
     json_only: bool,
     rows: Vec<J>,
+    /// Rows with a livedict ÷ raw ratio, for the ratio chart (`--svg`).
+    pub bars: Vec<Bar>,
+    /// Each expire row's lateness samples, for the CDF chart (`--svg`).
+    pub lateness: Vec<Lateness>,
+}
+
+/// One row's livedict ÷ raw ratio.
+pub struct Bar {
+    /// Suite, backend, op and tasks, as in the table.
+    pub label: String,
+    pub ratio: f64,
+    /// The ratio the row must reach (`>=`) or stay under (`<=`), if any.
+    pub target: Option<Bound>,
+    pub meets: Option<bool>,
+}
+
+/// A target on a ratio.
+#[derive(Clone, Copy)]
+pub enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Bound {
+    pub fn value(self) -> f64 {
+        match self {
+            Bound::AtLeast(x) | Bound::AtMost(x) => x,
+        }
+    }
+
+    /// A ratio target from a row's `target` text: `>= 0.6x raw`, `<= 1.5x HashMap…`.
+    fn parse(target: &str) -> Option<Bound> {
+        let (at_least, rest) = if let Some(rest) = target.strip_prefix(">= ") {
+            (true, rest)
+        } else {
+            (false, target.strip_prefix("<= ")?)
+        };
+        let (number, after) = rest.split_once('x')?;
+        if !(after.is_empty() || after.starts_with(' ')) {
+            return None;
+        }
+        let x: f64 = number.parse().ok()?;
+        Some(if at_least { Bound::AtLeast(x) } else { Bound::AtMost(x) })
+    }
+}
+
+/// The lateness of every `Expire` event of one expire row.
+pub struct Lateness {
+    pub backend: String,
+    pub op: String,
+    /// Milliseconds after the deadline, sorted ascending.
+    pub sorted_ms: Vec<f64>,
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -44,7 +96,7 @@ fn rate(x: f64) -> String {
 
 impl Report {
     pub fn new(json_only: bool) -> Self {
-        Report { json_only, rows: Vec::new() }
+        Report { json_only, rows: Vec::new(), bars: Vec::new(), lateness: Vec::new() }
     }
 
     pub fn meta(&mut self, o: &Opts) {
@@ -60,6 +112,19 @@ impl Report {
 
     fn emit(&mut self, row: J) {
         println!("{row}");
+        if let Some(ratio) = row.get("ratio").and_then(J::as_f64) {
+            let s = |k: &str| row.get(k).and_then(J::as_str).unwrap_or("").to_owned();
+            let tasks = match row.get("tasks").and_then(J::as_u64) {
+                Some(t) => format!(", {t} task{}", if t == 1 { "" } else { "s" }),
+                None => String::new(),
+            };
+            self.bars.push(Bar {
+                label: format!("{} {}: {}{tasks}", s("suite"), s("backend"), s("op")),
+                ratio,
+                target: Bound::parse(&s("target")),
+                meets: row.get("meets").and_then(J::as_bool),
+            });
+        }
         self.rows.push(row);
     }
 
@@ -124,6 +189,7 @@ impl Report {
         note: &str,
     ) {
         late_ms.sort_by(f64::total_cmp);
+        self.lateness.push(Lateness { backend: backend.into(), op: op.into(), sorted_ms: late_ms.to_vec() });
         let pct = |p: f64| {
             (!late_ms.is_empty())
                 .then(|| late_ms[((p / 100.0) * (late_ms.len() - 1) as f64).round() as usize])

@@ -33,6 +33,7 @@ pub enum Codec {
     Json,
     /// MessagePack via `rmp-serde` (cargo feature `msgpack`).
     #[cfg(feature = "msgpack")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "msgpack")))]
     MessagePack,
 }
 
