@@ -296,13 +296,14 @@ impl<V: Value> LiveDict<V> {
     /// `Some` with what it wrote, or `None` if it has no such step (then
     /// `native` is cleared, so this handle locks the key from now on).
     async fn one_step(&self, req: Request<V>, native: &AtomicBool) -> Result<Option<Option<V>>> {
+        let op = req.op();
         match self.call(req).await? {
             Response::Written(written) => Ok(Some(written)),
             Response::Unsupported => {
                 native.store(false, Ordering::Relaxed);
                 Ok(None)
             }
-            _ => Err(Response::<V>::mismatch("incr")),
+            _ => Err(Response::<V>::mismatch(op)),
         }
     }
 

@@ -234,15 +234,13 @@ impl<V: Value> RedisBackend<V> {
         });
         let opened = async {
             shared.check_layout().await?;
-            shared.sync_clock().await
+            shared.sync_clock().await?;
+            match shared.near.clone() {
+                Some(near) => tracking::start(&shared, near, cancel.clone()).await,
+                None => Ok(()),
+            }
         };
         if let Err(e) = opened.await {
-            let _ = shared.pool.quit().await;
-            return Err(e);
-        }
-        if let Some(near) = shared.near.clone()
-            && let Err(e) = tracking::start(&shared, near, cancel.clone()).await
-        {
             let _ = shared.pool.quit().await;
             return Err(e);
         }

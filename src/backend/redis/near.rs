@@ -124,11 +124,8 @@ impl<V: Value> NearCache<V> {
     /// A `Get`: from the cache, else one atomic read that fills it.
     async fn get(&self, shared: &Shared<V>, key: String) -> Result<Response<V>> {
         if !self.inner.tracking.is_live() {
-            // Invalidations may be lost: read through, fill nothing.
-            let live = shared.read(&key).await?;
-            return Ok(Response::Value(
-                live.map(|(_, body)| shared.config.codec.decode(&key, &body)).transpose()?,
-            ));
+            // Invalidations may be lost: a plain read, filling nothing.
+            return shared.handle(Request::Get { key }).await;
         }
         if let Some(entry) = self.inner.cache.get(&key) {
             return Ok(Response::Value(Some(entry.value)));

@@ -56,24 +56,27 @@ fn prefixes(layout: &Layout) -> Vec<String> {
 }
 
 /// Turns on broadcast tracking of `prefixes` on every node `client` is
-/// connected to (off first: a connection that still tracks refuses the same
-/// prefixes again).
+/// connected to.
 async fn enable(client: &Client, prefixes: &[String]) -> std::result::Result<(), fred::error::Error> {
-    let none: Vec<String> = Vec::new();
     let nodes = client.active_connections();
     if !client.is_clustered() || nodes.is_empty() {
-        let _: RedisValue = client.client_tracking("off", None, none, false, false, false, false).await?;
-        let _: RedisValue =
-            client.client_tracking("on", None, prefixes.to_vec(), true, false, false, false).await?;
-        return Ok(());
+        return track(client, prefixes).await;
     }
     for node in nodes {
-        let node = client.with_cluster_node(node);
-        let _: RedisValue =
-            node.client_tracking("off", None, none.clone(), false, false, false, false).await?;
-        let _: RedisValue =
-            node.client_tracking("on", None, prefixes.to_vec(), true, false, false, false).await?;
+        track(&client.with_cluster_node(node), prefixes).await?;
     }
+    Ok(())
+}
+
+/// Tracking off, then on in broadcast mode for `prefixes`, on one connection
+/// (off first: a connection that still tracks refuses the same prefixes again).
+async fn track<C: ClientInterface + Sync>(
+    c: &C,
+    prefixes: &[String],
+) -> std::result::Result<(), fred::error::Error> {
+    let _: RedisValue =
+        c.client_tracking("off", None, Vec::<String>::new(), false, false, false, false).await?;
+    let _: RedisValue = c.client_tracking("on", None, prefixes.to_vec(), true, false, false, false).await?;
     Ok(())
 }
 
