@@ -18,7 +18,10 @@ pub enum EventKind {
     Delete,
     /// A value reached its deadline and was removed; the event carries it.
     Expire,
-    /// A value was evicted because the store reached its capacity.
+    /// An entry left the store before its deadline because the storage ran
+    /// out of room: the memory backend's capacity bound, or a Redis server
+    /// evicting under its `maxmemory-policy` (then the event carries no value:
+    /// Redis dropped it before livedict could read it).
     Evict,
 }
 
@@ -88,7 +91,10 @@ impl<V> Event<V> {
 
     /// The value involved: the stored value (`Set`), the value read (`Get`),
     /// the removed value (`Delete`, when the backend had it), the expired or
-    /// evicted value (`Expire`, `Evict`).
+    /// evicted value (`Expire`, `Evict`). `None` where the value was already
+    /// gone: an `Evict` from Redis (which drops the value itself), or an
+    /// `Expire` whose value Redis dropped after `grace_ms` or evicted after
+    /// its deadline.
     pub fn value(&self) -> Option<&V> {
         self.inner.value.as_ref()
     }

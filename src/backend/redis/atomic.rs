@@ -41,7 +41,7 @@ impl<V: Value> Shared<V> {
             range.1.into(),
             new,
             ttl.map_or_else(|| "".into(), |t| ms(t).into()),
-            self.grace_arg(),
+            self.mode_arg(),
             self.layout.wake.as_str().into(),
             (self.layout.shard_of(key) as i64).into(),
             key.into(),

@@ -58,8 +58,9 @@ impl SetOp {
     }
 }
 
-/// What the script answered for one set: its status and an expired value it claimed.
-pub(super) type SetReply = Result<(Status, Option<Bytes>)>;
+/// What the script answered for one set: its status and what it claimed on
+/// the way (see [`Shared::report_claimed`](super::Shared::report_claimed)).
+pub(super) type SetReply = Result<(Status, RedisValue)>;
 
 struct Queued {
     op: SetOp,
@@ -219,7 +220,7 @@ impl<V: Value> Shared<V> {
             }
             Err(e) => return ops.iter().map(|_| Err(self.backend_error("set", e.clone()))).collect(),
         };
-        let mut out: Vec<SetReply> = ops.iter().map(|_| Ok((Status::Ok, None))).collect();
+        let mut out: Vec<SetReply> = ops.iter().map(|_| Ok((Status::Ok, RedisValue::Null))).collect();
         let mut parts = parts.into_iter();
         while let (Some(at), Some(status), Some(expired)) = (parts.next(), parts.next(), parts.next()) {
             // `at` numbers the sets from 1 in call order.
@@ -227,9 +228,9 @@ impl<V: Value> Shared<V> {
                 continue;
             };
             out[i] = match status.as_str().as_deref() {
-                Some("OK") => Ok((Status::Ok, super::into_bytes(expired))),
-                Some("LOCKED") => Ok((Status::Locked, super::into_bytes(expired))),
-                Some("LOST") => Ok((Status::Lost, super::into_bytes(expired))),
+                Some("OK") => Ok((Status::Ok, expired)),
+                Some("LOCKED") => Ok((Status::Locked, expired)),
+                Some("LOST") => Ok((Status::Lost, expired)),
                 Some("ERR") => {
                     let why = expired.as_str().map(|s| s.into_owned()).unwrap_or_default();
                     Err(Error::backend_msg("redis", format!("set on {}: {why}", self.label)))
@@ -248,7 +249,7 @@ impl<V: Value> Shared<V> {
         order.sort_unstable();
         let mut keys = Vec::with_capacity(ops.len() + 2 * order.len().min(self.layout.shards.len()));
         let mut args = Vec::with_capacity(2 + 2 * ops.len() + 2 * order.len().min(self.layout.shards.len()));
-        args.push(self.grace_arg());
+        args.push(self.mode_arg());
         args.push(self.layout.wake.as_str().into());
         for group in order.chunk_by(|a, b| a.0 == b.0) {
             let shard = &self.layout.shards[group[0].0];

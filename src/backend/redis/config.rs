@@ -30,6 +30,8 @@ use crate::url::StoreUrl;
 /// | `near_cache_ms` | off | keep reads in process for at most this long (see [`RedisConfig::near_cache`]) |
 /// | `near_cache_entries` | 10000 | entries the near cache holds |
 /// | `share_events` | `false` | publish events to, and stream events from, the other processes on this namespace (see [`RedisBackend::share_events`](super::RedisBackend::share_events)) |
+/// | `eviction` | `report` | on a server whose `maxmemory-policy` may evict: `report` every eviction as an event, or `refuse` to open (see [`Eviction`]) |
+/// | `notify_evictions` | `true` | with `eviction=report`, let livedict add `Ee` to the server's `notify-keyspace-events` when the policy may evict (see [`RedisConfig::notify_evictions`]) |
 ///
 /// ```
 /// use std::time::Duration;
@@ -57,6 +59,54 @@ pub struct RedisConfig {
     pub(super) replica_ack_timeout: Duration,
     pub(super) share_events: bool,
     pub(super) near_cache: Option<super::near::NearCacheConfig>,
+    pub(super) eviction: Eviction,
+    pub(super) notify_evictions: bool,
+}
+
+/// What a store does on a Redis server that may evict its keys: one whose
+/// `maxmemory-policy` is not `noeviction` (`allkeys-*` may evict any key,
+/// `volatile-*` the keys with a Redis TTL: lock keys, and values with
+/// `grace_ms`). URL option `eviction`.
+///
+/// Redis evicts behind the client's back; without care an entry would leave
+/// the store without an event and a lock could vanish under its holder. See
+/// the README's "Redis memory policy" section.
+///
+/// ```
+/// use livedict::backend::{Eviction, RedisConfig};
+/// let config = RedisConfig::new("redis://127.0.0.1/").eviction(Eviction::Refuse);
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Eviction {
+    /// The default: the store works on any policy and reports every entry
+    /// Redis evicts as one `Evict` event (without its value, which Redis
+    /// already dropped) — or `Expire` if it was past its deadline — counted
+    /// in `stats().evictions`. It learns of evictions from the server's
+    /// `evicted` keyspace notifications, which it turns on itself unless
+    /// [`notify_evictions`](RedisConfig::notify_evictions) is off. Without
+    /// them it still reports evicted TTL'd entries at their deadline under
+    /// `volatile-*` policies, but under `allkeys-*` Redis may also evict the
+    /// deadline index, and an evicted entry without a TTL leaves silently
+    /// (a warning says so). The policy is re-read every 30 s: operators
+    /// change it at run time.
+    #[default]
+    Report,
+    /// `open` fails with [`Error::Backend`] naming the policy when the
+    /// server (any master of a cluster) may evict; a policy changed to an
+    /// evicting one later is logged as an error and then reported as with `Report`.
+    Refuse,
+}
+
+impl Eviction {
+    fn from_name(name: &str) -> Option<Eviction> {
+        match name {
+            "report" => Some(Eviction::Report),
+            "refuse" => Some(Eviction::Refuse),
+            _ => None,
+        }
+    }
 }
 
 /// Half the available CPUs, at least 1, at most 8.
@@ -83,7 +133,31 @@ impl RedisConfig {
             replica_ack_timeout: Duration::from_secs(1),
             share_events: false,
             near_cache: None,
+            eviction: Eviction::Report,
+            notify_evictions: true,
         }
+    }
+
+    /// What to do on a server that may evict this store's keys (default
+    /// [`Eviction::Report`]). URL option: `eviction=report|refuse`.
+    pub fn eviction(mut self, eviction: Eviction) -> Self {
+        self.eviction = eviction;
+        self
+    }
+
+    /// Whether livedict may turn on the server's `evicted` keyspace
+    /// notifications (default true). With [`Eviction::Report`], on a server
+    /// whose policy may evict and whose `notify-keyspace-events` lacks them,
+    /// livedict adds the flags `E` and `e` (it never removes any): Redis
+    /// then publishes one message per evicted key on
+    /// `__keyevent@<db>__:evicted`, and nothing else changes. With `false`
+    /// livedict leaves the server's configuration alone and uses the
+    /// notifications only if they are already on. Where `CONFIG` is disabled
+    /// (managed Redis), turn them on in the server's parameters
+    /// (`notify-keyspace-events Ee`). URL option: `notify_evictions`.
+    pub fn notify_evictions(mut self, allow: bool) -> Self {
+        self.notify_evictions = allow;
+        self
     }
 
     /// The namespace: letters, digits, `_`, `-`, `.` and `:` (default `livedict`).
@@ -404,6 +478,13 @@ impl RedisConfig {
         }
         if let Some(verify) = url.take_parsed::<bool>("verify_codec")? {
             config.verify_codec = verify;
+        }
+        if let Some(name) = url.take("eviction") {
+            config.eviction = Eviction::from_name(&name)
+                .ok_or_else(|| url.error(format!("unknown eviction `{name}` (report or refuse)")))?;
+        }
+        if let Some(allow) = url.take_parsed::<bool>("notify_evictions")? {
+            config.notify_evictions = allow;
         }
         fred::types::config::Config::from_url(&config.server_url)
             .map_err(|e| url.error(format!("not a redis url: {}", e.details())))?;

@@ -135,10 +135,17 @@ impl Layout {
 
     /// For the full name of a value key of this namespace: its shard and the user's key.
     pub(super) fn parse_value_key<'k>(&self, full: &'k str) -> Option<(usize, &'k str)> {
+        let (shard, rest) = self.parse_shard_key(full)?;
+        Some((shard, rest.strip_prefix("v:")?))
+    }
+
+    /// For the full name of any key of one of this namespace's shards: the
+    /// shard and the rest of the name after `ld:{<tag>}:` (`v:<key>`, `d`,
+    /// `n`, `l:<key>`, `f`).
+    pub(super) fn parse_shard_key<'k>(&self, full: &'k str) -> Option<(usize, &'k str)> {
         let rest = full.strip_prefix("ld:{")?;
         let (tag, rest) = rest.split_once('}')?;
-        let key = rest.strip_prefix(":v:")?;
-        Some((*self.by_tag.get(tag)?, key))
+        Some((*self.by_tag.get(tag)?, rest.strip_prefix(':')?))
     }
 
     /// The shard of `key`.
@@ -256,6 +263,28 @@ end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- The grace period (ms; nil: none) and whether the eviction handler reports
+-- evictions, from a mode argument: '' | '<grace>' | 'n' | 'n<grace>'.
+local function grace_mode(a)
+  if string.byte(a, 1) == 110 then return tonumber(string.sub(a, 2)), true end
+  return tonumber(a), false
+end
+-- A TTL'd entry whose value is gone (Redis dropped it past deadline + grace,
+-- or evicted it): its index entry is claimed here. Returns what to report:
+-- 0 (expired, without its value: its Redis TTL ran out), 1 (evicted,
+-- without its value) or false (nothing: no such entry, or the eviction
+-- handler reports it and counts it out).
+local function claim_dropped(idx, cnt, member, grace, notified)
+  local s = redis.call('ZSCORE', idx, member)
+  if not s then return false end
+  redis.call('ZREM', idx, member)
+  -- dropped by its Redis TTL (deadline + grace), else evicted at some point
+  local expired = grace and now_ms() >= tonumber(s) + grace
+  if notified and not expired then return false end
+  redis.call('DECR', cnt)
+  if expired then return 0 end
+  return 1
 end
 "#;
 

@@ -45,6 +45,7 @@ mod atomic;
 mod batch;
 mod clock;
 mod config;
+mod eviction;
 mod feed;
 mod layout;
 mod near;
@@ -67,7 +68,7 @@ use fred::types::config::{
 use futures::future::{BoxFuture, try_join_all};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub use config::RedisConfig;
+pub use config::{Eviction, RedisConfig};
 pub use layout::MAX_SHARDS;
 
 use crate::Value;
@@ -102,6 +103,11 @@ struct Shared<V> {
     this: std::sync::Weak<Shared<V>>,
     /// This instance's id among the namespace's sweepers.
     instance: String,
+    /// The shards this instance sweeps (kept by the sweeper; the eviction
+    /// handler reports evictions of these shards only).
+    sweeps: Box<[AtomicBool]>,
+    /// Whether evictions are reported by the eviction handler (see `eviction.rs`).
+    evictions: eviction::Evictions,
 }
 
 impl<V> Drop for Shared<V> {
@@ -216,6 +222,7 @@ impl<V: Value> RedisBackend<V> {
         let cancel = CancellationToken::new();
         let layout = Layout::new(&config.namespace, config.shards);
         let near = config.near_cache.map(near::NearCache::new);
+        let sweeps = (0..layout.shards.len()).map(|_| AtomicBool::new(false)).collect();
         let shared = Arc::new_cyclic(|this| Shared {
             config,
             pool,
@@ -231,10 +238,13 @@ impl<V: Value> RedisBackend<V> {
             set_batch: batch::SetBatch::default(),
             this: this.clone(),
             instance: format!("{:016x}", rand::random::<u64>()),
+            sweeps,
+            evictions: eviction::Evictions::default(),
         });
         let opened = async {
             shared.check_layout().await?;
             shared.sync_clock().await?;
+            eviction::check(&shared).await?;
             match shared.near.clone() {
                 Some(near) => tracking::start(&shared, near, cancel.clone()).await,
                 None => Ok(()),
@@ -244,7 +254,8 @@ impl<V: Value> RedisBackend<V> {
             let _ = shared.pool.quit().await;
             return Err(e);
         }
-        sweeper::start(&shared, cancel).await;
+        sweeper::start(&shared, cancel.clone()).await;
+        eviction::start(&shared, cancel).await;
         Ok(RedisBackend { shared })
     }
 }
@@ -290,9 +301,15 @@ impl<V: Value> Shared<V> {
         Ok(())
     }
 
-    /// The grace period as a script argument (`''`: none).
-    fn grace_arg(&self) -> RedisValue {
-        self.config.grace.map_or_else(|| "".into(), |g| ms(g).into())
+    /// The scripts' grace mode argument: the grace period in ms (`''`: none),
+    /// after an `n` while the eviction handler reports evictions (then the
+    /// scripts leave an evicted entry to it).
+    fn mode_arg(&self) -> RedisValue {
+        let notified = if self.evictions.notified() { "n" } else { "" };
+        match self.config.grace {
+            Some(g) => format!("{notified}{}", ms(g)).into(),
+            None => notified.into(),
+        }
     }
 
     /// Writes the layout descriptor of a new namespace, or checks that of an existing one.
@@ -337,6 +354,18 @@ impl<V: Value> Shared<V> {
             .map_err(|e| self.backend_error("reading the server time", e))?;
         self.clock.sample(sent, secs * 1_000_000 + micros);
         Ok(())
+    }
+
+    /// Reports what a script claimed on the way for `key`: an expired value
+    /// (its codec bytes; empty: without a value), an integer from
+    /// `claim_dropped` (0: expired without its value, 1: evicted), or nothing.
+    fn report_claimed(&self, key: &str, claimed: &RedisValue) {
+        match claimed {
+            RedisValue::String(_) | RedisValue::Bytes(_) => self.report_expired(key, claimed.as_bytes()),
+            RedisValue::Integer(0) => self.sink.expired(key, || None),
+            RedisValue::Integer(_) => self.sink.evicted(key, || None),
+            _ => {}
+        }
     }
 
     fn report_expired(&self, key: &str, bytes: Option<&[u8]>) {
@@ -410,9 +439,7 @@ impl<V: Value> Shared<V> {
                 return Err(Error::backend_msg("redis", format!("unexpected reply to {op}")));
             };
             parts.resize(3, RedisValue::Null);
-            if let RedisValue::String(_) | RedisValue::Bytes(_) = &parts[1] {
-                self.report_expired(key, parts[1].as_bytes());
-            }
+            self.report_claimed(key, &parts[1]);
             let status = match parts[0].as_str().as_deref() {
                 Some("OK") => Status::Ok,
                 Some("MISSING") => Status::Missing,
@@ -561,10 +588,8 @@ impl<V: Value> Shared<V> {
                 let mut backoff = Duration::from_millis(1);
                 loop {
                     let (back, reply) = self.set_batched(op).await;
-                    let (status, expired) = reply?;
-                    if let Some(bytes) = &expired {
-                        self.report_expired(&back.key, Some(bytes));
-                    }
+                    let (status, claimed) = reply?;
+                    self.report_claimed(&back.key, &claimed);
                     match status {
                         Status::Locked => {
                             tokio::time::sleep(backoff).await;
@@ -577,7 +602,7 @@ impl<V: Value> Shared<V> {
                 }
             }
             Request::Delete { key, lock } => {
-                let args = vec![owner(lock), key.clone().into()];
+                let args = vec![owner(lock), key.clone().into(), self.mode_arg()];
                 let (status, removed) = self.write("delete", &self.scripts.delete, &key, args).await?;
                 let value = removed.as_ref().and_then(|b| codec.decode(&key, b).ok());
                 Ok(Response::Deleted { removed: matches!(status, Status::Ok), value })
@@ -588,7 +613,7 @@ impl<V: Value> Shared<V> {
                     owner(lock),
                     key.clone().into(),
                     ms(ttl).into(),
-                    self.grace_arg(),
+                    self.mode_arg(),
                     self.layout.wake.clone().into(),
                     (shard as i64).into(),
                 ];
@@ -596,7 +621,7 @@ impl<V: Value> Shared<V> {
                 Ok(Response::Bool(matches!(status, Status::Ok)))
             }
             Request::Persist { key, lock } => {
-                let args = vec![owner(lock), key.clone().into()];
+                let args = vec![owner(lock), key.clone().into(), self.mode_arg()];
                 let (status, _) = self.write("persist", &self.scripts.persist, &key, args).await?;
                 Ok(Response::Bool(matches!(status, Status::Ok)))
             }

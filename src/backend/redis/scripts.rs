@@ -30,17 +30,6 @@ local function lock_state(lockkey, owner)
   end
   return nil
 end
--- A TTL'd entry whose value Redis already dropped (past deadline + grace,
--- with no instance running): its index entry is claimed here. '' (reported
--- without a value) if there was one, false otherwise.
-local function claim_dropped(idx, cnt, member)
-  if redis.call('ZSCORE', idx, member) then
-    redis.call('ZREM', idx, member)
-    redis.call('DECR', cnt)
-    return ''
-  end
-  return false
-end
 -- Tells the shard's sweeper when `member` became the earliest deadline.
 local function wake_if_first(idx, member, channel, shard)
   local first = redis.call('ZRANGE', idx, 0, 0)
@@ -72,7 +61,7 @@ end
 /// sweeper must be woken. Every argument costs the server ~1k instructions
 /// (callgrind, Redis 7.0), hence two per set.
 const SET_MANY: &str = r#"
-local grace = tonumber(ARGV[1]) -- nil: values are kept until claimed
+local grace, notified = grace_mode(ARGV[1]) -- grace nil: values are kept until claimed
 local nargs = #ARGV
 -- pass 1: the lock keys of unguarded sets, for one EXISTS
 local locks = {}
@@ -141,10 +130,9 @@ while a <= nargs do
             if not d then redis.call('ZREM', idx, string.sub(vkey, plen)) end
           end
         end
-      elseif redis.call('ZSCORE', idx, string.sub(vkey, plen)) then
-        expired = '' -- its value was dropped by Redis after the grace period
-        if not d then redis.call('ZREM', idx, string.sub(vkey, plen)) end
       else
+        -- a new entry; one whose value Redis dropped or evicted is claimed first
+        expired = claim_dropped(idx, cnt, string.sub(vkey, plen), grace, notified)
         redis.call('INCR', cnt)
       end
       if d then
@@ -202,24 +190,22 @@ elseif not live or body ~= ARGV[2] then
   return {'NO', false, live and body}
 end
 local member, ttl, d = ARGV[10], ARGV[6], false
+local grace, notified = grace_mode(ARGV[7])
 if ttl == '' then
   redis.call('SET', KEYS[1], '~' .. new)
 else
   ttl = tonumber(ttl)
   d = now + ttl
-  if ARGV[7] == '' then
+  if not grace then
     redis.call('SET', KEYS[1], header(d) .. new)
   else
-    redis.call('SET', KEYS[1], header(d) .. new, 'PX', ttl + tonumber(ARGV[7]))
+    redis.call('SET', KEYS[1], header(d) .. new, 'PX', ttl + grace)
   end
 end
 if not old then
-  if redis.call('ZSCORE', KEYS[2], member) then
-    expired = '' -- its value was dropped by Redis after the grace period
-    if not d then redis.call('ZREM', KEYS[2], member) end
-  else
-    redis.call('INCR', KEYS[3])
-  end
+  -- a new entry; one whose value Redis dropped or evicted is claimed first
+  expired = claim_dropped(KEYS[2], KEYS[3], member, grace, notified)
+  redis.call('INCR', KEYS[3])
 elseif od and not d then
   redis.call('ZREM', KEYS[2], member)
 end
@@ -230,12 +216,12 @@ end
 return {'OK', expired, new}
 "#;
 
-/// `ARGV`: owner, member → `{status, expired, removed value}`.
+/// `ARGV`: owner, member, grace mode → `{status, expired, removed value}`.
 const DELETE: &str = r#"
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false, false} end
 local old = redis.call('GET', KEYS[1])
-if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2]), false} end
+if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2], grace_mode(ARGV[3])), false} end
 redis.call('DEL', KEYS[1])
 redis.call('DECR', KEYS[3])
 local od = deadline_of(old)
@@ -246,12 +232,13 @@ end
 return {'OK', false, payload(old, od)}
 "#;
 
-/// `ARGV`: owner, member, ttl_ms, grace_ms (`''`: none), wake channel, shard → `{status, expired}`.
+/// `ARGV`: owner, member, ttl_ms, grace mode, wake channel, shard → `{status, expired}`.
 const EXPIRE: &str = r#"
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false} end
 local old = redis.call('GET', KEYS[1])
-if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2])} end
+local grace, notified = grace_mode(ARGV[4])
+if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2], grace, notified)} end
 local od = deadline_of(old)
 local now = now_ms()
 if od and od <= now then
@@ -262,22 +249,22 @@ if od and od <= now then
 end
 local ttl = tonumber(ARGV[3])
 local d = now + ttl
-if ARGV[4] == '' then
+if not grace then
   redis.call('SET', KEYS[1], header(d) .. payload(old, od))
 else
-  redis.call('SET', KEYS[1], header(d) .. payload(old, od), 'PX', ttl + tonumber(ARGV[4]))
+  redis.call('SET', KEYS[1], header(d) .. payload(old, od), 'PX', ttl + grace)
 end
 redis.call('ZADD', KEYS[2], d, ARGV[2])
 wake_if_first(KEYS[2], ARGV[2], ARGV[5], ARGV[6])
 return {'OK', false}
 "#;
 
-/// `ARGV`: owner, member → `{status, expired}`.
+/// `ARGV`: owner, member, grace mode → `{status, expired}`.
 const PERSIST: &str = r#"
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false} end
 local old = redis.call('GET', KEYS[1])
-if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2])} end
+if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2], grace_mode(ARGV[3]))} end
 local od = deadline_of(old)
 if not od then return {'MISSING', false} end
 redis.call('ZREM', KEYS[2], ARGV[2])
@@ -291,22 +278,27 @@ return {'OK', false}
 "#;
 
 /// The sweeper's claim on one shard. `KEYS`: index, count; `ARGV`: value key
-/// prefix, limit → `{now_ms, next deadline or false, {member, value-or-false, …}}`.
-/// An index entry whose value was re-set without a deadline (or dropped by
-/// Redis after the grace period) is removed; only the latter is reported.
+/// prefix, limit, grace mode → `{now_ms, next deadline or false, {member,
+/// claimed, …}}` where claimed is the expired value's codec bytes, or what
+/// `claim_dropped` answered for an entry whose value is gone (0: expired
+/// without its value, 1: evicted). An index entry whose value was re-set
+/// without a deadline is removed and not reported.
 const CLAIM: &str = r#"
 local now = now_ms()
+local grace, notified = grace_mode(ARGV[3])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, m in ipairs(due) do
   local vkey = ARGV[1] .. m
   local v = redis.call('GET', vkey)
-  redis.call('ZREM', KEYS[1], m)
   if not v then
-    redis.call('DECR', KEYS[2])
-    out[#out + 1] = m
-    out[#out + 1] = false
+    local r = claim_dropped(KEYS[1], KEYS[2], m, grace, notified)
+    if r then
+      out[#out + 1] = m
+      out[#out + 1] = r
+    end
   else
+    redis.call('ZREM', KEYS[1], m)
     local od = deadline_of(v)
     if od and od <= now then
       redis.call('DEL', vkey)
@@ -341,6 +333,35 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"#;
+
+/// The eviction handler, for a value key Redis evicted. `KEYS`: value,
+/// index, count; `ARGV`: member → what to report: 0 (an entry past its
+/// deadline: expired, without its value) or 1 (evicted). The entry is
+/// counted out; its index entry is removed unless the key was set again
+/// since (then the index entry is the new value's).
+const EVICTED: &str = r#"
+redis.call('DECR', KEYS[3])
+local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if s and redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  if tonumber(s) <= now_ms() then return 0 end
+end
+return 1
+"#;
+
+/// Rebuilds part of an evicted deadline index from the values' headers.
+/// `KEYS`: index, then value keys; `ARGV`: their members → how many were indexed.
+const REINDEX: &str = r#"
+local n = 0
+for i = 2, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  local d = v and deadline_of(v)
+  if d then
+    n = n + redis.call('ZADD', KEYS[1], 'NX', d, ARGV[i - 1])
+  end
+end
+return n
 "#;
 
 /// `KEYS`: lock; `ARGV`: owner → 1 if it was released by this call.
@@ -398,6 +419,8 @@ pub(super) struct Scripts {
     pub(super) persist: Script,
     pub(super) write_if: Script,
     pub(super) claim: Script,
+    pub(super) evicted: Script,
+    pub(super) reindex: Script,
     pub(super) lock: Script,
     pub(super) renew: Script,
     pub(super) unlock: Script,
@@ -415,6 +438,8 @@ impl Scripts {
             persist: with_prelude(PERSIST),
             write_if: with_prelude(WRITE_IF),
             claim: Script::from_lua(format!("{LUA_HEADER}{CLAIM}")),
+            evicted: Script::from_lua(format!("{LUA_HEADER}{EVICTED}")),
+            reindex: Script::from_lua(format!("{LUA_HEADER}{REINDEX}")),
             lock: Script::from_lua(LOCK),
             renew: Script::from_lua(RENEW),
             unlock: Script::from_lua(UNLOCK),

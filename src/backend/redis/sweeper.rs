@@ -66,7 +66,12 @@ pub(super) async fn start<V: Value>(shared: &Arc<Shared<V>>, cancel: Cancellatio
             tracing::warn!(error = %e, "redis sweeper has no wake-up subscriber; relying on its periodic checks")
         }
     }
-    tokio::spawn(run(Arc::downgrade(shared), rx, cancel));
+    // The first heartbeat before `open` returns: from then on the shards
+    // this instance sweeps are known (the eviction handler needs them).
+    let shards = shared.layout.shards.len();
+    let mut state = State { owned: vec![false; shards], next: vec![None; shards], cursor: 0 };
+    heartbeat(shared, &mut state, Instant::now()).await;
+    tokio::spawn(run(Arc::downgrade(shared), rx, cancel, state));
 }
 
 /// Forwards wake-ups (shard numbers) to the sweeper.
@@ -115,13 +120,14 @@ impl State {
     }
 }
 
-async fn run<V: Value>(shared: Weak<Shared<V>>, mut wakes: mpsc::Receiver<Wake>, cancel: CancellationToken) {
-    let shards = match shared.upgrade() {
-        Some(s) => s.layout.shards.len(),
-        None => return,
-    };
-    let mut state = State { owned: vec![false; shards], next: vec![None; shards], cursor: 0 };
-    let mut heartbeat_at = Instant::now();
+async fn run<V: Value>(
+    shared: Weak<Shared<V>>,
+    mut wakes: mpsc::Receiver<Wake>,
+    cancel: CancellationToken,
+    mut state: State,
+) {
+    let shards = state.owned.len();
+    let mut heartbeat_at = Instant::now() + HEARTBEAT;
     let mut check_at = Instant::now() + MIN_CHECK_GAP;
     loop {
         let now = Instant::now();
@@ -216,6 +222,7 @@ async fn heartbeat<V: Value>(shared: &Shared<V>, state: &mut State, now: Instant
                 state.next[s] = Some(now);
             }
             state.owned[s] = mine;
+            shared.sweeps[s].store(mine, std::sync::atomic::Ordering::Release);
         }
     }
 }
@@ -256,7 +263,8 @@ pub(super) async fn leave<V: Value>(shared: &Shared<V>) {
 /// batch took everything that was due.
 pub(super) async fn claim<V: Value>(shared: &Shared<V>, shard: &Shard) -> Result<(Option<Duration>, bool)> {
     let keys = vec![shard.index.clone(), shard.count.clone()];
-    let args: Vec<RedisValue> = vec![shard.value_prefix.clone().into(), CLAIM_BATCH.into()];
+    let args: Vec<RedisValue> =
+        vec![shard.value_prefix.clone().into(), CLAIM_BATCH.into(), shared.mode_arg()];
     let client = shared.pool.next();
     let reply: RedisValue = shared
         .scripts
@@ -277,9 +285,9 @@ pub(super) async fn claim<V: Value>(shared: &Shared<V>, shard: &Shard) -> Result
     let mut claimed = 0;
     if let Some(RedisValue::Array(pairs)) = parts.get(2) {
         for pair in pairs.chunks(2) {
-            let (Some(member), value) = (pair[0].as_str(), pair.get(1)) else { continue };
+            let (Some(member), Some(value)) = (pair[0].as_str(), pair.get(1)) else { continue };
             claimed += 1;
-            shared.report_expired(&member, value.and_then(RedisValue::as_bytes));
+            shared.report_claimed(&member, value);
         }
     }
     let left = next.map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64));
