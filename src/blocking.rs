@@ -30,12 +30,12 @@ use std::time::Duration;
 use tokio::runtime::{Handle, Runtime};
 
 use crate::Value;
-use crate::builder::Builder;
 use crate::callback::{Callback, CallbackId};
 use crate::error::{Error, Result};
 use crate::event::EventKind;
+use crate::event::watch::{WatchFilter, WatchItem};
+use crate::handle::builder::Builder;
 use crate::stats::Stats;
-use crate::watch::{WatchFilter, WatchItem};
 
 /// Owns the runtime; shuts it down without blocking when the last handle goes
 /// (so dropping a handle inside async code does not panic).
@@ -477,5 +477,18 @@ impl<V> Drop for KeyGuard<V> {
             let _entered = self.runtime.0.as_ref().map(Runtime::enter);
             drop(guard);
         }
+    }
+}
+
+impl<V: Value> Builder<V> {
+    /// Builds a blocking `LiveDict` on its own runtime.
+    ///
+    /// ```
+    /// let d = livedict::LiveDict::<u32>::builder().memory().build_blocking()?;
+    /// d.set("a", 1)?;
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn build_blocking(self) -> Result<LiveDict<V>> {
+        LiveDict::from_builder(self)
     }
 }

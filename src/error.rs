@@ -138,7 +138,7 @@ impl Error {
 
     /// Builds an [`Error::InvalidUrl`]; the URL's password (if any) is redacted.
     pub fn invalid_url(url: &str, reason: impl Into<String>) -> Self {
-        Error::InvalidUrl { url: crate::url::redact(url), reason: reason.into() }
+        Error::InvalidUrl { url: redact(url), reason: reason.into() }
     }
 }
 
@@ -164,5 +164,33 @@ impl From<tower::BoxError> for Error {
             Ok(e) => *e,
             Err(e) => Error::Backend { backend: "tower", context: e.to_string(), source: Some(e) },
         }
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host…` by `***`.
+///
+/// ```
+/// # // redact is internal; shown through the error it feeds:
+/// let e = livedict::Error::invalid_url("redis://u:secret@h:1/0?x=1", "bad");
+/// assert!(!e.to_string().contains("secret"));
+/// ```
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') || !userinfo.is_empty() {
+                format!("{user}:***")
+            } else {
+                String::new()
+            };
+            format!("{scheme}://{masked}@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
     }
 }

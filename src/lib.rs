@@ -338,44 +338,42 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
-mod atomic;
+// The layout (ARCHITECTURE.md): core vocabulary (request, error, url,
+// callback, codec, stats, stripe, event/) at the bottom; the Tower stack
+// (stack, layer/) and the backends (backend/) on it; the async handle
+// (handle/) on those; the blocking facade (blocking) on the handle.
 pub mod backend;
 pub mod blocking;
-mod builder;
 pub mod callback;
 pub mod codec;
-mod dict;
 pub mod error;
 pub mod event;
-mod guard;
+mod handle;
 pub mod layer;
-#[cfg(feature = "metrics")]
-#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-pub mod metrics;
 pub mod request;
 #[cfg(feature = "tower-sessions")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-sessions")))]
 pub mod sessions;
-mod single_flight;
 mod stack;
 pub mod stats;
 mod stripe;
 mod url;
-mod watch;
 
-pub use atomic::ATOMIC_LOCK_TIMEOUT;
-pub use builder::{Builder, DEFAULT_REQUEST_TIMEOUT};
 pub use callback::{Callback, CallbackId};
 pub use codec::Codec;
-pub use dict::LiveDict;
 pub use error::{Error, Result};
+pub use event::watch::{Watch, WatchFilter, WatchItem};
 pub use event::{Event, EventKind, EventSink, EventTarget};
-pub use guard::KeyGuard;
+pub use handle::atomic::ATOMIC_LOCK_TIMEOUT;
+pub use handle::builder::{Builder, DEFAULT_REQUEST_TIMEOUT};
+pub use handle::dict::LiveDict;
+pub use handle::guard::KeyGuard;
+#[cfg(feature = "metrics")]
+pub use handle::metrics;
 pub use request::{
     LockGrant, LockToken, MAX_KEY_LEN, MAX_TTL, Request, Response, validate_key, validate_ttl,
 };
 pub use stats::Stats;
-pub use watch::{Watch, WatchFilter, WatchItem};
 
 /// What a stored value must be: serde-serializable (for SQLite and Redis),
 /// cloneable and shareable across tasks. Implemented for every such type.

@@ -107,37 +107,10 @@ impl<'a> StoreUrl<'a> {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host…` by `***`.
-///
-/// ```
-/// # // redact is internal; shown through the error it feeds:
-/// let e = livedict::Error::invalid_url("redis://u:secret@h:1/0?x=1", "bad");
-/// assert!(!e.to_string().contains("secret"));
-/// ```
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') || !userinfo.is_empty() {
-                format!("{user}:***")
-            } else {
-                String::new()
-            };
-            format!("{scheme}://{masked}@{}", &rest[at + 1..])
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::redact;
 
     #[test]
     fn splits_scheme_body_and_options() {

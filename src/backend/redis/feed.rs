@@ -22,9 +22,10 @@ use super::{RedisBackend, Shared};
 use crate::Value;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
+use crate::event::dispatch::Dispatcher;
+use crate::event::relay::{Outbox, Outgoing, Relay};
+use crate::event::watch::Watchers;
 use crate::event::{Event, EventKind};
-use crate::layer::Dispatcher;
-use crate::watch::{Outbox, Outgoing, Relay, Watchers};
 
 const VERSION: u8 = 1;
 /// Frames waiting to be published before new ones are dropped.

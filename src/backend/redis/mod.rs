@@ -199,7 +199,7 @@ impl<V: Value> RedisBackend<V> {
     /// [`Error::InvalidConfig`] naming both.
     pub async fn open(config: RedisConfig, sink: EventSink<V>) -> Result<Self> {
         config.validate()?;
-        let label = crate::url::redact(&config.server_url);
+        let label = crate::error::redact(&config.server_url);
         let clustered = FredConfig::from_url(&config.server_url).is_ok_and(|c| c.server.is_clustered());
         let pool = build_pool(&config, &label)?;
         let connect_timeout = config.connect_timeout;

@@ -18,9 +18,10 @@ use super::{SqliteBackend, now_ms, open_error, schema};
 use crate::Value;
 use crate::codec::Codec;
 use crate::error::Result;
+use crate::event::dispatch::Dispatcher;
+use crate::event::relay::{Outbox, Outgoing, Relay};
+use crate::event::watch::Watchers;
 use crate::event::{Event, EventKind};
-use crate::layer::Dispatcher;
-use crate::watch::{Outbox, Outgoing, Relay, Watchers};
 
 /// How often each process reads the feed.
 const POLL: Duration = Duration::from_millis(10);

@@ -6,8 +6,8 @@ use std::task::{Context, Poll, ready};
 
 use pin_project::pin_project;
 
-use super::Dispatcher;
 use crate::error::Error;
+use crate::event::dispatch::Dispatcher;
 use crate::event::{Event, EventKind, EventTarget};
 use crate::request::Response;
 

@@ -1,6 +1,7 @@
 //! The [`CallbackLayer`] that builds [`Callbacks`] services.
 
-use super::{Callbacks, Dispatcher};
+use super::Callbacks;
+use crate::event::dispatch::Dispatcher;
 
 /// A `tower::Layer` that reports events of the wrapped service to a [`Dispatcher`].
 ///

@@ -1,16 +1,16 @@
-//! The callback layer: turns responses into events and hands them to the [`Dispatcher`].
+//! The callback layer: turns responses into events and hands them to the
+//! [`Dispatcher`] (which, with the callback sandbox, lives with the events in
+//! `crate::event`; re-exported here).
 
-mod dispatch;
 mod future;
 mod layer;
-mod sandbox;
 
 use std::task::{Context, Poll};
 
-pub use dispatch::{DispatchConfig, Dispatcher};
+pub use crate::event::dispatch::{DispatchConfig, Dispatcher};
+pub use crate::event::sandbox::MAX_ABANDONED;
 pub use future::CallbacksFuture;
 pub use layer::CallbackLayer;
-pub use sandbox::MAX_ABANDONED;
 
 use crate::error::Error;
 use crate::event::{EventKind, EventTarget};

@@ -33,7 +33,7 @@ impl LockLayer {
     }
 
     /// Counts lock waits and timeouts into the stats of `dispatcher`'s store.
-    pub fn with_stats_of<V>(self, dispatcher: &crate::layer::Dispatcher<V>) -> Self
+    pub fn with_stats_of<V>(self, dispatcher: &crate::event::dispatch::Dispatcher<V>) -> Self
     where
         V: Send + Sync + 'static,
     {

@@ -1,75 +1,17 @@
-//! Single-flight loading: [`LiveDict::get_or_insert_with`] and the table of loads in flight.
+//! Single-flight loading: [`LiveDict::get_or_insert_with`] (the table of loads in flight is `flights.rs`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared, WeakShared};
 
+use super::atomic::{ATOMIC_LOCK_TIMEOUT, guarded_set, release};
+use super::dict::LiveDict;
 use crate::Value;
-use crate::atomic::{ATOMIC_LOCK_TIMEOUT, guarded_set, release};
-use crate::dict::LiveDict;
 use crate::error::{Error, Result};
 use crate::request::{validate_key, validate_ttl};
-
-/// One load's outcome, shared by every caller waiting on it.
-type Outcome<V> = std::result::Result<V, Arc<Error>>;
-type Load<V> = Shared<BoxFuture<'static, Outcome<V>>>;
-
-/// The loads in flight in this process, one per key.
-///
-/// Entries hold the load weakly: the callers awaiting it own it. If every
-/// caller gives up (drops its future), the load is dropped with them — its
-/// lock guard releases the key — and the next caller starts a new one.
-pub(crate) struct Flights<V> {
-    /// A `std` mutex (no `.await` while held): held only to look up or swap an entry.
-    table: Mutex<HashMap<String, Flight<V>>>,
-    next_id: AtomicU64,
-}
-
-struct Flight<V> {
-    id: u64,
-    load: WeakShared<BoxFuture<'static, Outcome<V>>>,
-}
-
-impl<V> Default for Flights<V> {
-    fn default() -> Self {
-        Flights { table: Mutex::default(), next_id: AtomicU64::new(0) }
-    }
-}
-
-impl<V: Value> Flights<V> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight<V>>> {
-        // No code path panics while holding it; a poisoned table is still consistent.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Joins the load in flight for `key`, or starts one with `start(id)`.
-    fn join(&self, key: &str, start: impl FnOnce(u64) -> BoxFuture<'static, Outcome<V>>) -> Load<V> {
-        let mut table = self.lock();
-        if let Some(load) = table.get(key).and_then(|f| f.load.upgrade()) {
-            return load;
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let load = start(id).shared();
-        // Invariant: `downgrade` is `None` only once the load has completed, and it has not been polled.
-        let weak = load.downgrade().expect("a fresh load is not complete");
-        table.insert(key.to_owned(), Flight { id, load: weak });
-        load
-    }
-
-    /// Removes the entry of load `id` (a newer load may have replaced it).
-    fn finish(&self, key: &str, id: u64) {
-        let mut table = self.lock();
-        if table.get(key).is_some_and(|f| f.id == id) {
-            table.remove(key);
-        }
-    }
-}
 
 /// Removes its load's table entry when the load completes or is dropped.
 struct FlightEntry<V: Value> {

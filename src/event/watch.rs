@@ -1,8 +1,8 @@
-//! Live event streams: [`LiveDict::watch`] returns a [`Watch`], a `Stream` of
-//! the events matching a [`WatchFilter`].
+//! Live event streams: [`LiveDict::watch`](crate::LiveDict::watch) returns a
+//! [`Watch`], a `Stream` of the events matching a [`WatchFilter`].
 //!
-//! Watches are fed from the same place callbacks are: the
-//! [`Dispatcher`](crate::layer::Dispatcher) hands every event it dispatches
+//! Watches are fed from the same place callbacks are: the dispatcher
+//! (`dispatch.rs`) hands every event it dispatches
 //! to each watch whose filter matches. Each watch has its own bounded queue,
 //! so a slow consumer never blocks a writer or another watch: when its queue
 //! is full, events are skipped and the stream yields [`WatchItem::Lagged`]
@@ -28,11 +28,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures::Stream;
 
-use crate::Value;
-use crate::dict::LiveDict;
-use crate::error::Result;
 use crate::event::{Event, EventKind};
-use crate::layer::Dispatcher;
 
 /// Which events a [`Watch`] receives: a set of kinds and an optional key
 /// prefix, and how many events it may queue.
@@ -190,7 +186,14 @@ impl<V> WatchItem<V> {
 /// ```
 pub struct Watch<V: Send + Sync + 'static> {
     queue: Arc<WatchQueue<V>>,
-    dispatcher: Dispatcher<V>,
+    owner: Arc<dyn WatchOwner<V>>,
+}
+
+/// Who hands a watch its events and is told when it is dropped (the
+/// dispatcher, which keeps count of the kinds anyone listens to).
+pub(crate) trait WatchOwner<V>: Send + Sync {
+    /// Forgets a dropped watch's queue.
+    fn unwatch(&self, queue: &Arc<WatchQueue<V>>);
 }
 
 impl<V: Send + Sync + 'static> fmt::Debug for Watch<V> {
@@ -200,8 +203,8 @@ impl<V: Send + Sync + 'static> fmt::Debug for Watch<V> {
 }
 
 impl<V: Send + Sync + 'static> Watch<V> {
-    pub(crate) fn new(queue: Arc<WatchQueue<V>>, dispatcher: Dispatcher<V>) -> Self {
-        Watch { queue, dispatcher }
+    pub(crate) fn new(queue: Arc<WatchQueue<V>>, owner: Arc<dyn WatchOwner<V>>) -> Self {
+        Watch { queue, owner }
     }
 
     /// The filter this watch was opened with.
@@ -261,7 +264,7 @@ impl<V: Send + Sync + 'static> Stream for Watch<V> {
 
 impl<V: Send + Sync + 'static> Drop for Watch<V> {
     fn drop(&mut self) {
-        self.dispatcher.unwatch(&self.queue);
+        self.owner.unwatch(&self.queue);
     }
 }
 
@@ -349,64 +352,6 @@ impl<V> WatchQueue<V> {
     }
 }
 
-/// Carries a store's events to the other processes sharing it and theirs
-/// back to its watches (the Redis pub/sub feed, the SQLite change feed).
-pub(crate) trait Relay<V>: Send + Sync {
-    /// Sends one event of this process to the others; must never block.
-    fn publish(&self, event: &Event<V>);
-    /// Stops relaying (the store shut down or was dropped); the future
-    /// completes once the events published before were handed over.
-    fn close(&self) -> futures::future::BoxFuture<'static, ()>;
-}
-
-/// What a relay's sending task receives: an item to send, or the request to
-/// finish (acknowledged once everything queued before it was sent).
-#[cfg(any(feature = "sqlite", feature = "redis"))]
-pub(crate) enum Outgoing<T> {
-    /// One event, ready to send.
-    Item(T),
-    /// Finish: acknowledge, then stop.
-    Close(tokio::sync::oneshot::Sender<()>),
-}
-
-/// The bounded queue between a relay (filled by writers, never blocking)
-/// and its sending task.
-#[cfg(any(feature = "sqlite", feature = "redis"))]
-pub(crate) struct Outbox<T> {
-    tx: tokio::sync::mpsc::Sender<Outgoing<T>>,
-    counters: Arc<crate::stats::Counters>,
-}
-
-#[cfg(any(feature = "sqlite", feature = "redis"))]
-impl<T: Send + 'static> Outbox<T> {
-    /// An outbox of `capacity` items; a full one drops items and counts them in `events_dropped`.
-    pub(crate) fn new(
-        capacity: usize,
-        counters: Arc<crate::stats::Counters>,
-    ) -> (Self, tokio::sync::mpsc::Receiver<Outgoing<T>>) {
-        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-        (Outbox { tx, counters }, rx)
-    }
-
-    /// Queues an item without waiting.
-    pub(crate) fn push(&self, item: T) {
-        if self.tx.try_send(Outgoing::Item(item)).is_err() {
-            self.counters.events_dropped.incr();
-        }
-    }
-
-    /// Completes once the sending task handled every item queued before.
-    pub(crate) fn close(&self) -> futures::future::BoxFuture<'static, ()> {
-        let tx = self.tx.clone();
-        Box::pin(async move {
-            let (ack, done) = tokio::sync::oneshot::channel();
-            if tx.send(Outgoing::Close(ack)).await.is_ok() {
-                let _ = done.await;
-            }
-        })
-    }
-}
-
 /// The watches of one dispatcher.
 pub(crate) struct Watchers<V> {
     queues: RwLock<Vec<Arc<WatchQueue<V>>>>,
@@ -470,51 +415,5 @@ impl<V> Watchers<V> {
     /// The kinds `queue` listens to (for the dispatcher's interest counts).
     pub(crate) fn kinds_of(queue: &WatchQueue<V>) -> impl Iterator<Item = EventKind> + '_ {
         queue.filter.wanted_kinds()
-    }
-}
-
-impl<V: Value> LiveDict<V> {
-    /// A live stream of this store's events that match `filter`, for async
-    /// consumers (alongside or instead of callbacks).
-    ///
-    /// Each watch sees the matching events in the order the store dispatched
-    /// them (the order callbacks see them), from the moment it was opened.
-    /// It queues up to [`WatchFilter::capacity`] events; a consumer that falls
-    /// further behind never slows the store: the skipped events are counted
-    /// and reported as one [`WatchItem::Lagged`] at the place they were
-    /// skipped. The stream ends when the store is shut down or dropped.
-    ///
-    /// **Scope:** events of this process (writes through this store's
-    /// handles, expirations and evictions its driver reports). On Redis and
-    /// SQLite with `share_events=true` in every process's URL, also the
-    /// `Set`, `Delete`, `Expire` and `Evict` events of the other processes on
-    /// the namespace or file (see
-    /// [`RedisBackend::share_events`](crate::backend::RedisBackend::share_events),
-    /// [`SqliteBackend::share_events`](crate::backend::SqliteBackend::share_events));
-    /// each expiration then reaches every watch once. Fails with
-    /// [`Error::Closed`](crate::Error::Closed) after shutdown.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
-    /// use futures::StreamExt;
-    /// use livedict::{EventKind, LiveDict, WatchFilter, WatchItem};
-    /// let d = LiveDict::<u32>::open("memory://").await?;
-    /// let mut orders = d.watch(WatchFilter::kinds([EventKind::Set, EventKind::Delete]).prefix("order:"))?;
-    /// d.set("order:1", 10).await?;
-    /// d.set("user:1", 5).await?; // other prefix: not streamed
-    /// d.delete("order:1").await?;
-    /// let mut seen = Vec::new();
-    /// while let Some(WatchItem::Event(ev)) = orders.next().await {
-    ///     seen.push((ev.kind(), ev.key().to_string()));
-    ///     if seen.len() == 2 { break; }
-    /// }
-    /// assert_eq!(seen, [(EventKind::Set, "order:1".to_string()), (EventKind::Delete, "order:1".to_string())]);
-    /// # Ok(()) }
-    /// ```
-    pub fn watch(&self, filter: WatchFilter) -> Result<Watch<V>> {
-        if self.is_closed() {
-            return Err(crate::Error::Closed);
-        }
-        self.inner.dispatcher.watch(filter)
     }
 }

@@ -7,12 +7,13 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use super::sandbox::{self, WorkerContext};
 use crate::callback::{Callback, CallbackBody, CallbackId};
 use crate::error::{Error, Result};
+use crate::event::relay::Relay;
+use crate::event::sandbox::{self, WorkerContext};
+use crate::event::watch::{Watch, WatchFilter, WatchOwner, WatchQueue, Watchers};
 use crate::event::{Event, EventKind, EventSink, EventTarget};
 use crate::stats::{Counters, Stats};
-use crate::watch::{Relay, Watch, WatchFilter, WatchQueue, Watchers};
 
 /// Settings of a [`Dispatcher`].
 ///
@@ -229,11 +230,11 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
         for kind in Watchers::kinds_of(&queue) {
             reg.interest[kind.index()].fetch_add(1, Ordering::AcqRel);
         }
-        Ok(Watch::new(queue, self.clone()))
+        Ok(Watch::new(queue, Arc::new(self.clone())))
     }
 
     /// Removes a dropped watch (unless `shutdown` already did).
-    pub(crate) fn unwatch(&self, queue: &Arc<WatchQueue<V>>) {
+    fn forget_watch(&self, queue: &Arc<WatchQueue<V>>) {
         let reg = &self.registry;
         let _subscribers = write(&reg.subscribers);
         if reg.watchers.remove(queue) {
@@ -280,6 +281,12 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
                 }
             }
         }
+    }
+}
+
+impl<V: Send + Sync + 'static> WatchOwner<V> for Dispatcher<V> {
+    fn unwatch(&self, queue: &Arc<WatchQueue<V>>) {
+        self.forget_watch(queue);
     }
 }
 

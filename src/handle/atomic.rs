@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::Value;
-use crate::dict::LiveDict;
 use crate::error::{Error, Result};
-use crate::guard::KeyGuard;
+use crate::handle::dict::LiveDict;
+use crate::handle::guard::KeyGuard;
 use crate::request::{Request, Response, validate_key};
 
 /// How long [`update`](LiveDict::update), [`incr`](LiveDict::incr),

@@ -40,8 +40,8 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 
 use crate::Value;
-use crate::dict::{Inner, LiveDict};
 use crate::error::{Error, Result};
+use crate::handle::dict::{Inner, LiveDict};
 use crate::stats::Stats;
 
 /// Every exported metric: its name, and what it counts (its description).
@@ -116,7 +116,7 @@ pub fn record(stats: &Stats, store: &str) {
 impl<V: Value> LiveDict<V> {
     /// Copies this store's [`stats`](LiveDict::stats) into the `metrics`
     /// facade's current recorder (cargo feature `metrics`): each counter of
-    /// [`metrics::COUNTERS`](crate::metrics::COUNTERS), labelled `store`, is
+    /// [`metrics::COUNTERS`](crate::handle::metrics::COUNTERS), labelled `store`, is
     /// set to the store's total. Cheap (twelve counter updates); call it as
     /// often as you like.
     ///

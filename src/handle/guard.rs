@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
+use super::dict::LiveDict;
 use crate::Value;
-use crate::dict::LiveDict;
 use crate::error::Result;
-use crate::request::{LockGrant, LockToken, Request, Response};
+use crate::request::{LockGrant, LockToken, Request, Response, validate_key};
 
 /// A held lock on one key. Writes through the guard pass the lock; dropping
 /// the guard (or [`unlock`](KeyGuard::unlock)) releases it.
@@ -146,3 +146,32 @@ fn release_on_drop<V: Value>(dict: &LiveDict<V>, key: &str, token: &LockToken) -
 }
 
 type ReleaseFn = Box<dyn FnMut() + Send + Sync>;
+
+impl<V: Value> LiveDict<V> {
+    /// Waits up to `timeout` for the lock of `key`, else [`Error::LockTimeout`].
+    ///
+    /// While held, writes to `key` through any other handle wait (up to their
+    /// request timeout); reads do not. On SQLite and Redis the lock holds
+    /// across processes and carries a lease. Dropping the guard releases it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use std::time::Duration;
+    /// let d = livedict::LiveDict::<u64>::open("memory://").await?;
+    /// let guard = d.lock("counter", Duration::from_secs(1)).await?;
+    /// let n = guard.get().await?.unwrap_or(0);
+    /// guard.set(n + 1).await?;
+    /// guard.unlock().await?;
+    /// assert_eq!(d.get("counter").await?, Some(1));
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock(&self, key: impl AsRef<str>, timeout: Duration) -> Result<KeyGuard<V>> {
+        let key = key.as_ref();
+        validate_key(key)?;
+        let token = LockToken::new();
+        match self.call(Request::Lock { key: key.to_owned(), timeout, token: token.clone() }).await? {
+            Response::Locked(grant) => Ok(KeyGuard::new(self.clone(), key.to_owned(), token, grant)),
+            _ => Err(Response::<V>::mismatch("lock")),
+        }
+    }
+}

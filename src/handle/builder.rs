@@ -3,6 +3,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use super::dict::LiveDict;
 use crate::Value;
 use crate::backend::{AnyBackend, MemoryBackend, MemoryConfig};
 #[cfg(feature = "redis")]
@@ -10,9 +11,9 @@ use crate::backend::{RedisBackend, RedisConfig};
 #[cfg(feature = "sqlite")]
 use crate::backend::{SqliteBackend, SqliteConfig};
 use crate::codec::Codec;
-use crate::dict::LiveDict;
 use crate::error::Result;
-use crate::layer::{CallbackLayer, DispatchConfig, Dispatcher, LockLayer, TimeoutLayer, TraceLayer};
+use crate::event::dispatch::{DispatchConfig, Dispatcher};
+use crate::layer::{CallbackLayer, LockLayer, TimeoutLayer, TraceLayer};
 use crate::stack::Stack;
 use crate::url::StoreUrl;
 
@@ -218,17 +219,6 @@ impl<V: Value> Builder<V> {
         Ok(LiveDict::from_parts(Stack::new(stack), dispatcher, self.default_ttl, native_atomics))
     }
 
-    /// Builds a [`blocking::LiveDict`](crate::blocking::LiveDict) on its own runtime.
-    ///
-    /// ```
-    /// let d = livedict::LiveDict::<u32>::builder().memory().build_blocking()?;
-    /// d.set("a", 1)?;
-    /// # Ok::<(), livedict::Error>(())
-    /// ```
-    pub fn build_blocking(self) -> Result<crate::blocking::LiveDict<V>> {
-        crate::blocking::LiveDict::from_builder(self)
-    }
-
     async fn open_backend(&self, target: Target, dispatcher: &Dispatcher<V>) -> Result<AnyBackend<V>> {
         let sink = dispatcher.sink();
         Ok(match target {
@@ -306,4 +296,43 @@ fn parse_target(raw: &str) -> Result<Target> {
     };
     url.finish()?;
     Ok(target)
+}
+
+impl<V: Value> LiveDict<V> {
+    /// Opens a store from a URL: `memory://`, `sqlite://path.db`,
+    /// `sqlite::memory:`, `redis://host:port/db?namespace=name`.
+    ///
+    /// A bad URL, unknown scheme or option is [`Error::InvalidUrl`] (naming the
+    /// URL without its password); an unreachable backend is an error within
+    /// the connect timeout, never a hang or a panic.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use livedict::{Error, LiveDict};
+    /// assert!(LiveDict::<u32>::open("memory://").await.is_ok());
+    /// let err = LiveDict::<u32>::open("nosuch://x").await.unwrap_err();
+    /// assert!(matches!(err, Error::InvalidUrl { .. }));
+    /// # }
+    /// ```
+    pub async fn open(url: &str) -> Result<Self> {
+        Builder::new().url(url).build().await
+    }
+
+    /// A builder for the default stack with every option.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use std::time::Duration;
+    /// let d = livedict::LiveDict::<u64>::builder()
+    ///     .memory()
+    ///     .default_ttl(Duration::from_secs(60))
+    ///     .max_capacity(100_000)
+    ///     .build()
+    ///     .await?;
+    /// # let _ = d;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> Builder<V> {
+        Builder::new()
+    }
 }

@@ -4,15 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::flights::Flights;
 use crate::Value;
-use crate::builder::Builder;
 use crate::callback::{Callback, CallbackId};
 use crate::error::{Error, Result};
 use crate::event::EventKind;
-use crate::guard::KeyGuard;
-use crate::layer::Dispatcher;
+use crate::event::dispatch::Dispatcher;
 use crate::request::{LockToken, Request, Response, validate_key, validate_ttl};
-use crate::single_flight::Flights;
 use crate::stack::Stack;
 use crate::stats::Stats;
 
@@ -69,43 +67,6 @@ impl<V> std::fmt::Debug for LiveDict<V> {
 }
 
 impl<V: Value> LiveDict<V> {
-    /// Opens a store from a URL: `memory://`, `sqlite://path.db`,
-    /// `sqlite::memory:`, `redis://host:port/db?namespace=name`.
-    ///
-    /// A bad URL, unknown scheme or option is [`Error::InvalidUrl`] (naming the
-    /// URL without its password); an unreachable backend is an error within
-    /// the connect timeout, never a hang or a panic.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// use livedict::{Error, LiveDict};
-    /// assert!(LiveDict::<u32>::open("memory://").await.is_ok());
-    /// let err = LiveDict::<u32>::open("nosuch://x").await.unwrap_err();
-    /// assert!(matches!(err, Error::InvalidUrl { .. }));
-    /// # }
-    /// ```
-    pub async fn open(url: &str) -> Result<Self> {
-        Builder::new().url(url).build().await
-    }
-
-    /// A builder for the default stack with every option.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
-    /// use std::time::Duration;
-    /// let d = livedict::LiveDict::<u64>::builder()
-    ///     .memory()
-    ///     .default_ttl(Duration::from_secs(60))
-    ///     .max_capacity(100_000)
-    ///     .build()
-    ///     .await?;
-    /// # let _ = d;
-    /// # Ok(()) }
-    /// ```
-    pub fn builder() -> Builder<V> {
-        Builder::new()
-    }
-
     /// Wraps a user-composed stack. `dispatcher` must be the one its
     /// [`CallbackLayer`](crate::layer::CallbackLayer) and backend report to;
     /// `register_callback` and `stats` go through it.
@@ -307,33 +268,6 @@ impl<V: Value> LiveDict<V> {
         match self.call(req).await? {
             Response::Bool(b) => Ok(b),
             _ => Err(Response::<V>::mismatch(op)),
-        }
-    }
-
-    /// Waits up to `timeout` for the lock of `key`, else [`Error::LockTimeout`].
-    ///
-    /// While held, writes to `key` through any other handle wait (up to their
-    /// request timeout); reads do not. On SQLite and Redis the lock holds
-    /// across processes and carries a lease. Dropping the guard releases it.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
-    /// use std::time::Duration;
-    /// let d = livedict::LiveDict::<u64>::open("memory://").await?;
-    /// let guard = d.lock("counter", Duration::from_secs(1)).await?;
-    /// let n = guard.get().await?.unwrap_or(0);
-    /// guard.set(n + 1).await?;
-    /// guard.unlock().await?;
-    /// assert_eq!(d.get("counter").await?, Some(1));
-    /// # Ok(()) }
-    /// ```
-    pub async fn lock(&self, key: impl AsRef<str>, timeout: Duration) -> Result<KeyGuard<V>> {
-        let key = key.as_ref();
-        validate_key(key)?;
-        let token = LockToken::new();
-        match self.call(Request::Lock { key: key.to_owned(), timeout, token: token.clone() }).await? {
-            Response::Locked(grant) => Ok(KeyGuard::new(self.clone(), key.to_owned(), token, grant)),
-            _ => Err(Response::<V>::mismatch("lock")),
         }
     }
 

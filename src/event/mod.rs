@@ -1,4 +1,15 @@
-//! Events (set, get, delete, expire, evict) and the sink backends report them to.
+//! Events (set, get, delete, expire, evict), the sink backends report them
+//! to, and their delivery: the dispatcher (`dispatch.rs`) hands each event to
+//! the callbacks (run in the sandbox, `sandbox.rs`), the watch streams
+//! (`watch.rs`) and the relay to other processes (`relay.rs`).
+//!
+//! This folder sits below the layers and the backends: both reach events
+//! only through the types here.
+
+pub(crate) mod dispatch;
+pub(crate) mod relay;
+pub(crate) mod sandbox;
+pub(crate) mod watch;
 
 use std::fmt;
 use std::sync::Arc;

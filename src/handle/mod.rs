@@ -1,0 +1,19 @@
+//! The async handle ([`LiveDict`](crate::LiveDict)) and its extensions.
+//!
+//! `dict.rs` holds the handle and its core operations over the Tower stack;
+//! every other file here adds to it and depends on `dict.rs` only (never the
+//! other way): `builder.rs` (the default stack, `open`, `builder`),
+//! `guard.rs` (per-key locks, `lock`), `atomic.rs` (`update`, `incr`,
+//! `compare_and_set`), `single_flight.rs` with `flights.rs`
+//! (`get_or_insert_with`), `watch.rs` (`watch`) and `metrics.rs`.
+
+pub(crate) mod atomic;
+pub(crate) mod builder;
+pub(crate) mod dict;
+mod flights;
+pub(crate) mod guard;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+mod single_flight;
+mod watch;
