@@ -87,10 +87,21 @@ impl<'a> StoreUrl<'a> {
         }
     }
 
-    /// Removes option `name`, a duration in milliseconds.
-    #[cfg(any(feature = "sqlite", feature = "redis"))]
-    pub(crate) fn take_millis(&mut self, name: &str) -> Result<Option<std::time::Duration>> {
-        Ok(self.take_parsed::<u64>(name)?.map(std::time::Duration::from_millis))
+    /// Takes each of `options` the URL gives and applies it to `config`, in
+    /// the table's order. A value its parser refuses is
+    /// [`Error::InvalidUrl`] naming the option.
+    pub(crate) fn apply<C>(&mut self, config: &mut C, options: &[UrlOption<C>]) -> Result<()> {
+        for option in options {
+            if let Some(value) = self.take(option.name) {
+                (option.apply)(config, &value).map_err(|why| match why {
+                    Invalid::Value => {
+                        self.error(format!("option `{}` has invalid value `{value}`", option.name))
+                    }
+                    Invalid::Because(why) => self.error(why),
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// An [`Error::InvalidUrl`] about this URL.
@@ -104,6 +115,94 @@ impl<'a> StoreUrl<'a> {
             None => Ok(()),
             Some((k, _)) => Err(self.error(format!("unknown option `{k}`"))),
         }
+    }
+}
+
+/// One query option of a backend's URL, declared once: the parser
+/// ([`StoreUrl::apply`]) and the documentation tables (README, rustdoc;
+/// checked against these by tests) both come from the backend's table.
+pub(crate) struct UrlOption<C> {
+    /// The option's name in the query string.
+    pub(crate) name: &'static str,
+    /// Its default, as the documentation tables show it.
+    pub(crate) default: &'static str,
+    /// Reads the value into the config.
+    pub(crate) apply: fn(&mut C, &str) -> std::result::Result<(), Invalid>,
+}
+
+/// Why an option's value was refused.
+#[derive(Debug)]
+pub(crate) enum Invalid {
+    /// Not a value of the option's type (the message names option and value).
+    Value,
+    /// Another reason, said in full.
+    Because(String),
+}
+
+impl Invalid {
+    /// [`Invalid::Because`].
+    pub(crate) fn because(why: impl Into<String>) -> Invalid {
+        Invalid::Because(why.into())
+    }
+}
+
+/// Stores a parsed option value (for the `apply` functions of option tables).
+pub(crate) fn set<T>(slot: &mut T, value: T) -> std::result::Result<(), Invalid> {
+    *slot = value;
+    Ok(())
+}
+
+/// Parses an option value with `FromStr`.
+pub(crate) fn parse<T: std::str::FromStr>(value: &str) -> std::result::Result<T, Invalid> {
+    value.parse().map_err(|_| Invalid::Value)
+}
+
+/// Parses a duration given in milliseconds.
+pub(crate) fn millis(value: &str) -> std::result::Result<std::time::Duration, Invalid> {
+    parse::<u64>(value).map(std::time::Duration::from_millis)
+}
+
+/// The option names and defaults of a documentation table in `markdown`:
+/// the rows `| `name` | default | … |` of the first table after `heading`
+/// (a line containing it), for the tests that keep docs and parsers in step.
+#[cfg(test)]
+pub(crate) fn documented_options(markdown: &str, heading: &str) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    let mut lines = markdown.lines().map(|l| l.trim_start_matches("///").trim());
+    lines.by_ref().find(|l| l.contains(heading));
+    let mut in_table = false;
+    for line in lines {
+        if line.starts_with('|') {
+            in_table = true;
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if let (Some(name), Some(default)) = (cells.get(1), cells.get(2))
+                && name.starts_with('`')
+            {
+                rows.push((name.trim_matches('`').to_owned(), (*default).to_owned()));
+            }
+        } else if in_table {
+            break;
+        }
+    }
+    rows
+}
+
+/// Checks that the table after `heading` in `markdown` documents exactly
+/// `options` (plus `extra`, options read outside the table), with their defaults.
+#[cfg(test)]
+pub(crate) fn check_documented<C>(markdown: &str, heading: &str, options: &[UrlOption<C>], extra: &[&str]) {
+    let documented = documented_options(markdown, heading);
+    let names: Vec<&str> =
+        documented.iter().map(|(n, _)| n.as_str()).filter(|n| !extra.contains(n)).collect();
+    let declared: Vec<&str> = options.iter().map(|o| o.name).collect();
+    let mut a = names.clone();
+    let mut b = declared.clone();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "the table after `{heading}` documents {names:?}; the parser reads {declared:?}");
+    for option in options {
+        let (_, default) = documented.iter().find(|(n, _)| n == option.name).expect("checked above");
+        assert_eq!(default, option.default, "default of `{}` after `{heading}`", option.name);
     }
 }
 

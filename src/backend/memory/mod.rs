@@ -29,6 +29,12 @@ const REMOVE_BATCH: usize = 64;
 
 /// Settings of the memory backend.
 ///
+/// URL form: `memory://?max_capacity=10000`. Options:
+///
+/// | option | default | meaning |
+/// | --- | --- | --- |
+/// | `max_capacity` | none | most entries; beyond it moka evicts, each eviction an `Evict` event |
+///
 /// ```
 /// let config = livedict::backend::MemoryConfig::default().max_capacity(10_000);
 /// # let _ = config;
@@ -46,14 +52,23 @@ impl MemoryConfig {
         self
     }
 
-    /// Reads options of a `memory://` URL (`max_capacity`).
+    /// Reads options of a `memory://` URL ([`OPTIONS`]).
     pub(crate) fn from_url(url: &mut crate::url::StoreUrl<'_>) -> Result<Self> {
         if !url.body().is_empty() {
             return Err(url.error("memory:// takes no path"));
         }
-        Ok(MemoryConfig { max_capacity: url.take_parsed("max_capacity")? })
+        let mut config = MemoryConfig::default();
+        url.apply(&mut config, OPTIONS)?;
+        Ok(config)
     }
 }
+
+/// The URL options of `memory://`, in the order of the documentation tables.
+const OPTIONS: &[crate::url::UrlOption<MemoryConfig>] = &[crate::url::UrlOption {
+    name: "max_capacity",
+    default: "none",
+    apply: |c, v| crate::url::set(&mut c.max_capacity, Some(crate::url::parse(v)?)),
+}];
 
 /// One stored value with its deadline and generation (unique per write).
 ///
@@ -507,5 +522,18 @@ impl<V: Value> tower::Service<Request<V>> for MemoryBackend<V> {
 
     fn call(&mut self, req: Request<V>) -> Self::Future {
         ready(self.shared.handle(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPTIONS;
+    use crate::url::check_documented;
+
+    /// README, rustdoc and the parser list the same options with the same defaults.
+    #[test]
+    fn documented_options_are_the_parsed_ones() {
+        check_documented(include_str!("../../../README.md"), "### Memory", OPTIONS, &[]);
+        check_documented(include_str!("mod.rs"), "Settings of the memory backend", OPTIONS, &[]);
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::codec::{Codec, Encoder};
 use crate::error::{Error, Result};
-use crate::url::StoreUrl;
+use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 
 /// Settings of the Redis backend.
 ///
@@ -426,68 +426,121 @@ impl RedisConfig {
             server_url.push_str(value);
         }
         let mut config = RedisConfig::new(&server_url);
-        if let Some(ns) = url.take("namespace") {
-            config.namespace = ns;
-            config.validate().map_err(|e| url.error(e.to_string()))?;
-        }
-        if let Some(n) = url.take_parsed::<u16>("shards")? {
-            if n == 0 || n > super::MAX_SHARDS {
-                return Err(url.error(format!("shards must be 1-{}", super::MAX_SHARDS)));
-            }
-            config.shards = n;
-        }
-        if let Some(n) = url.take_parsed::<usize>("pool_size")? {
-            config = config.pool_size(n);
-        }
-        if let Some(d) = url.take_millis("connect_timeout_ms")? {
-            config.connect_timeout = d;
-        }
-        if let Some(d) = url.take_millis("lock_lease_ms")? {
-            config.lock_lease = d;
-        }
-        if let Some(d) = url.take_millis("grace_ms")? {
-            config.grace = Some(d);
-        }
-        if let Some(d) = url.take_millis("command_timeout_ms")? {
-            config.command_timeout = d;
-        }
-        if let Some(d) = url.take_millis("sweep_ms")? {
-            config = config.sweep_interval(d);
-        }
-        if let Some(d) = url.take_millis("near_cache_ms")? {
-            if d.is_zero() {
-                return Err(url.error("near_cache_ms must be at least 1"));
-            }
-            config = config.near_cache(d);
-        }
-        if let Some(n) = url.take_parsed::<u64>("near_cache_entries")? {
-            config = config.near_cache_capacity(n);
-        }
-        if let Some(n) = url.take_parsed::<u32>("replica_acks")? {
-            config = config.replica_acks(n);
-        }
-        if let Some(d) = url.take_millis("replica_ack_timeout_ms")? {
-            config.replica_ack_timeout = d;
-        }
-        if let Some(share) = url.take_parsed::<bool>("share_events")? {
-            config.share_events = share;
-        }
-        if let Some(name) = url.take("codec") {
-            config.codec =
-                Codec::from_name(&name).ok_or_else(|| url.error(format!("unknown codec `{name}`")))?;
-        }
-        if let Some(verify) = url.take_parsed::<bool>("verify_codec")? {
-            config.verify_codec = verify;
-        }
-        if let Some(name) = url.take("eviction") {
-            config.eviction = Eviction::from_name(&name)
-                .ok_or_else(|| url.error(format!("unknown eviction `{name}` (report or refuse)")))?;
-        }
-        if let Some(allow) = url.take_parsed::<bool>("notify_evictions")? {
-            config.notify_evictions = allow;
-        }
+        url.apply(&mut config, OPTIONS)?;
         fred::types::config::Config::from_url(&config.server_url)
             .map_err(|e| url.error(format!("not a redis url: {}", e.details())))?;
         Ok(config)
+    }
+}
+
+/// The URL options of `redis://` (and `rediss://`, `redis-cluster://`,
+/// `redis-sentinel://`), in the order of the documentation tables. `node`
+/// and `service_name` are read before (they go to the client as they came).
+pub(super) const OPTIONS: &[UrlOption<RedisConfig>] = &[
+    UrlOption {
+        name: "namespace",
+        default: "`livedict`",
+        apply: |c, v| {
+            c.namespace = v.to_owned();
+            c.validate().map_err(|e| Invalid::because(e.to_string()))
+        },
+    },
+    UrlOption {
+        name: "shards",
+        default: "16",
+        apply: |c, v| match parse::<u16>(v)? {
+            n @ 1..=super::MAX_SHARDS => set(&mut c.shards, n),
+            _ => Err(Invalid::because(format!("shards must be 1-{}", super::MAX_SHARDS))),
+        },
+    },
+    UrlOption {
+        name: "pool_size",
+        default: "half the CPUs (1–8)",
+        apply: |c, v| set(&mut c.pool_size, parse::<usize>(v)?.max(1)),
+    },
+    UrlOption {
+        name: "connect_timeout_ms",
+        default: "5000",
+        apply: |c, v| set(&mut c.connect_timeout, millis(v)?),
+    },
+    UrlOption {
+        name: "command_timeout_ms",
+        default: "4000",
+        apply: |c, v| set(&mut c.command_timeout, millis(v)?),
+    },
+    UrlOption { name: "lock_lease_ms", default: "30000", apply: |c, v| set(&mut c.lock_lease, millis(v)?) },
+    UrlOption {
+        name: "replica_acks",
+        default: "none",
+        apply: |c, v| set(&mut c.replica_acks, Some(parse::<u32>(v)?).filter(|n| *n > 0)),
+    },
+    UrlOption {
+        name: "replica_ack_timeout_ms",
+        default: "1000",
+        apply: |c, v| set(&mut c.replica_ack_timeout, millis(v)?),
+    },
+    UrlOption { name: "grace_ms", default: "none", apply: |c, v| set(&mut c.grace, Some(millis(v)?)) },
+    UrlOption {
+        name: "sweep_ms",
+        default: "5000",
+        apply: |c, v| set(&mut c.sweep_interval, millis(v)?.max(Duration::from_millis(1))),
+    },
+    UrlOption {
+        name: "near_cache_ms",
+        default: "off",
+        apply: |c, v| match millis(v)? {
+            d if d.is_zero() => Err(Invalid::because("near_cache_ms must be at least 1")),
+            d => {
+                let capacity = c.near_cache.map_or(10_000, |n| n.capacity);
+                set(&mut c.near_cache, Some(super::near::NearCacheConfig { bound: d, capacity }))
+            }
+        },
+    },
+    UrlOption {
+        name: "near_cache_entries",
+        default: "10000",
+        apply: |c, v| {
+            let capacity = parse::<u64>(v)?;
+            let bound = c.near_cache.map_or(Duration::from_secs(1), |n| n.bound);
+            set(&mut c.near_cache, Some(super::near::NearCacheConfig { bound, capacity }))
+        },
+    },
+    UrlOption { name: "share_events", default: "`false`", apply: |c, v| set(&mut c.share_events, parse(v)?) },
+    UrlOption {
+        name: "codec",
+        default: "`json`",
+        apply: |c, v| {
+            c.codec = Codec::from_name(v).ok_or_else(|| Invalid::because(format!("unknown codec `{v}`")))?;
+            Ok(())
+        },
+    },
+    UrlOption { name: "verify_codec", default: "`false`", apply: |c, v| set(&mut c.verify_codec, parse(v)?) },
+    UrlOption {
+        name: "eviction",
+        default: "`report`",
+        apply: |c, v| {
+            c.eviction = Eviction::from_name(v)
+                .ok_or_else(|| Invalid::because(format!("unknown eviction `{v}` (report or refuse)")))?;
+            Ok(())
+        },
+    },
+    UrlOption {
+        name: "notify_evictions",
+        default: "`true`",
+        apply: |c, v| set(&mut c.notify_evictions, parse(v)?),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::OPTIONS;
+    use crate::url::check_documented;
+
+    /// README, rustdoc and the parser list the same options with the same defaults.
+    #[test]
+    fn documented_options_are_the_parsed_ones() {
+        let extra = ["node"];
+        check_documented(include_str!("../../../README.md"), "### Redis", OPTIONS, &extra);
+        check_documented(include_str!("config.rs"), "Settings of the Redis backend", OPTIONS, &extra);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::codec::{Codec, Encoder};
 use crate::error::{Error, Result};
-use crate::url::StoreUrl;
+use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 
 /// Settings of the SQLite backend.
 ///
@@ -174,39 +174,63 @@ impl SqliteConfig {
             return Err(url.error("missing database path (use sqlite://file.db or sqlite::memory:)"));
         }
         let mut config = SqliteConfig::new(path);
-        if let Some(table) = url.take("table") {
-            config = config.table(&table);
-            config.validate().map_err(|e| url.error(e.to_string()))?;
-        }
-        match url.take("synchronous").as_deref() {
-            None | Some("normal") => {}
-            Some("full") => config.synchronous_full = true,
-            Some(other) => {
-                return Err(url.error(format!("synchronous must be normal or full, not `{other}`")));
-            }
-        }
-        if let Some(d) = url.take_millis("busy_timeout_ms")? {
-            config.busy_timeout = d;
-        }
-        if let Some(d) = url.take_millis("lock_lease_ms")? {
-            config.lock_lease = d;
-        }
-        if let Some(d) = url.take_millis("poll_ms")? {
-            config.poll_interval = d.max(Duration::from_millis(1));
-        }
-        if let Some(n) = url.take_parsed::<usize>("readers")? {
-            config = config.readers(n);
-        }
-        if let Some(share) = url.take_parsed::<bool>("share_events")? {
-            config.share_events = share;
-        }
-        if let Some(name) = url.take("codec") {
-            config.codec =
-                Codec::from_name(&name).ok_or_else(|| url.error(format!("unknown codec `{name}`")))?;
-        }
-        if let Some(verify) = url.take_parsed::<bool>("verify_codec")? {
-            config.verify_codec = verify;
-        }
+        url.apply(&mut config, OPTIONS)?;
         Ok(config)
+    }
+}
+
+/// The URL options of `sqlite://`, in the order of the documentation tables.
+pub(super) const OPTIONS: &[UrlOption<SqliteConfig>] = &[
+    UrlOption {
+        name: "table",
+        default: "`livedict`",
+        apply: |c, v| {
+            c.table = v.to_owned();
+            c.validate().map_err(|e| Invalid::because(e.to_string()))
+        },
+    },
+    UrlOption {
+        name: "synchronous",
+        default: "`normal`",
+        apply: |c, v| match v {
+            "normal" => set(&mut c.synchronous_full, false),
+            "full" => set(&mut c.synchronous_full, true),
+            other => Err(Invalid::because(format!("synchronous must be normal or full, not `{other}`"))),
+        },
+    },
+    UrlOption {
+        name: "busy_timeout_ms",
+        default: "5000",
+        apply: |c, v| set(&mut c.busy_timeout, millis(v)?),
+    },
+    UrlOption { name: "lock_lease_ms", default: "30000", apply: |c, v| set(&mut c.lock_lease, millis(v)?) },
+    UrlOption {
+        name: "poll_ms",
+        default: "100",
+        apply: |c, v| set(&mut c.poll_interval, millis(v)?.max(Duration::from_millis(1))),
+    },
+    UrlOption { name: "readers", default: "2", apply: |c, v| set(&mut c.readers, parse::<usize>(v)?.max(1)) },
+    UrlOption { name: "share_events", default: "`false`", apply: |c, v| set(&mut c.share_events, parse(v)?) },
+    UrlOption {
+        name: "codec",
+        default: "`json`",
+        apply: |c, v| {
+            c.codec = Codec::from_name(v).ok_or_else(|| Invalid::because(format!("unknown codec `{v}`")))?;
+            Ok(())
+        },
+    },
+    UrlOption { name: "verify_codec", default: "`false`", apply: |c, v| set(&mut c.verify_codec, parse(v)?) },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::OPTIONS;
+    use crate::url::check_documented;
+
+    /// README, rustdoc and the parser list the same options with the same defaults.
+    #[test]
+    fn documented_options_are_the_parsed_ones() {
+        check_documented(include_str!("../../../README.md"), "### SQLite", OPTIONS, &[]);
+        check_documented(include_str!("config.rs"), "Settings of the SQLite backend", OPTIONS, &[]);
     }
 }
