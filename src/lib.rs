@@ -123,7 +123,8 @@
 //! [`register_callback`](LiveDict::register_callback) subscribes a
 //! [`Callback`] to one [`EventKind`]: `Set`, `Get` (hits only), `Delete` (only
 //! when something was removed), `Expire` (with the expired value) or `Evict`
-//! (capacity eviction). An [`Event`] has a `kind()`, `key()`, `value()` and
+//! (the memory backend's capacity bound, or a Redis server evicting under
+//! its `maxmemory-policy`). An [`Event`] has a `kind()`, `key()`, `value()` and
 //! `at()`. Callbacks can be disabled, re-enabled and unregistered by their
 //! [`CallbackId`].
 //!
