@@ -76,17 +76,6 @@ impl<'a> StoreUrl<'a> {
         out
     }
 
-    /// Removes option `name` and parses it with `FromStr`.
-    pub(crate) fn take_parsed<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| self.error(format!("option `{name}` has invalid value `{v}`"))),
-        }
-    }
-
     /// Takes each of `options` the URL gives and applies it to `config`, in
     /// the table's order. A value its parser refuses is
     /// [`Error::InvalidUrl`] naming the option.
@@ -94,9 +83,11 @@ impl<'a> StoreUrl<'a> {
         for option in options {
             if let Some(value) = self.take(option.name) {
                 (option.apply)(config, &value).map_err(|why| match why {
-                    Invalid::Value => {
-                        self.error(format!("option `{}` has invalid value `{value}`", option.name))
-                    }
+                    Invalid::Value => self.error(format!(
+                        "option `{}` has invalid value `{value}` (default: {})",
+                        option.name,
+                        option.default.trim_matches('`')
+                    )),
                     Invalid::Because(why) => self.error(why),
                 })?;
             }
@@ -136,11 +127,13 @@ pub(crate) enum Invalid {
     /// Not a value of the option's type (the message names option and value).
     Value,
     /// Another reason, said in full.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
     Because(String),
 }
 
 impl Invalid {
     /// [`Invalid::Because`].
+    #[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
     pub(crate) fn because(why: impl Into<String>) -> Invalid {
         Invalid::Because(why.into())
     }
@@ -158,6 +151,7 @@ pub(crate) fn parse<T: std::str::FromStr>(value: &str) -> std::result::Result<T,
 }
 
 /// Parses a duration given in milliseconds.
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 pub(crate) fn millis(value: &str) -> std::result::Result<std::time::Duration, Invalid> {
     parse::<u64>(value).map(std::time::Duration::from_millis)
 }

@@ -17,7 +17,7 @@ use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 /// | --- | --- | --- |
 /// | `namespace` | `livedict` | every key lives under `ld:{namespace:…}:` |
 /// | `shards` | 16 | shards of the namespace, 1–1024 (see [`RedisConfig::shards`]); fixed once the namespace is written |
-/// | `pool_size` | half the CPUs, 1–8 | connections in the pool |
+/// | `pool_size` | half the CPUs (1–8) | connections in the pool |
 /// | `connect_timeout_ms` | 5000 | how long opening may take before it fails |
 /// | `lock_lease_ms` | 30000 | lease of per-key locks |
 /// | `grace_ms` | none | let Redis drop a TTL'd value this long after its deadline if no instance claimed it (see [`RedisConfig::grace`]) |
