@@ -121,6 +121,14 @@ pub(crate) struct UrlOption<C> {
     pub(crate) apply: fn(&mut C, &str) -> std::result::Result<(), Invalid>,
 }
 
+impl<C> Clone for UrlOption<C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for UrlOption<C> {}
+
 /// Why an option's value was refused.
 #[derive(Debug)]
 pub(crate) enum Invalid {

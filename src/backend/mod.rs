@@ -22,6 +22,8 @@
 //! - Hits, misses, sets and deletes are counted by the layers; a backend
 //!   counts only what it originates (expirations, evictions) via its sink.
 
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+mod common;
 pub mod memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::codec::{Codec, Encoder};
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 
@@ -205,40 +205,6 @@ impl RedisConfig {
         self
     }
 
-    /// Lease of per-key locks (default 30 s).
-    pub fn lock_lease(mut self, lease: Duration) -> Self {
-        self.lock_lease = lease;
-        self
-    }
-
-    /// Value encoding (default JSON).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
-        self
-    }
-
-    /// Decodes every encoded value once (into `V`) before writing it
-    /// (default false). A value whose `Serialize` output its own
-    /// `Deserialize` rejects is then refused with
-    /// [`Error::Encode`] and nothing is written, instead of being stored and
-    /// failing every later read with [`Error::Decode`]. Non-finite floats
-    /// under JSON are refused without it. Costs one decode per write. URL
-    /// option: `verify_codec`.
-    ///
-    /// ```
-    /// let config = livedict::backend::RedisConfig::new("redis://127.0.0.1/").verify_codec(true);
-    /// # let _ = config;
-    /// ```
-    pub fn verify_codec(mut self, on: bool) -> Self {
-        self.verify_codec = on;
-        self
-    }
-
-    /// The encoder of written values (codec and `verify_codec`).
-    pub(super) fn encoder(&self) -> Encoder {
-        Encoder::new(self.codec, self.verify_codec)
-    }
-
     /// A safety net for abandoned namespaces (default: none). Normally the
     /// sweeper of a running instance claims a TTL'd value at its deadline and
     /// reports it with its value; when no instance runs, the value stays in
@@ -267,20 +233,6 @@ impl RedisConfig {
     /// failing with [`Error::Backend`] (default 4 s, under the default 5 s request timeout).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
-        self
-    }
-
-    /// Whether [`LiveDict::open`](crate::LiveDict::open) and the builder
-    /// call [`RedisBackend::share_events`](super::RedisBackend::share_events)
-    /// (default false): events of every sharing process reach the watch
-    /// streams of every other.
-    ///
-    /// ```
-    /// let config = livedict::backend::RedisConfig::new("redis://127.0.0.1/").share_events(true);
-    /// assert!(config.shares_events());
-    /// ```
-    pub fn share_events(mut self, share: bool) -> Self {
-        self.share_events = share;
         self
     }
 
@@ -357,11 +309,6 @@ impl RedisConfig {
             .value(key)
     }
 
-    /// Whether events are shared with other processes (see [`share_events`](Self::share_events)).
-    pub fn shares_events(&self) -> bool {
-        self.share_events
-    }
-
     pub(super) fn validate(&self) -> Result<()> {
         // fred without a TLS feature reads `rediss://` as plain TCP; never
         // let a URL that asks for TLS silently connect without it.
@@ -427,15 +374,23 @@ impl RedisConfig {
         }
         let mut config = RedisConfig::new(&server_url);
         url.apply(&mut config, OPTIONS)?;
+        url.apply(&mut config, &crate::backend::common::setting_options())?;
         fred::types::config::Config::from_url(&config.server_url)
             .map_err(|e| url.error(format!("not a redis url: {}", e.details())))?;
         Ok(config)
     }
 }
 
+crate::backend::common::store_settings!(
+    RedisConfig,
+    "livedict::backend::RedisConfig::new(\"redis://127.0.0.1/\")",
+    "RedisBackend"
+);
+
 /// The URL options of `redis://` (and `rediss://`, `redis-cluster://`,
 /// `redis-sentinel://`), in the order of the documentation tables. `node`
 /// and `service_name` are read before (they go to the client as they came).
+/// Its own URL options (the shared ones are [`setting_options`](crate::backend::common::setting_options)).
 pub(super) const OPTIONS: &[UrlOption<RedisConfig>] = &[
     UrlOption {
         name: "namespace",
@@ -468,7 +423,6 @@ pub(super) const OPTIONS: &[UrlOption<RedisConfig>] = &[
         default: "4000",
         apply: |c, v| set(&mut c.command_timeout, millis(v)?),
     },
-    UrlOption { name: "lock_lease_ms", default: "30000", apply: |c, v| set(&mut c.lock_lease, millis(v)?) },
     UrlOption {
         name: "replica_acks",
         default: "none",
@@ -505,16 +459,6 @@ pub(super) const OPTIONS: &[UrlOption<RedisConfig>] = &[
             set(&mut c.near_cache, Some(super::near::NearCacheConfig { bound, capacity }))
         },
     },
-    UrlOption { name: "share_events", default: "`false`", apply: |c, v| set(&mut c.share_events, parse(v)?) },
-    UrlOption {
-        name: "codec",
-        default: "`json`",
-        apply: |c, v| {
-            c.codec = Codec::from_name(v).ok_or_else(|| Invalid::because(format!("unknown codec `{v}`")))?;
-            Ok(())
-        },
-    },
-    UrlOption { name: "verify_codec", default: "`false`", apply: |c, v| set(&mut c.verify_codec, parse(v)?) },
     UrlOption {
         name: "eviction",
         default: "`report`",
@@ -534,13 +478,15 @@ pub(super) const OPTIONS: &[UrlOption<RedisConfig>] = &[
 #[cfg(test)]
 mod tests {
     use super::OPTIONS;
+    use crate::backend::common::setting_options;
     use crate::url::check_documented;
 
     /// README, rustdoc and the parser list the same options with the same defaults.
     #[test]
     fn documented_options_are_the_parsed_ones() {
+        let options: Vec<_> = OPTIONS.iter().copied().chain(setting_options()).collect();
         let extra = ["node"];
-        check_documented(include_str!("../../../README.md"), "### Redis", OPTIONS, &extra);
-        check_documented(include_str!("config.rs"), "Settings of the Redis backend", OPTIONS, &extra);
+        check_documented(include_str!("../../../README.md"), "### Redis", &options, &extra);
+        check_documented(include_str!("config.rs"), "Settings of the Redis backend", &options, &extra);
     }
 }

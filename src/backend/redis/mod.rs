@@ -128,17 +128,7 @@ pub struct RedisBackend<V> {
     shared: Arc<Shared<V>>,
 }
 
-impl<V> Clone for RedisBackend<V> {
-    fn clone(&self) -> Self {
-        RedisBackend { shared: Arc::clone(&self.shared) }
-    }
-}
-
-impl<V> std::fmt::Debug for RedisBackend<V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBackend").field("url", &self.shared.label).finish()
-    }
-}
+crate::backend::common::shared_handle!(RedisBackend, "url");
 
 /// A stored value, for reads.
 enum Found {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::codec::{Codec, Encoder};
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 
@@ -82,40 +82,6 @@ impl SqliteConfig {
         self
     }
 
-    /// Lease of per-key locks: a holder that vanished frees the key after it.
-    pub fn lock_lease(mut self, lease: Duration) -> Self {
-        self.lock_lease = lease;
-        self
-    }
-
-    /// Value encoding (default JSON).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
-        self
-    }
-
-    /// Decodes every encoded value once (into `V`) before writing it
-    /// (default false). A value whose `Serialize` output its own
-    /// `Deserialize` rejects is then refused with
-    /// [`Error::Encode`](crate::Error::Encode) and nothing is written, instead
-    /// of being stored and failing every later read with
-    /// [`Error::Decode`](crate::Error::Decode). Non-finite floats under JSON
-    /// are refused without it. Costs one decode per write. URL option: `verify_codec`.
-    ///
-    /// ```
-    /// let config = livedict::backend::SqliteConfig::new("orders.db").verify_codec(true);
-    /// # let _ = config;
-    /// ```
-    pub fn verify_codec(mut self, on: bool) -> Self {
-        self.verify_codec = on;
-        self
-    }
-
-    /// The encoder of written values (codec and `verify_codec`).
-    pub(super) fn encoder(&self) -> Encoder {
-        Encoder::new(self.codec, self.verify_codec)
-    }
-
     /// How often the expiry driver checks for deadlines set by other processes.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
@@ -126,25 +92,6 @@ impl SqliteConfig {
     pub fn readers(mut self, readers: usize) -> Self {
         self.readers = readers.max(1);
         self
-    }
-
-    /// Whether [`LiveDict::open`](crate::LiveDict::open) and the builder
-    /// call [`SqliteBackend::share_events`](super::SqliteBackend::share_events)
-    /// (default false): events of every sharing process reach the watch
-    /// streams of every other.
-    ///
-    /// ```
-    /// let config = livedict::backend::SqliteConfig::new("orders.db").share_events(true);
-    /// assert!(config.shares_events());
-    /// ```
-    pub fn share_events(mut self, share: bool) -> Self {
-        self.share_events = share;
-        self
-    }
-
-    /// Whether events are shared with other processes (see [`share_events`](Self::share_events)).
-    pub fn shares_events(&self) -> bool {
-        self.share_events
     }
 
     pub(super) fn in_memory(&self) -> bool {
@@ -175,11 +122,19 @@ impl SqliteConfig {
         }
         let mut config = SqliteConfig::new(path);
         url.apply(&mut config, OPTIONS)?;
+        url.apply(&mut config, &crate::backend::common::setting_options())?;
         Ok(config)
     }
 }
 
+crate::backend::common::store_settings!(
+    SqliteConfig,
+    "livedict::backend::SqliteConfig::new(\"orders.db\")",
+    "SqliteBackend"
+);
+
 /// The URL options of `sqlite://`, in the order of the documentation tables.
+/// Its own URL options (the shared ones are [`setting_options`](crate::backend::common::setting_options)).
 pub(super) const OPTIONS: &[UrlOption<SqliteConfig>] = &[
     UrlOption {
         name: "table",
@@ -203,34 +158,25 @@ pub(super) const OPTIONS: &[UrlOption<SqliteConfig>] = &[
         default: "5000",
         apply: |c, v| set(&mut c.busy_timeout, millis(v)?),
     },
-    UrlOption { name: "lock_lease_ms", default: "30000", apply: |c, v| set(&mut c.lock_lease, millis(v)?) },
     UrlOption {
         name: "poll_ms",
         default: "100",
         apply: |c, v| set(&mut c.poll_interval, millis(v)?.max(Duration::from_millis(1))),
     },
     UrlOption { name: "readers", default: "2", apply: |c, v| set(&mut c.readers, parse::<usize>(v)?.max(1)) },
-    UrlOption { name: "share_events", default: "`false`", apply: |c, v| set(&mut c.share_events, parse(v)?) },
-    UrlOption {
-        name: "codec",
-        default: "`json`",
-        apply: |c, v| {
-            c.codec = Codec::from_name(v).ok_or_else(|| Invalid::because(format!("unknown codec `{v}`")))?;
-            Ok(())
-        },
-    },
-    UrlOption { name: "verify_codec", default: "`false`", apply: |c, v| set(&mut c.verify_codec, parse(v)?) },
 ];
 
 #[cfg(test)]
 mod tests {
     use super::OPTIONS;
+    use crate::backend::common::setting_options;
     use crate::url::check_documented;
 
     /// README, rustdoc and the parser list the same options with the same defaults.
     #[test]
     fn documented_options_are_the_parsed_ones() {
-        check_documented(include_str!("../../../README.md"), "### SQLite", OPTIONS, &[]);
-        check_documented(include_str!("config.rs"), "Settings of the SQLite backend", OPTIONS, &[]);
+        let options: Vec<_> = OPTIONS.iter().copied().chain(setting_options()).collect();
+        check_documented(include_str!("../../../README.md"), "### SQLite", &options, &[]);
+        check_documented(include_str!("config.rs"), "Settings of the SQLite backend", &options, &[]);
     }
 }

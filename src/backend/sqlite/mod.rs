@@ -98,17 +98,7 @@ pub struct SqliteBackend<V> {
     shared: Arc<Shared<V>>,
 }
 
-impl<V> Clone for SqliteBackend<V> {
-    fn clone(&self) -> Self {
-        SqliteBackend { shared: Arc::clone(&self.shared) }
-    }
-}
-
-impl<V> std::fmt::Debug for SqliteBackend<V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteBackend").field("path", &self.shared.label).finish()
-    }
-}
+crate::backend::common::shared_handle!(SqliteBackend, "path");
 
 fn open_error(label: &str, what: &str, e: impl std::fmt::Display) -> Error {
     Error::backend_msg("sqlite", format!("cannot open {label}: {what}: {e}"))

@@ -1,0 +1,144 @@
+//! What the persistent backends (SQLite, Redis) share: their handle's
+//! `Clone`/`Debug` shape, and the settings every store has (lock lease,
+//! codec, `verify_codec`, `share_events`) with their setters and URL options.
+
+use std::time::Duration;
+
+use crate::codec::Codec;
+use crate::url::{Invalid, UrlOption, millis, parse, set};
+
+/// A config that holds the shared store settings (implemented by [`store_settings!`]).
+pub(crate) trait StoreSettings {
+    fn lock_lease_mut(&mut self) -> &mut Duration;
+    fn codec_mut(&mut self) -> &mut Codec;
+    fn verify_codec_mut(&mut self) -> &mut bool;
+    fn share_events_mut(&mut self) -> &mut bool;
+}
+
+/// The URL options of the shared settings (each backend reads them after its own table).
+pub(crate) fn setting_options<C: StoreSettings>() -> [UrlOption<C>; 4] {
+    [
+        UrlOption {
+            name: "lock_lease_ms",
+            default: "30000",
+            apply: |c, v| set(c.lock_lease_mut(), millis(v)?),
+        },
+        UrlOption {
+            name: "share_events",
+            default: "`false`",
+            apply: |c, v| set(c.share_events_mut(), parse(v)?),
+        },
+        UrlOption {
+            name: "codec",
+            default: "`json`",
+            apply: |c, v| {
+                let codec =
+                    Codec::from_name(v).ok_or_else(|| Invalid::because(format!("unknown codec `{v}`")))?;
+                set(c.codec_mut(), codec)
+            },
+        },
+        UrlOption {
+            name: "verify_codec",
+            default: "`false`",
+            apply: |c, v| set(c.verify_codec_mut(), parse(v)?),
+        },
+    ]
+}
+
+/// The setters of the shared settings on `$config` (fields `lock_lease`,
+/// `codec`, `verify_codec`, `share_events`), documented with `$new` — an
+/// expression building a config — in the examples and `$backend` in the links.
+macro_rules! store_settings {
+    ($config:ident, $new:literal, $backend:literal) => {
+        impl crate::backend::common::StoreSettings for $config {
+            fn lock_lease_mut(&mut self) -> &mut std::time::Duration {
+                &mut self.lock_lease
+            }
+            fn codec_mut(&mut self) -> &mut crate::codec::Codec {
+                &mut self.codec
+            }
+            fn verify_codec_mut(&mut self) -> &mut bool {
+                &mut self.verify_codec
+            }
+            fn share_events_mut(&mut self) -> &mut bool {
+                &mut self.share_events
+            }
+        }
+
+        impl $config {
+            /// Lease of per-key locks (default 30 s): a holder that vanished
+            /// frees the key after it. URL option: `lock_lease_ms`.
+            pub fn lock_lease(mut self, lease: std::time::Duration) -> Self {
+                self.lock_lease = lease;
+                self
+            }
+
+            /// Value encoding (default JSON). URL option: `codec`.
+            pub fn codec(mut self, codec: crate::codec::Codec) -> Self {
+                self.codec = codec;
+                self
+            }
+
+            /// Decodes every encoded value once (into `V`) before writing it
+            /// (default false). A value whose `Serialize` output its own
+            /// `Deserialize` rejects is then refused with
+            /// [`Error::Encode`](crate::Error::Encode) and nothing is written, instead
+            /// of being stored and failing every later read with
+            /// [`Error::Decode`](crate::Error::Decode). Non-finite floats under JSON
+            /// are refused without it. Costs one decode per write. URL option: `verify_codec`.
+            ///
+            /// ```
+            #[doc = concat!("let config = ", $new, ".verify_codec(true);")]
+            /// # let _ = config;
+            /// ```
+            pub fn verify_codec(mut self, on: bool) -> Self {
+                self.verify_codec = on;
+                self
+            }
+
+            /// The encoder of written values (codec and `verify_codec`).
+            pub(super) fn encoder(&self) -> crate::codec::Encoder {
+                crate::codec::Encoder::new(self.codec, self.verify_codec)
+            }
+
+            /// Whether [`LiveDict::open`](crate::LiveDict::open) and the builder
+            #[doc = concat!("call [`", $backend, "::share_events`](super::", $backend, "::share_events)")]
+            /// (default false): events of every sharing process reach the watch
+            /// streams of every other. URL option: `share_events`.
+            ///
+            /// ```
+            #[doc = concat!("let config = ", $new, ".share_events(true);")]
+            /// assert!(config.shares_events());
+            /// ```
+            pub fn share_events(mut self, share: bool) -> Self {
+                self.share_events = share;
+                self
+            }
+
+            /// Whether events are shared with other processes (see [`share_events`](Self::share_events)).
+            pub fn shares_events(&self) -> bool {
+                self.share_events
+            }
+        }
+    };
+}
+pub(crate) use store_settings;
+
+/// `Clone` (a reference count) and `Debug` (its name and `$what`, the
+/// store's label) for a backend handle `$backend { shared: Arc<Shared<V>> }`.
+macro_rules! shared_handle {
+    ($backend:ident, $what:literal) => {
+        impl<V> Clone for $backend<V> {
+            fn clone(&self) -> Self {
+                $backend { shared: std::sync::Arc::clone(&self.shared) }
+            }
+        }
+
+        impl<V> std::fmt::Debug for $backend<V> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($backend)).field($what, &self.shared.label).finish()
+            }
+        }
+    };
+}
+pub(crate) use shared_handle;
