@@ -154,6 +154,14 @@ impl<V: Value> LiveDict<V> {
     /// request timeout); reads do not. On SQLite and Redis the lock holds
     /// across processes and carries a lease. Dropping the guard releases it.
     ///
+    /// **Redis memory policy.** On a Redis server whose `maxmemory-policy`
+    /// may evict (`allkeys-*`, or `volatile-*`: lock keys carry a Redis TTL),
+    /// Redis can drop the lock key before its lease ends. The lock is then
+    /// never silently shared: every guarded write of this guard fails with
+    /// [`Error::LockLost`](crate::Error::LockLost), even after another holder
+    /// took the key. But it no longer excludes the others: for mutual
+    /// exclusion, run Redis with `noeviction` (or open with `eviction=refuse`).
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
     /// use std::time::Duration;
