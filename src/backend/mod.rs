@@ -35,7 +35,7 @@ pub mod sqlite;
 pub use memory::{MemoryBackend, MemoryConfig};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::{RedisBackend, RedisConfig};
+pub use redis::{Eviction, RedisBackend, RedisConfig};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{SqliteBackend, SqliteConfig};

@@ -262,10 +262,13 @@ impl<V: Value> Watch<V> {
     }
 
     async fn run(mut self, cancel: CancellationToken) {
+        // A deadline, not a sleep per loop: a steady stream of evictions must not postpone the re-check.
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(RECHECK) => Next::Recheck,
+                _ = recheck.tick() => Next::Recheck,
                 n = next_event(&mut self.sub) => n,
             };
             let Some(shared) = self.shared.upgrade() else { break };
