@@ -341,3 +341,42 @@ async fn a_guard_whose_lease_ran_out_gets_lock_lost() {
     g2.set(2).await.unwrap();
     assert_eq!(a.get("k").await.unwrap(), Some(2));
 }
+
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_database_file_and_its_wal_and_shm_are_readable_by_the_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = LiveDict::<String>::open(&url(&dir, "")).await.unwrap();
+    d.set("session", "token".into()).await.unwrap();
+    // While the store is open the WAL and shared-memory files exist too.
+    for name in ["store.db", "store.db-wal", "store.db-shm"] {
+        let path = dir.path().join(name);
+        assert!(path.exists(), "{name} exists while the store is open");
+        assert_eq!(mode_of(&path), 0o600, "{name}");
+    }
+    d.shutdown().await.unwrap();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn an_existing_database_files_mode_is_left_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let d = LiveDict::<String>::open(&url(&dir, "")).await.unwrap();
+    d.set("k", "v".into()).await.unwrap();
+    assert_eq!(mode_of(&path), 0o640);
+    d.shutdown().await.unwrap();
+    drop(d);
+    let again = LiveDict::<String>::open(&url(&dir, "")).await.unwrap();
+    assert_eq!(again.get("k").await.unwrap().as_deref(), Some("v"));
+    assert_eq!(mode_of(&path), 0o640);
+}

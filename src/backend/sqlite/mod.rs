@@ -195,6 +195,9 @@ impl<V: Value> SqliteBackend<V> {
         } else {
             config.path.display().to_string()
         };
+        if !config.in_memory() {
+            create_private(&config.path);
+        }
         let conn = open_writer(&target, flags, &config, &label).await?;
 
         let mut readers = Vec::new();
@@ -262,6 +265,33 @@ impl<V: Value> SqliteBackend<V> {
         tokio::spawn(driver::expiry_driver(Arc::downgrade(&shared), cancel));
         Ok(SqliteBackend { shared })
     }
+}
+
+/// Creates the database file readable and writable by its owner only (mode
+/// `0600`, whatever the umask) if it does not exist yet; an existing file's
+/// mode is left alone. SQLite gives the `-wal` and `-shm` files it creates
+/// next to it the same mode. Sessions and tokens live in these files, so a
+/// new one must not be world-readable (SQLite alone creates it `0644` under
+/// the usual umask).
+///
+/// A path that cannot be created here (a missing directory, say) is left to
+/// SQLite, which reports it with the usual open error.
+fn create_private(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // `create_new`: never touches a file that exists, even one created a moment ago by
+        // another process opening the same new file.
+        let created = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+        if let Ok(file) = created {
+            // The umask can only have removed bits from 0600; put back exactly 0600.
+            if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot set mode 0600 on a new database file");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// How often the WAL is copied back into the database file.
