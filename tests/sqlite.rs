@@ -19,6 +19,18 @@ fn url(dir: &tempfile::TempDir, options: &str) -> String {
 #[test]
 fn child_entry() {
     let Some(role) = child::role() else { return };
+    if let Some(url) = role.strip_prefix("blocking-writer|") {
+        // Writes forever through the blocking facade (its writes run on this thread
+        // when the writer is idle), printing each key once its write was acknowledged.
+        let d = livedict::blocking::LiveDict::<u64>::open(url).unwrap();
+        let mut out = std::io::stdout();
+        writeln!(out, "ready").unwrap();
+        for i in 0.. {
+            d.set(format!("k{i}"), i).unwrap();
+            writeln!(out, "ack k{i}").unwrap();
+            out.flush().unwrap();
+        }
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(play(role));
 }
@@ -215,8 +227,18 @@ fn running_as_root() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
+    writes_acknowledged_by_a_child_survive_its_sigkill("writer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_blocking_writes_survive_sigkill() {
+    writes_acknowledged_by_a_child_survive_its_sigkill("blocking-writer").await;
+}
+
+/// A child writes with `role` until SIGKILLed; every write it acknowledged is there.
+async fn writes_acknowledged_by_a_child_survive_its_sigkill(role: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut proc, mut out) = child::spawn(&format!("writer|{}", url(&dir, "")));
+    let (mut proc, mut out) = child::spawn(&format!("{role}|{}", url(&dir, "")));
     child::wait_for_line(&mut out, "ready");
     let reader = std::thread::spawn(move || {
         let mut acked = Vec::new();
