@@ -105,10 +105,12 @@ pub fn run(rep: &mut Report, o: &Opts) {
         let opts = if full { "?synchronous=full" } else { "" };
         let raw = raw_db(dir.path(), &format!("raw-{sync}.db"), full);
         // New files for each setting.
-        let url = |name: &str| format!("sqlite://{}{opts}", dir.path().join(format!("{name}-{sync}.db")).display());
+        let url =
+            |name: &str| format!("sqlite://{}{opts}", dir.path().join(format!("{name}-{sync}.db")).display());
         let d: LiveDict<String> = rt.block_on(LiveDict::open(&url("async"))).expect("sqlite store");
         let d32: LiveDict<String> = rt.block_on(LiveDict::open(&url("tasks"))).expect("sqlite store");
-        let b = livedict::blocking::LiveDict::<String>::open(&url("blocking")).expect("blocking sqlite store");
+        let b =
+            livedict::blocking::LiveDict::<String>::open(&url("blocking")).expect("blocking sqlite store");
 
         let raw_set = |r: usize| {
             let started = std::time::Instant::now();
@@ -150,7 +152,16 @@ pub fn run(rep: &mut Report, o: &Opts) {
         );
         let (one_target, many_target) = if full { (0.6, 6.0) } else { (0.6, 2.5) };
         let tag = if full { ", sync=full" } else { "" };
-        rep.ops("sqlite", "sqlite", &format!("async set{tag}"), 1, one, Some(raw_w), Target::Ratio(one_target), &note);
+        rep.ops(
+            "sqlite",
+            "sqlite",
+            &format!("async set{tag}"),
+            1,
+            one,
+            Some(raw_w),
+            Target::Ratio(one_target),
+            &note,
+        );
         rep.ops(
             "sqlite",
             "sqlite",
@@ -161,7 +172,16 @@ pub fn run(rep: &mut Report, o: &Opts) {
             Target::Ratio(one_target),
             &note,
         );
-        rep.ops("sqlite", "sqlite", &format!("async set{tag}"), 32, many, Some(raw_w), Target::Ratio(many_target), &note);
+        rep.ops(
+            "sqlite",
+            "sqlite",
+            &format!("async set{tag}"),
+            32,
+            many,
+            Some(raw_w),
+            Target::Ratio(many_target),
+            &note,
+        );
         if !full {
             // The single caller a Python script is: blocking set, one key after another.
             match diskcache(dir.path(), n, rounds) {

@@ -331,7 +331,9 @@ impl<V: Value> Shared<V> {
         R: Send + 'static,
     {
         let sql = Arc::clone(&self.sql);
-        let read = |e: &dyn std::fmt::Display| Error::backend_msg("sqlite", format!("read from {}: {e}", self.label));
+        let read = |e: &dyn std::fmt::Display| {
+            Error::backend_msg("sqlite", format!("read from {}: {e}", self.label))
+        };
         if self.readers.is_empty() {
             return self.writer.call(move |c| f(c, &sql)).await?.map_err(|e| read(&e));
         }

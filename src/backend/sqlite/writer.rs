@@ -294,9 +294,10 @@ fn run(core: &Core) {
             match committed {
                 Ok(results) => {
                     for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(
-                            result.map_err(|e| Error::backend("sqlite", format!("write to {}", core.label), e)),
-                        );
+                        let _ = reply
+                            .send(result.map_err(|e| {
+                                Error::backend("sqlite", format!("write to {}", core.label), e)
+                            }));
                     }
                 }
                 Err(e) => {
@@ -314,7 +315,11 @@ fn run(core: &Core) {
 }
 
 /// Applies `ops` in one `IMMEDIATE` transaction and commits it.
-fn commit(conn: &mut Connection, sql: &Sql, ops: Vec<WriteOp>) -> rusqlite::Result<Vec<rusqlite::Result<Applied>>> {
+fn commit(
+    conn: &mut Connection,
+    sql: &Sql,
+    ops: Vec<WriteOp>,
+) -> rusqlite::Result<Vec<rusqlite::Result<Applied>>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let now = super::now_ms();
     let mut seen = Seen::new(&tx, sql, now)?;
