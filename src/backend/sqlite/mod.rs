@@ -17,7 +17,12 @@
 //!
 //! - A write is acknowledged after the transaction holding it committed
 //!   (WAL, `synchronous=NORMAL`): it survives a crash of the process;
-//!   `synchronous=full` makes it survive power loss too.
+//!   `synchronous=full` makes it survive power loss too. Concurrent writes
+//!   share a transaction (group commit, on the writer thread); a
+//!   [`blocking`](crate::blocking) caller that finds the writer idle commits
+//!   its write in a transaction of its own on its own thread.
+//! - A new database file is created with mode `0600` (its `-wal` and `-shm`
+//!   files get the same); an existing file's mode is left alone.
 //! - Reads filter on `expires_at`, so an expired value is never returned.
 //! - Each expiration is reported exactly once across every process using
 //!   the file (the expiry driver claims due rows with an atomic `DELETE … RETURNING`; rows that
