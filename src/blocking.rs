@@ -49,6 +49,35 @@ impl Drop for OwnedRuntime {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs a blocking-facade call (see [`may_block`]).
+    static BLOCKING_CALLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is inside a call of the blocking facade, so a
+/// backend may do blocking work (an SQLite write) right here instead of
+/// handing it to a thread of its own: the caller waits for the result either
+/// way, and no async task shares this thread.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn may_block() -> bool {
+    BLOCKING_CALLER.with(std::cell::Cell::get)
+}
+
+/// Marks the thread as a blocking caller until dropped (restoring the previous mark).
+struct BlockingCall(bool);
+
+impl BlockingCall {
+    fn enter() -> Self {
+        BlockingCall(BLOCKING_CALLER.with(|c| c.replace(true)))
+    }
+}
+
+impl Drop for BlockingCall {
+    fn drop(&mut self) {
+        BLOCKING_CALLER.with(|c| c.set(self.0));
+    }
+}
+
 impl OwnedRuntime {
     fn runtime(&self) -> &Runtime {
         // Invariant: the runtime is only taken in `drop`.
@@ -60,6 +89,7 @@ impl OwnedRuntime {
             return Err(Error::InsideRuntime);
         }
         let rt = self.runtime();
+        let _blocking = BlockingCall::enter();
         let mut f = pin!(f);
         {
             // Most memory operations finish on their first poll: try that inside

@@ -19,6 +19,18 @@ fn url(dir: &tempfile::TempDir, options: &str) -> String {
 #[test]
 fn child_entry() {
     let Some(role) = child::role() else { return };
+    if let Some(url) = role.strip_prefix("blocking-writer|") {
+        // Writes forever through the blocking facade (its writes run on this thread
+        // when the writer is idle), printing each key once its write was acknowledged.
+        let d = livedict::blocking::LiveDict::<u64>::open(url).unwrap();
+        let mut out = std::io::stdout();
+        writeln!(out, "ready").unwrap();
+        for i in 0.. {
+            d.set(format!("k{i}"), i).unwrap();
+            writeln!(out, "ack k{i}").unwrap();
+            out.flush().unwrap();
+        }
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(play(role));
 }
@@ -215,8 +227,18 @@ fn running_as_root() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
+    writes_acknowledged_by_a_child_survive_its_sigkill("writer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_blocking_writes_survive_sigkill() {
+    writes_acknowledged_by_a_child_survive_its_sigkill("blocking-writer").await;
+}
+
+/// A child writes with `role` until SIGKILLed; every write it acknowledged is there.
+async fn writes_acknowledged_by_a_child_survive_its_sigkill(role: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut proc, mut out) = child::spawn(&format!("writer|{}", url(&dir, "")));
+    let (mut proc, mut out) = child::spawn(&format!("{role}|{}", url(&dir, "")));
     child::wait_for_line(&mut out, "ready");
     let reader = std::thread::spawn(move || {
         let mut acked = Vec::new();
@@ -340,4 +362,43 @@ async fn a_guard_whose_lease_ran_out_gets_lock_lost() {
     assert!(matches!(g.renew().await, Err(Error::LockLost { .. })));
     g2.set(2).await.unwrap();
     assert_eq!(a.get("k").await.unwrap(), Some(2));
+}
+
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_database_file_and_its_wal_and_shm_are_readable_by_the_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = LiveDict::<String>::open(&url(&dir, "")).await.unwrap();
+    d.set("session", "token".into()).await.unwrap();
+    // While the store is open the WAL and shared-memory files exist too.
+    for name in ["store.db", "store.db-wal", "store.db-shm"] {
+        let path = dir.path().join(name);
+        assert!(path.exists(), "{name} exists while the store is open");
+        assert_eq!(mode_of(&path), 0o600, "{name}");
+    }
+    d.shutdown().await.unwrap();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn an_existing_database_files_mode_is_left_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let d = LiveDict::<String>::open(&url(&dir, "")).await.unwrap();
+    d.set("k", "v".into()).await.unwrap();
+    assert_eq!(mode_of(&path), 0o640);
+    d.shutdown().await.unwrap();
+    drop(d);
+    let again = LiveDict::<String>::open(&url(&dir, "")).await.unwrap();
+    assert_eq!(again.get("k").await.unwrap().as_deref(), Some("v"));
+    assert_eq!(mode_of(&path), 0o640);
 }

@@ -12,26 +12,31 @@ use crate::{Opts, runtime, value};
 
 type Fired = Arc<Mutex<Vec<(usize, Instant)>>>;
 
+/// Keys per expire row (the scale row has more).
+const N: usize = 10_000;
+
 pub fn run(rep: &mut Report, o: &Opts, redis: Option<&crate::redis::Server>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite = format!("sqlite://{}", dir.path().join("expire.db").display());
     for spread in [true, false] {
-        one(rep, o, "memory", "memory://", 10.0, spread, false);
-        one(rep, o, "sqlite", &sqlite, 10.0, spread, false);
+        one(rep, o, "memory", "memory://", 10.0, spread, false, N);
+        one(rep, o, "sqlite", &sqlite, 10.0, spread, false, N);
         match redis {
-            Some(s) => one(rep, o, "redis", &s.url("expire"), 50.0, spread, false),
+            Some(s) => one(rep, o, "redis", &s.url("expire"), 50.0, spread, false, N),
             None => rep.skipped("expire", "redis", "no redis-server on PATH"),
         }
     }
     if let Some(s) = redis {
         // Deadlines written by another instance: two stores on one namespace,
         // one writes, the shards' sweepers are split between them.
-        one(rep, o, "redis", &s.url("expire2"), 50.0, true, true);
+        one(rep, o, "redis", &s.url("expire2"), 50.0, true, true, N);
     }
+    // Expiry at scale: 100,000 deadlines over one second.
+    one(rep, o, "sqlite", &sqlite, 10.0, true, false, 100_000);
     // The same on a local 3-master cluster.
     if let Some(cluster) = crate::redis_server::RedisCluster::start(3, 0) {
         for spread in [true, false] {
-            one(rep, o, "cluster", &format!("{}&namespace=expire", cluster.url()), 50.0, spread, false);
+            one(rep, o, "cluster", &format!("{}&namespace=expire", cluster.url()), 50.0, spread, false, N);
         }
     }
 }
@@ -40,8 +45,18 @@ pub fn run(rep: &mut Report, o: &Opts, redis: Option<&crate::redis::Server>) {
 /// second, 10,000 expirations/s); else all 1 s (every deadline within the
 /// few milliseconds it took to set them: a burst). `two`: a second store on
 /// the same namespace writes, and both report (the callback is on both).
-fn one(rep: &mut Report, _o: &Opts, backend: &str, url: &str, p99_target_ms: f64, spread: bool, two: bool) {
-    let n = 10_000;
+/// `n`: keys.
+#[allow(clippy::too_many_arguments)]
+fn one(
+    rep: &mut Report,
+    _o: &Opts,
+    backend: &str,
+    url: &str,
+    p99_target_ms: f64,
+    spread: bool,
+    two: bool,
+    n: usize,
+) {
     let base = Duration::from_millis(if spread { 500 } else { 1000 });
     let ttl_of = move |i: usize| base + Duration::from_millis(if spread { (i * 1000 / n) as u64 } else { 0 });
     let writers = 32;
@@ -115,13 +130,15 @@ fn one(rep: &mut Report, _o: &Opts, backend: &str, url: &str, p99_target_ms: f64
         }
     }
     let duplicates = count.values().map(|c| c - 1).sum();
+    let op = match (spread, two) {
+        (_, true) => "expire lateness, other instance writes",
+        (true, false) => "expire lateness, deadlines over 1 s",
+        (false, false) => "expire lateness, burst",
+    };
+    let op = if n == N { op.to_owned() } else { format!("{op}, {}k keys", n / 1000) };
     rep.lateness(
         backend,
-        match (spread, two) {
-            (_, true) => "expire lateness, other instance writes",
-            (true, false) => "expire lateness, deadlines over 1 s",
-            (false, false) => "expire lateness, burst",
-        },
+        &op,
         n,
         base,
         &mut late,

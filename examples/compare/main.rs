@@ -13,9 +13,13 @@
 //! - `callback`: `set` + 1 sync / 1 async callback, end to end: events
 //!   delivered to the callback per second, until every event arrived.
 //! - `expire`: lateness of `Expire` events after their deadline, 10,000 keys,
-//!   on every backend (p50/p99/max, delivered, duplicates).
-//! - `sqlite`: `set` (1 and 32 tasks) vs raw rusqlite WAL autocommit one at a
-//!   time; `get` (1 and 8 tasks) vs a raw prepared `SELECT`.
+//!   on every backend (p50/p99/max, delivered, duplicates), and 100,000 keys
+//!   over one second on SQLite.
+//! - `sqlite`: async `set` (1 and 32 tasks) and blocking `set` (1 thread) vs
+//!   raw rusqlite WAL autocommit one at a time, each round half new keys and
+//!   half updates, at `synchronous=NORMAL` and `FULL`; blocking `set` vs
+//!   Python diskcache on the same workload (`$COMPARE_PYTHON`, when it has
+//!   diskcache); `get` (1 and 8 tasks) vs a raw prepared `SELECT`.
 //! - `redis`: `get`/`set` with 1 and 50 tasks vs raw fred, same server, same
 //!   tasks. A private `redis-server` is started on a free loopback port (and
 //!   killed at the end) when one is on `PATH`; otherwise the rows are skipped.

@@ -17,7 +17,12 @@
 //!
 //! - A write is acknowledged after the transaction holding it committed
 //!   (WAL, `synchronous=NORMAL`): it survives a crash of the process;
-//!   `synchronous=full` makes it survive power loss too.
+//!   `synchronous=full` makes it survive power loss too. Concurrent writes
+//!   share a transaction (group commit, on the writer thread); a
+//!   [`blocking`](crate::blocking) caller that finds the writer idle commits
+//!   its write in a transaction of its own on its own thread.
+//! - A new database file is created with mode `0600` (its `-wal` and `-shm`
+//!   files get the same); an existing file's mode is left alone.
 //! - Reads filter on `expires_at`, so an expired value is never returned.
 //! - Each expiration is reported exactly once across every process using
 //!   the file (the expiry driver claims due rows with an atomic `DELETE … RETURNING`; rows that
@@ -110,59 +115,54 @@ fn open_error(label: &str, what: &str, e: impl std::fmt::Display) -> Error {
 /// WAL and creating its tables; SQLite answers the losers `SQLITE_BUSY`/`LOCKED`
 /// (the busy handler does not cover a journal-mode change) or, while the
 /// `-wal`/`-shm` files appear, an I/O error. Those are retried with a fresh
-/// connection until the busy timeout; anything else fails at once.
+/// connection until the busy timeout; anything else fails at once. Runs on a
+/// blocking thread (it may wait for another process's lock).
 async fn open_writer(
+    target: String,
+    flags: OpenFlags,
+    config: SqliteConfig,
+    label: Arc<str>,
+) -> Result<rusqlite::Connection> {
+    let opening = tokio::task::spawn_blocking(move || open_writer_blocking(&target, flags, &config, &label));
+    opening.await.map_err(|e| Error::backend_msg("sqlite", format!("opening the writer: {e}")))?
+}
+
+fn open_writer_blocking(
     target: &str,
     flags: OpenFlags,
     config: &SqliteConfig,
     label: &str,
-) -> Result<tokio_rusqlite::Connection> {
-    let give_up = tokio::time::Instant::now() + config.busy_timeout;
+) -> Result<rusqlite::Connection> {
+    let give_up = std::time::Instant::now() + config.busy_timeout;
     let mut pause = Duration::from_millis(5);
     loop {
-        let conn = tokio_rusqlite::Connection::open_with_flags(target, flags)
-            .await
+        let mut c = rusqlite::Connection::open_with_flags(target, flags)
             .map_err(|e| open_error(label, "open failed", e))?;
-        let setup = config.clone();
-        let outcome = conn
-            .call(move |c| -> Result<(), (bool, String)> {
-                let transient = |e: rusqlite::Error| {
-                    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, SystemIoFailure};
-                    let retry = matches!(
-                        e.sqlite_error_code(),
-                        Some(DatabaseBusy | DatabaseLocked | SystemIoFailure)
-                    );
-                    (retry, e.to_string())
-                };
-                schema::configure(c, &setup).map_err(transient)?;
-                if !setup.in_memory() {
-                    // Checkpoints mostly run on a connection of their own (see `checkpointer`).
-                    c.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
-                        .map_err(transient)?;
-                }
-                schema::create(c, &setup).map_err(|e| match e {
-                    schema::CreateError::Sqlite(e) => transient(e),
-                    schema::CreateError::Version(msg) => (false, msg),
-                })
+        let transient = |e: rusqlite::Error| {
+            use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, SystemIoFailure};
+            let retry =
+                matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked | SystemIoFailure));
+            (retry, e.to_string())
+        };
+        let outcome = (|| -> Result<(), (bool, String)> {
+            schema::configure(&c, config).map_err(transient)?;
+            if !config.in_memory() {
+                // Checkpoints mostly run on a connection of their own (see `checkpointer`).
+                c.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(transient)?;
+            }
+            schema::create(&mut c, config).map_err(|e| match e {
+                schema::CreateError::Sqlite(e) => transient(e),
+                schema::CreateError::Version(msg) => (false, msg),
             })
-            .await;
+        })();
         match outcome {
-            Ok(()) => return Ok(conn),
-            Err(tokio_rusqlite::Error::Error((true, _))) if tokio::time::Instant::now() < give_up => {
-                drop(conn);
-                tokio::time::sleep(pause).await;
+            Ok(()) => return Ok(c),
+            Err((true, _)) if std::time::Instant::now() < give_up => {
+                drop(c);
+                std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
-            Err(tokio_rusqlite::Error::Error((_, msg))) => {
-                return Err(open_error(label, "not a usable livedict database", msg));
-            }
-            Err(tokio_rusqlite::Error::ConnectionClosed) => {
-                return Err(open_error(label, "not a usable livedict database", "connection closed"));
-            }
-            Err(tokio_rusqlite::Error::Close((_, e))) => {
-                return Err(open_error(label, "not a usable livedict database", e));
-            }
-            Err(_) => return Err(open_error(label, "not a usable livedict database", "unknown failure")),
+            Err((_, msg)) => return Err(open_error(label, "not a usable livedict database", msg)),
         }
     }
 }
@@ -185,13 +185,15 @@ impl<V: Value> SqliteBackend<V> {
         } else {
             config.path.display().to_string()
         };
-        let conn = open_writer(&target, flags, &config, &label).await?;
+        if !config.in_memory() {
+            create_private(&config.path);
+        }
+        let conn = open_writer(target.clone(), flags, config.clone(), Arc::clone(&label)).await?;
 
+        // In memory: no readers; reads run on the writer's connection (shared-cache memory
+        // databases lock per table, not per WAL snapshot, so a second connection would wait).
         let mut readers = Vec::new();
-        if config.in_memory() {
-            // One connection: shared-cache memory databases lock per table, not per WAL snapshot.
-            readers.push(conn.clone());
-        } else {
+        if !config.in_memory() {
             for _ in 0..config.readers {
                 let reader = tokio_rusqlite::Connection::open_with_flags(&target, flags)
                     .await
@@ -222,7 +224,8 @@ impl<V: Value> SqliteBackend<V> {
             }
         }
         let sql = Arc::new(Sql::new(&config.table));
-        let writer = Writer::spawn(conn, Arc::clone(&sql), Arc::clone(&label));
+        let writer = Writer::spawn(conn, Arc::clone(&sql), Arc::clone(&label))
+            .map_err(|e| open_error(&label, "starting the writer thread", e))?;
         let cancel = CancellationToken::new();
         if !config.in_memory() {
             let checkpoints = tokio_rusqlite::Connection::open_with_flags(&target, flags)
@@ -252,6 +255,33 @@ impl<V: Value> SqliteBackend<V> {
         tokio::spawn(driver::expiry_driver(Arc::downgrade(&shared), cancel));
         Ok(SqliteBackend { shared })
     }
+}
+
+/// Creates the database file readable and writable by its owner only (mode
+/// `0600`, whatever the umask) if it does not exist yet; an existing file's
+/// mode is left alone. SQLite gives the `-wal` and `-shm` files it creates
+/// next to it the same mode. Sessions and tokens live in these files, so a
+/// new one must not be world-readable (SQLite alone creates it `0644` under
+/// the usual umask).
+///
+/// A path that cannot be created here (a missing directory, say) is left to
+/// SQLite, which reports it with the usual open error.
+fn create_private(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // `create_new`: never touches a file that exists, even one created a moment ago by
+        // another process opening the same new file.
+        let created = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+        if let Ok(file) = created {
+            // The umask can only have removed bits from 0600; put back exactly 0600.
+            if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot set mode 0600 on a new database file");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// How often the WAL is copied back into the database file.
@@ -295,12 +325,15 @@ impl<V: Value> Shared<V> {
         F: FnOnce(&mut rusqlite::Connection, &Sql) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         let sql = Arc::clone(&self.sql);
-        self.readers[i]
-            .call(move |c| f(c, &sql))
-            .await
-            .map_err(|e| Error::backend_msg("sqlite", format!("read from {}: {e}", self.label)))
+        let read = |e: &dyn std::fmt::Display| {
+            Error::backend_msg("sqlite", format!("read from {}: {e}", self.label))
+        };
+        if self.readers.is_empty() {
+            return self.writer.call(move |c| f(c, &sql)).await?.map_err(|e| read(&e));
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        self.readers[i].call(move |c| f(c, &sql)).await.map_err(|e| read(&e))
     }
 
     /// Runs a point read (one primary-key lookup) on the calling task when an
@@ -340,7 +373,13 @@ impl<V: Value> Shared<V> {
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
         let mut backoff = Duration::from_millis(1);
         loop {
-            let Applied { outcome, expired } = self.writer.write(op.clone()).await?;
+            // A caller that may block (the blocking facade's thread) writes inline when the
+            // writer is idle; everyone else joins the group commit.
+            let inline = if crate::blocking::may_block() { self.writer.write_inline(&op) } else { None };
+            let Applied { outcome, expired } = match inline {
+                Some(applied) => applied?,
+                None => self.writer.write(op.clone()).await?,
+            };
             for (key, bytes) in expired {
                 self.report_expired(&key, &bytes);
             }
