@@ -31,6 +31,7 @@ use tokio::runtime::{Handle, Runtime};
 
 use crate::Value;
 use crate::callback::{Callback, CallbackId};
+use crate::caller::BlockingCall;
 use crate::error::{Error, Result};
 use crate::event::EventKind;
 use crate::event::watch::{WatchFilter, WatchItem};
@@ -46,35 +47,6 @@ impl Drop for OwnedRuntime {
         if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
-    }
-}
-
-thread_local! {
-    /// Set while this thread runs a blocking-facade call (see [`may_block`]).
-    static BLOCKING_CALLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether the current thread is inside a call of the blocking facade, so a
-/// backend may do blocking work (an SQLite write) right here instead of
-/// handing it to a thread of its own: the caller waits for the result either
-/// way, and no async task shares this thread.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-pub(crate) fn may_block() -> bool {
-    BLOCKING_CALLER.with(std::cell::Cell::get)
-}
-
-/// Marks the thread as a blocking caller until dropped (restoring the previous mark).
-struct BlockingCall(bool);
-
-impl BlockingCall {
-    fn enter() -> Self {
-        BlockingCall(BLOCKING_CALLER.with(|c| c.replace(true)))
-    }
-}
-
-impl Drop for BlockingCall {
-    fn drop(&mut self) {
-        BLOCKING_CALLER.with(|c| c.set(self.0));
     }
 }
 

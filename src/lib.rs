@@ -346,6 +346,7 @@
 pub mod backend;
 pub mod blocking;
 pub mod callback;
+mod caller;
 pub mod codec;
 pub mod error;
 pub mod event;

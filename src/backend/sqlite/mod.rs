@@ -375,7 +375,7 @@ impl<V: Value> Shared<V> {
         loop {
             // A caller that may block (the blocking facade's thread) writes inline when the
             // writer is idle; everyone else joins the group commit.
-            let inline = if crate::blocking::may_block() { self.writer.write_inline(&op) } else { None };
+            let inline = if crate::caller::may_block() { self.writer.write_inline(&op) } else { None };
             let Applied { outcome, expired } = match inline {
                 Some(applied) => applied?,
                 None => self.writer.write(op.clone()).await?,
