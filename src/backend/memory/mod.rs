@@ -448,7 +448,8 @@ impl<V: Value> Shared<V> {
                 let generation = self.next_generation();
                 // The deadline is recorded after the entry exists, so the driver
                 // never meets a deadline whose entry is not there yet.
-                let timer = (deadline != NO_DEADLINE).then(|| (Box::<str>::from(key.as_str()), (deadline, generation)));
+                let timer = (deadline != NO_DEADLINE)
+                    .then(|| (Box::<str>::from(key.as_str()), (deadline, generation)));
                 let write = self.writes.lock(&key);
                 // The replaced entry matters only if it has a deadline to forget
                 // or report; with no such entry anywhere it is not even read
