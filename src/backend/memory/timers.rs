@@ -32,13 +32,16 @@ pub(super) const NO_DEADLINE: Micros = u64::MAX;
 /// One pending deadline: when, for which generation of which key.
 pub(super) type Deadline = (Micros, u64);
 
+/// One shard of the table: the pending deadlines of some keys, earliest first.
+type Shard = Mutex<BTreeMap<Deadline, Box<str>>>;
+
 /// Deadlines of every entry that has one, sharded by key so writers on
 /// different keys do not contend.
 ///
 /// A `std::sync::Mutex` (not Tokio's) guards each shard: it is never held
 /// across an `.await`, only for one map operation.
 pub(super) struct DeadlineTable {
-    shards: Box<[Mutex<BTreeMap<Deadline, Box<str>>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     /// Micros of the earliest deadline the driver is sleeping towards
     /// (`u64::MAX`: none), so writers wake it only when they add an earlier one.
@@ -58,7 +61,7 @@ impl DeadlineTable {
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<BTreeMap<Deadline, Box<str>>> {
+    fn shard(&self, key: &str) -> &Shard {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
