@@ -59,7 +59,13 @@ impl LockToken {
     /// A fresh random token (128 random bits, hex).
     pub fn new() -> Self {
         let bits: u128 = rand::random();
-        LockToken { owner: format!("{bits:032x}").into() }
+        // By hand: `format!` runs the formatting machinery on every `lock` call.
+        let mut hex = [0u8; 32];
+        for (i, digit) in hex.iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[((bits >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        // Invariant: only ASCII hex digits were written.
+        LockToken { owner: std::str::from_utf8(&hex).expect("ASCII hex digits").into() }
     }
 
     /// The token as text (stored by distributed backends as the lock owner).

@@ -5,7 +5,7 @@ mod timers;
 
 use std::future::{Ready, ready};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::Value;
 use crate::error::{Error, Result};
 use crate::event::{EventKind, EventSink};
 use crate::request::{LockGrant, Request, Response};
-use timers::{Deadline, DeadlineTable};
+use timers::{Deadline, DeadlineTable, Micros, NO_DEADLINE};
 
 /// How many expired entries the driver reports (or removes) before yielding.
 const EXPIRE_BATCH: usize = 1024;
@@ -73,33 +73,48 @@ const OPTIONS: &[crate::url::UrlOption<MemoryConfig>] = &[crate::url::UrlOption 
 /// One stored value with its deadline and generation (unique per write).
 ///
 /// Kept behind an `Arc` in moka, so moka's internal copies (reads, eviction
-/// notifications) cost a reference count, not a clone of `V`.
+/// notifications) cost a reference count, not a clone of `V`. 16 bytes beside
+/// `V`: the deadline in micros and the generation with the reported flag in
+/// one word (measured: 72 -> 56 bytes per entry with a `String` value).
 struct Entry<V> {
     value: V,
-    deadline: Option<Instant>,
-    generation: u64,
-    /// Set by whoever reports this entry's expiry or eviction first (the
-    /// driver, the writer that replaced or removed it, or the eviction
-    /// listener), so it is reported exactly once.
-    reported: AtomicBool,
+    /// When it expires ([`NO_DEADLINE`]: never), see [`DeadlineTable::micros`].
+    deadline: Micros,
+    /// The generation, plus [`REPORTED`]: set by whoever reports this entry's
+    /// expiry or eviction first (the driver, the writer that replaced or
+    /// removed it, or the eviction listener), so it is reported exactly once.
+    state: AtomicU64,
 }
 
+/// The bit of [`Entry::state`] that marks the entry's end as reported
+/// (generations stay far below it).
+const REPORTED: u64 = 1 << 63;
+
 impl<V> Entry<V> {
-    fn new(value: V, deadline: Option<Instant>, generation: u64) -> Self {
-        Entry { value, deadline, generation, reported: AtomicBool::new(false) }
+    fn new(value: V, deadline: Micros, generation: u64) -> Self {
+        Entry { value, deadline, state: AtomicU64::new(generation) }
+    }
+
+    fn generation(&self) -> u64 {
+        self.state.load(Ordering::Relaxed) & !REPORTED
+    }
+
+    fn has_deadline(&self) -> bool {
+        self.deadline != NO_DEADLINE
     }
 
     /// Claims the one report of this entry's end; false if it was already reported.
     fn claim_report(&self) -> bool {
-        !self.reported.swap(true, Ordering::AcqRel)
+        self.state.fetch_or(REPORTED, Ordering::AcqRel) & REPORTED == 0
     }
 
-    fn is_live(&self, now: Instant) -> bool {
-        self.deadline.is_none_or(|d| d > now)
+    /// Whether it is live at `now` (see [`DeadlineTable::micros`]).
+    fn is_live(&self, now: Micros) -> bool {
+        self.deadline > now
     }
 
     fn timer(&self) -> Option<Deadline> {
-        self.deadline.map(|d| (d, self.generation))
+        self.has_deadline().then(|| (self.deadline, self.generation()))
     }
 }
 
@@ -148,7 +163,7 @@ fn ended<V: Value>(deadlines: &DeadlineTable, sink: &EventSink<V>, key: &str, ol
     // Only entries with a deadline need the clock.
     if let Some(t) = old.timer() {
         deadlines.remove(key, t);
-        if !old.is_live(Instant::now()) && old.claim_report() {
+        if !old.is_live(deadlines.micros(Instant::now())) && old.claim_report() {
             sink.expired(key, || Some(old.value.clone()));
         }
     }
@@ -282,7 +297,7 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
     let Some(deadlines) = shared.upgrade().map(|s| Arc::clone(&s.deadlines)) else { return };
     let mut due = Vec::with_capacity(EXPIRE_BATCH);
     // Expired entries already reported, still to be removed from moka.
-    let mut reported: Vec<(Deadline, String)> = Vec::new();
+    let mut reported: Vec<(Deadline, Box<str>)> = Vec::new();
     loop {
         let next = deadlines.next_deadline();
         tokio::select! {
@@ -306,8 +321,8 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
                     }
                 }
             } else {
-                for ((deadline, generation), key) in due.drain(..) {
-                    shared.expire_if_current(&key, deadline, generation);
+                for (t, key) in due.drain(..) {
+                    shared.expire_if_current(&key, t);
                 }
             }
             if full {
@@ -318,8 +333,8 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
                 break;
             }
             let rest = reported.len().saturating_sub(REMOVE_BATCH);
-            for ((deadline, generation), key) in reported.drain(rest..) {
-                shared.expire_if_current(&key, deadline, generation);
+            for (t, key) in reported.drain(rest..) {
+                shared.expire_if_current(&key, t);
             }
             tokio::task::yield_now().await;
         }
@@ -342,9 +357,9 @@ impl<V: Value> Shared<V> {
     /// deadline came due and nobody reported it yet; true if the entry is
     /// still to be removed (by [`Self::expire_if_current`]). Reads already
     /// treat it as gone: it is past its deadline.
-    fn report_if_current(&self, key: &str, (deadline, generation): Deadline) -> bool {
+    fn report_if_current(&self, key: &str, t: Deadline) -> bool {
         match self.cache.get(key) {
-            Some(e) if e.generation == generation && e.deadline == Some(deadline) => {
+            Some(e) if e.timer() == Some(t) => {
                 if e.claim_report() {
                     self.sink.expired(key, || Some(e.value.clone()));
                 }
@@ -357,10 +372,10 @@ impl<V: Value> Shared<V> {
     /// Removes `key` if it is still the generation whose deadline came due;
     /// [`ended`] reports the expiry with the value (unless the
     /// driver already did).
-    fn expire_if_current(&self, key: &str, deadline: Instant, generation: u64) {
+    fn expire_if_current(&self, key: &str, t: Deadline) {
         let write = self.writes.lock(key);
         let removed = match self.cache.get(key) {
-            Some(e) if e.generation == generation && e.deadline == Some(deadline) => self.cache.remove(key),
+            Some(e) if e.timer() == Some(t) => self.cache.remove(key),
             _ => None,
         };
         drop(write);
@@ -370,37 +385,37 @@ impl<V: Value> Shared<V> {
     }
 
     /// Counts an entry about to be written with `deadline` (see `timed`).
-    fn count_timed(&self, deadline: Option<Instant>) {
-        if let (Some(timed), Some(_)) = (&self.timed, deadline) {
+    fn count_timed(&self, deadline: Micros) {
+        if let (Some(timed), true) = (&self.timed, deadline != NO_DEADLINE) {
             timed.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     /// See [`ended`].
     fn ended(&self, key: &str, old: &Entry<V>) {
-        if let (Some(timed), Some(_)) = (&self.timed, old.deadline) {
+        if let (Some(timed), true) = (&self.timed, old.has_deadline()) {
             timed.fetch_sub(1, Ordering::AcqRel);
         }
         ended(&self.deadlines, &self.sink, key, old)
     }
 
-    /// Gives a live entry a new deadline (`None`: none) atomically under the
+    /// Gives a live entry a new deadline (`NO_DEADLINE`: none) atomically under the
     /// key's write lock; false if there is no live entry, or
     /// (`only_if_deadline`) it has no deadline to drop.
-    fn redeadline(&self, key: &str, deadline: Option<Instant>, only_if_deadline: bool) -> bool {
-        let now = Instant::now();
+    fn redeadline(&self, key: &str, deadline: Micros, only_if_deadline: bool) -> bool {
+        let now = self.deadlines.micros(Instant::now());
         let write = self.writes.lock(key);
         let Some(old) = self.cache.get(key).filter(|e| e.is_live(now)) else {
             return false;
         };
-        if only_if_deadline && old.deadline.is_none() {
+        if only_if_deadline && !old.has_deadline() {
             return false;
         }
         let generation = self.next_generation();
         self.count_timed(deadline);
         self.cache.insert(key.to_owned(), Arc::new(Entry::new(old.value.clone(), deadline, generation)));
-        if let Some(d) = deadline {
-            self.deadlines.insert(key.to_owned(), (d, generation));
+        if deadline != NO_DEADLINE {
+            self.deadlines.insert(key.into(), (deadline, generation));
         }
         drop(write);
         self.ended(key, &old);
@@ -410,23 +425,23 @@ impl<V: Value> Shared<V> {
     fn get_live(&self, key: &str) -> Option<Arc<Entry<V>>> {
         let entry = self.cache.get(key)?;
         // Only entries with a deadline need the clock.
-        if entry.deadline.is_some() && !entry.is_live(Instant::now()) {
+        if entry.has_deadline() && !entry.is_live(self.deadlines.micros(Instant::now())) {
             return None;
         }
         Some(entry)
     }
 
     fn live_entries(&self) -> impl Iterator<Item = (Arc<String>, Arc<Entry<V>>)> + '_ {
-        let now = Instant::now();
+        let now = self.deadlines.micros(Instant::now());
         self.cache.iter().filter(move |(_, e)| e.is_live(now))
     }
 
-    fn deadline_for(&self, now: Instant, ttl: Option<Duration>) -> Result<Option<Instant>> {
+    fn deadline_for(&self, now: Instant, ttl: Option<Duration>) -> Result<Micros> {
         match ttl {
-            None => Ok(None),
+            None => Ok(NO_DEADLINE),
             Some(ttl) => now
                 .checked_add(ttl)
-                .map(Some)
+                .map(|at| self.deadlines.micros(at))
                 .ok_or(Error::InvalidTtl { ttl, reason: "deadline overflows the clock" }),
         }
     }
@@ -437,21 +452,26 @@ impl<V: Value> Shared<V> {
             Request::Exists { key } => Ok(Response::Bool(self.get_live(&key).is_some())),
             Request::Ttl { key } => {
                 let now = Instant::now();
-                Ok(Response::Ttl(self.get_live(&key).and_then(|e| e.deadline).map(|d| d - now)))
+                Ok(Response::Ttl(
+                    self.get_live(&key)
+                        .and_then(|e| e.has_deadline().then(|| self.deadlines.instant(e.deadline)))
+                        .map(|d| d.saturating_duration_since(now)),
+                ))
             }
             Request::Set { key, value, ttl, lock: _ } => {
                 let deadline = self.deadline_for(Instant::now(), ttl)?;
                 let generation = self.next_generation();
                 // The deadline is recorded after the entry exists, so the driver
                 // never meets a deadline whose entry is not there yet.
-                let timer = deadline.map(|d| (key.clone(), (d, generation)));
+                let timer = (deadline != NO_DEADLINE)
+                    .then(|| (Box::<str>::from(key.as_str()), (deadline, generation)));
                 let write = self.writes.lock(&key);
                 // The replaced entry matters only if it has a deadline to forget
                 // or report; with no such entry anywhere it is not even read
                 // (measured: a moka read is ~20% of a plain set).
                 let any_timed = self.timed.as_ref().is_none_or(|t| t.load(Ordering::Acquire) > 0);
                 let old = if any_timed {
-                    self.cache.get(&key).filter(|e| e.deadline.is_some()).map(|e| (e, key.clone()))
+                    self.cache.get(&key).filter(|e| e.has_deadline()).map(|e| (e, key.clone()))
                 } else {
                     None
                 };
@@ -474,14 +494,14 @@ impl<V: Value> Shared<V> {
                 if let Some(old) = &removed {
                     self.ended(&key, old);
                 }
-                let removed = removed.filter(|e| e.is_live(Instant::now()));
+                let removed = removed.filter(|e| e.is_live(self.deadlines.micros(Instant::now())));
                 Ok(Response::Deleted { removed: removed.is_some(), value: removed.map(|e| e.value.clone()) })
             }
             Request::Expire { key, ttl, lock: _ } => {
                 let deadline = self.deadline_for(Instant::now(), Some(ttl))?;
                 Ok(Response::Bool(self.redeadline(&key, deadline, false)))
             }
-            Request::Persist { key, lock: _ } => Ok(Response::Bool(self.redeadline(&key, None, true))),
+            Request::Persist { key, lock: _ } => Ok(Response::Bool(self.redeadline(&key, NO_DEADLINE, true))),
             Request::Keys => {
                 Ok(Response::Keys(self.live_entries().map(|(k, _)| k.as_ref().clone()).collect()))
             }

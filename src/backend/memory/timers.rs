@@ -5,19 +5,35 @@
 //! `(deadline, generation)`, so re-sets never collide and an old deadline can
 //! never remove a newer value (the driver re-checks the generation under the
 //! entry's lock before removing it).
+//!
+//! Deadlines are whole microseconds since the table's `base` (an `u64`, not an
+//! `Instant`): with the key as a `Box<str>` an element is 32 bytes instead of 48
+//! (measured: ~25 B less per TTL'd entry).
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const SHARDS: usize = 16;
 
+/// A deadline or a clock reading: whole microseconds since the table's base
+/// (rounded down, both, so an entry is gone once `deadline <= now`, as it was
+/// with `Instant`s at the same precision). [`NO_DEADLINE`]: none.
+pub(super) type Micros = u64;
+
+/// The [`Micros`] of an entry without a deadline (later than any clock reading).
+pub(super) const NO_DEADLINE: Micros = u64::MAX;
+
 /// One pending deadline: when, for which generation of which key.
-pub(super) type Deadline = (Instant, u64);
+pub(super) type Deadline = (Micros, u64);
+
+/// One shard of the table: the pending deadlines of some keys, earliest first.
+type Shard = Mutex<BTreeMap<Deadline, Box<str>>>;
 
 /// Deadlines of every entry that has one, sharded by key so writers on
 /// different keys do not contend.
@@ -25,11 +41,10 @@ pub(super) type Deadline = (Instant, u64);
 /// A `std::sync::Mutex` (not Tokio's) guards each shard: it is never held
 /// across an `.await`, only for one map operation.
 pub(super) struct DeadlineTable {
-    shards: Box<[Mutex<BTreeMap<Deadline, String>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
-    /// Micros since `base` of the earliest deadline the driver is sleeping
-    /// towards (`u64::MAX`: none), so writers wake it only when they add an
-    /// earlier one.
+    /// Micros of the earliest deadline the driver is sleeping towards
+    /// (`u64::MAX`: none), so writers wake it only when they add an earlier one.
     earliest: AtomicU64,
     base: Instant,
     wake: Notify,
@@ -46,18 +61,25 @@ impl DeadlineTable {
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<BTreeMap<Deadline, String>> {
+    fn shard(&self, key: &str) -> &Shard {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
-    fn micros(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.base).as_micros().try_into().unwrap_or(u64::MAX - 1)
+    /// `at` in micros since the base (never [`NO_DEADLINE`]): a deadline, or
+    /// a clock reading `now` at which a deadline `d` has passed iff `d <= now`.
+    pub(super) fn micros(&self, at: Instant) -> Micros {
+        at.saturating_duration_since(self.base).as_micros().try_into().unwrap_or(NO_DEADLINE - 1)
+    }
+
+    /// The `Instant` of a deadline.
+    pub(super) fn instant(&self, at: Micros) -> Instant {
+        self.base + Duration::from_micros(at)
     }
 
     /// Records `deadline` for `key`, waking the driver if it is the new earliest.
-    pub(super) fn insert(&self, key: String, deadline: Deadline) {
+    pub(super) fn insert(&self, key: Box<str>, deadline: Deadline) {
         lock(self.shard(&key)).insert(deadline, key);
-        let at = self.micros(deadline.0);
+        let at = deadline.0;
         if at < self.earliest.fetch_min(at, Ordering::AcqRel) {
             self.wake.notify_one();
         }
@@ -69,7 +91,8 @@ impl DeadlineTable {
     }
 
     /// Takes up to `max` deadlines that are due at `now`.
-    pub(super) fn take_due(&self, now: Instant, max: usize, out: &mut Vec<(Deadline, String)>) {
+    pub(super) fn take_due(&self, now: Instant, max: usize, out: &mut Vec<(Deadline, Box<str>)>) {
+        let now = self.micros(now);
         for shard in self.shards.iter() {
             let mut map = lock(shard);
             while out.len() < max {
@@ -84,8 +107,8 @@ impl DeadlineTable {
     /// The earliest pending deadline; records it as what the driver sleeps towards.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let next = self.shards.iter().filter_map(|s| lock(s).first_key_value().map(|(d, _)| d.0)).min();
-        self.earliest.store(next.map_or(u64::MAX, |at| self.micros(at)), Ordering::Release);
-        next
+        self.earliest.store(next.unwrap_or(u64::MAX), Ordering::Release);
+        next.map(|at| self.instant(at))
     }
 
     /// Resolves when a writer added a deadline earlier than the one being slept towards.

@@ -12,20 +12,52 @@ use tower::ServiceExt;
 use super::LockShared;
 use super::table::Want;
 use crate::error::{Error, Result};
-use crate::request::{Request, Response};
+use crate::request::{LockToken, Request, Response};
 
 /// Future of [`Lock`](super::Lock).
 #[pin_project(project = LockFutureProj)]
 pub enum LockFuture<F, V> {
     /// No lock involved: the inner future as is.
     Ready(#[pin] F),
+    /// An uncontended lock taken in the table at once: the backend's lock,
+    /// after which the table lock is given back if the backend failed.
+    Acquired(#[pin] F, Option<Held>),
+    /// An unlock: the backend's unlock, then the table lock is given back.
+    Unlocking(#[pin] F, Option<Held>),
     /// Waiting for, taking or releasing a lock (cold path, boxed).
     Slow(BoxFuture<'static, Result<Response<V>>>),
+}
+
+/// A key held in the table, to give back.
+pub struct Held {
+    shared: Arc<LockShared>,
+    key: String,
+    token: LockToken,
+}
+
+impl Held {
+    pub(super) fn new(shared: &Arc<LockShared>, key: &str, token: &LockToken) -> Self {
+        Held { shared: Arc::clone(shared), key: key.to_owned(), token: token.clone() }
+    }
+
+    fn release(self) {
+        self.shared.table.release(&self.key, &self.token);
+    }
 }
 
 impl<F, V> LockFuture<F, V> {
     pub(super) fn ready(inner: F) -> Self {
         LockFuture::Ready(inner)
+    }
+
+    /// An uncontended lock + unlock boxes no future and runs no waiting
+    /// state machine.
+    pub(super) fn acquired(inner: F, held: Held) -> Self {
+        LockFuture::Acquired(inner, Some(held))
+    }
+
+    pub(super) fn unlocking(inner: F, held: Held) -> Self {
+        LockFuture::Unlocking(inner, Some(held))
     }
 
     pub(super) fn slow(fut: impl Future<Output = Result<Response<V>>> + Send + 'static) -> Self {
@@ -42,6 +74,23 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             LockFutureProj::Ready(f) => f.poll(cx),
+            LockFutureProj::Acquired(f, held) => {
+                let out = std::task::ready!(f.poll(cx));
+                if let (Err(e), Some(held)) = (&out, held.take()) {
+                    if matches!(e, Error::LockTimeout { .. }) {
+                        held.shared.counters.lock_timeouts.incr();
+                    }
+                    held.release();
+                }
+                Poll::Ready(out)
+            }
+            LockFutureProj::Unlocking(f, held) => {
+                let out = std::task::ready!(f.poll(cx));
+                if let Some(held) = held.take() {
+                    held.release();
+                }
+                Poll::Ready(out)
+            }
             LockFutureProj::Slow(f) => f.as_mut().poll(cx),
         }
     }

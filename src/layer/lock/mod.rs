@@ -68,6 +68,17 @@ where
     }
 
     fn call(&mut self, req: Request<V>) -> Self::Future {
+        match &req {
+            Request::Lock { key, token, .. } if self.shared.table.try_acquire(key, token) => {
+                let held = future::Held::new(&self.shared, key, token);
+                return LockFuture::acquired(self.inner.call(req), held);
+            }
+            Request::Unlock { key, token } => {
+                let held = future::Held::new(&self.shared, key, token);
+                return LockFuture::unlocking(self.inner.call(req), held);
+            }
+            _ => {}
+        }
         let needs_table = match &req {
             Request::Lock { .. } | Request::Unlock { .. } => true,
             _ => req.write_target().is_some_and(|(key, token)| !self.shared.table.may_write(key, token)),

@@ -17,8 +17,9 @@ const SHARDS: usize = 16;
 struct Slot {
     holder: Option<LockToken>,
     waiters: usize,
-    /// Woken one at a time on release (FIFO), so contention does not stampede.
-    released: Arc<Notify>,
+    /// Woken one at a time on release (FIFO), so contention does not stampede;
+    /// made by the first waiter (an uncontended lock allocates no `Notify`).
+    released: Option<Arc<Notify>>,
 }
 
 /// Per-key locks of one store in this process.
@@ -60,6 +61,18 @@ impl LockTable {
         }
     }
 
+    /// Takes `key` for `token` at once if nobody holds or waits for it (the
+    /// uncontended case, without a task to wait in); false otherwise.
+    pub(super) fn try_acquire(&self, key: &str, token: &LockToken) -> bool {
+        let mut shard = self.shard(key);
+        if shard.contains_key(key) {
+            return false;
+        }
+        shard.insert(key.to_owned(), Slot { holder: Some(token.clone()), waiters: 0, released: None });
+        self.held.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
     /// Waits until `want` is satisfied or `deadline` passes. Returns whether
     /// it was satisfied and whether the caller had to wait.
     pub(super) async fn wait(
@@ -77,7 +90,7 @@ impl LockTable {
                 let slot = shard.entry(key.to_owned()).or_insert_with(|| Slot {
                     holder: None,
                     waiters: 0,
-                    released: Arc::new(Notify::new()),
+                    released: None,
                 });
                 if slot.holder.is_none() || slot.holder.as_ref() == Some(token) {
                     if registered {
@@ -99,7 +112,7 @@ impl LockTable {
                     registered = true;
                 }
                 waited = true;
-                Arc::clone(&slot.released)
+                Arc::clone(slot.released.get_or_insert_with(|| Arc::new(Notify::new())))
             };
             let notified = released.notified();
             let woke = match deadline {
@@ -128,8 +141,8 @@ impl LockTable {
         if let Some(slot) = shard.get(key) {
             if slot.waiters == 0 {
                 shard.remove(key);
-            } else {
-                slot.released.notify_one();
+            } else if let Some(released) = &slot.released {
+                released.notify_one();
             }
         }
     }
