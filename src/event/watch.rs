@@ -165,7 +165,7 @@ impl<V> WatchItem<V> {
     }
 }
 
-/// A live stream of the events matching a [`WatchFilter`]; see [`LiveDict::watch`].
+/// A live stream of the events matching a [`WatchFilter`]; see [`LiveDict::watch`](crate::LiveDict::watch).
 ///
 /// Implements [`futures::Stream`]; [`recv`](Watch::recv) is the same without
 /// `StreamExt`. The stream ends (after yielding what it holds) when the store

@@ -302,7 +302,7 @@ impl<V: Value> LiveDict<V> {
     /// Opens a store from a URL: `memory://`, `sqlite://path.db`,
     /// `sqlite::memory:`, `redis://host:port/db?namespace=name`.
     ///
-    /// A bad URL, unknown scheme or option is [`Error::InvalidUrl`] (naming the
+    /// A bad URL, unknown scheme or option is [`Error::InvalidUrl`](crate::Error::InvalidUrl) (naming the
     /// URL without its password); an unreachable backend is an error within
     /// the connect timeout, never a hang or a panic.
     ///

@@ -148,7 +148,7 @@ fn release_on_drop<V: Value>(dict: &LiveDict<V>, key: &str, token: &LockToken) -
 type ReleaseFn = Box<dyn FnMut() + Send + Sync>;
 
 impl<V: Value> LiveDict<V> {
-    /// Waits up to `timeout` for the lock of `key`, else [`Error::LockTimeout`].
+    /// Waits up to `timeout` for the lock of `key`, else [`Error::LockTimeout`](crate::Error::LockTimeout).
     ///
     /// While held, writes to `key` through any other handle wait (up to their
     /// request timeout); reads do not. On SQLite and Redis the lock holds

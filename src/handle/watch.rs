@@ -15,7 +15,7 @@ impl<V: Value> LiveDict<V> {
     /// them (the order callbacks see them), from the moment it was opened.
     /// It queues up to [`WatchFilter::capacity`] events; a consumer that falls
     /// further behind never slows the store: the skipped events are counted
-    /// and reported as one [`WatchItem::Lagged`] at the place they were
+    /// and reported as one [`WatchItem::Lagged`](crate::WatchItem::Lagged) at the place they were
     /// skipped. The stream ends when the store is shut down or dropped.
     ///
     /// **Scope:** events of this process (writes through this store's
