@@ -348,6 +348,7 @@ pub mod blocking;
 pub mod callback;
 mod caller;
 pub mod codec;
+mod delivery;
 pub mod error;
 pub mod event;
 mod handle;
@@ -363,6 +364,7 @@ mod url;
 
 pub use callback::{Callback, CallbackId};
 pub use codec::Codec;
+pub use delivery::Delivery;
 pub use error::{Error, Result};
 pub use event::watch::{Watch, WatchFilter, WatchItem};
 pub use event::{Event, EventKind, EventSink, EventTarget};

@@ -51,6 +51,12 @@ pub struct Stats {
     pub lock_waits: u64,
     /// Lock acquisitions that gave up with `LockTimeout`.
     pub lock_timeouts: u64,
+    /// Expirations delivered again (attempt 2 or later) under
+    /// [`Delivery::AtLeastOnce`](crate::Delivery::AtLeastOnce): a callback failed
+    /// or the process that claimed them died before acknowledging them.
+    pub expirations_redelivered: u64,
+    /// Expirations dropped after `expire_max_attempts` unacknowledged deliveries.
+    pub expirations_abandoned: u64,
 }
 
 /// A counter striped over cache lines so that threads do not contend on one
@@ -91,6 +97,8 @@ pub(crate) struct Counters {
     pub(crate) callbacks_timed_out: Counter,
     pub(crate) lock_waits: Counter,
     pub(crate) lock_timeouts: Counter,
+    pub(crate) expirations_redelivered: Counter,
+    pub(crate) expirations_abandoned: Counter,
 }
 
 impl Counters {
@@ -109,6 +117,8 @@ impl Counters {
             callbacks_timed_out: self.callbacks_timed_out.get(),
             lock_waits: self.lock_waits.get(),
             lock_timeouts: self.lock_timeouts.get(),
+            expirations_redelivered: self.expirations_redelivered.get(),
+            expirations_abandoned: self.expirations_abandoned.get(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What the persistent backends (SQLite, Redis) share: their handle's
 //! `Clone`/`Debug` shape, and the settings every store has (lock lease,
-//! codec, `verify_codec`, `share_events`) with their setters and URL options.
+//! codec, `verify_codec`, `share_events`, expiry delivery) with their setters and URL options.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use crate::codec::Codec;
 use crate::url::{Invalid, UrlOption, millis, parse, set};
 
 /// A config that holds the shared store settings (implemented by [`store_settings!`]).
-pub(crate) trait StoreSettings {
+pub(crate) trait StoreSettings: crate::delivery::DeliverySettings {
     fn lock_lease_mut(&mut self) -> &mut Duration;
     fn codec_mut(&mut self) -> &mut Codec;
     fn verify_codec_mut(&mut self) -> &mut bool;
@@ -16,8 +16,12 @@ pub(crate) trait StoreSettings {
 }
 
 /// The URL options of the shared settings (each backend reads them after its own table).
-pub(crate) fn setting_options<C: StoreSettings>() -> [UrlOption<C>; 4] {
+pub(crate) fn setting_options<C: StoreSettings>() -> [UrlOption<C>; 7] {
+    let [delivery, lease, attempts] = crate::delivery::delivery_options();
     [
+        delivery,
+        lease,
+        attempts,
         UrlOption {
             name: "lock_lease_ms",
             default: "30000",
@@ -50,6 +54,8 @@ pub(crate) fn setting_options<C: StoreSettings>() -> [UrlOption<C>; 4] {
 /// expression building a config — in the examples and `$backend` in the links.
 macro_rules! store_settings {
     ($config:ident, $new:literal, $backend:literal) => {
+        crate::delivery::delivery_settings!($config, $new);
+
         impl crate::backend::common::StoreSettings for $config {
             fn lock_lease_mut(&mut self) -> &mut std::time::Duration {
                 &mut self.lock_lease

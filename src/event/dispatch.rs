@@ -300,8 +300,13 @@ impl<V: Send + Sync + 'static> EventTarget<V> for Dispatcher<V> {
         let reg = &self.registry;
         let subscribers = reg.subscribers.read().unwrap_or_else(|p| p.into_inner());
         for sub in subscribers.iter().filter(|s| s.enabled && s.kind == event.kind()) {
+            // A leased expiration is acknowledged once every callback it enters returned.
+            let held = event.hold();
             if sub.queue.try_send(event.clone()).is_err() {
                 reg.counters.events_dropped.incr();
+                if held {
+                    event.release(false);
+                }
             }
         }
         drop(subscribers);

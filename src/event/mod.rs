@@ -7,6 +7,7 @@
 //! only through the types here.
 
 pub(crate) mod dispatch;
+pub(crate) mod receipt;
 pub(crate) mod relay;
 pub(crate) mod sandbox;
 pub(crate) mod watch;
@@ -15,7 +16,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::delivery::ExpireDelivery;
 use crate::stats::Counters;
+use receipt::{Receipt, Settle};
 
 /// The kind of an [`Event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,12 +85,71 @@ struct EventData<V> {
     key: String,
     value: Option<V>,
     at: SystemTime,
+    /// 1 on a first delivery, n on the n-th (leased expirations only).
+    attempt: u32,
+    /// Settled when every callback it was handed to returned (leased expirations only).
+    receipt: Option<Receipt>,
 }
 
 impl<V> Event<V> {
     /// A new event stamped with the current wall-clock time.
     pub fn new(kind: EventKind, key: impl Into<String>, value: Option<V>) -> Self {
-        Event { inner: Arc::new(EventData { kind, key: key.into(), value, at: SystemTime::now() }) }
+        Event {
+            inner: Arc::new(EventData {
+                kind,
+                key: key.into(),
+                value,
+                at: SystemTime::now(),
+                attempt: 1,
+                receipt: None,
+            }),
+        }
+    }
+
+    /// An `Expire` event of delivery `attempt` that settles `receipt` once delivered.
+    fn leased(key: &str, value: Option<V>, attempt: u32, receipt: Receipt) -> Self {
+        Event {
+            inner: Arc::new(EventData {
+                kind: EventKind::Expire,
+                key: key.to_owned(),
+                value,
+                at: SystemTime::now(),
+                attempt,
+                receipt: Some(receipt),
+            }),
+        }
+    }
+
+    /// Which delivery of this event this is: 1 on a first delivery, `n` on
+    /// the `n`-th. Only `Expire` events under
+    /// [`Delivery::AtLeastOnce`](crate::Delivery::AtLeastOnce) are ever
+    /// delivered again (a callback failed, or the process that claimed the
+    /// expiration died before acknowledging it); every other event is 1.
+    ///
+    /// ```
+    /// use livedict::{Event, EventKind};
+    /// assert_eq!(Event::new(EventKind::Expire, "k", Some(1)).attempt(), 1);
+    /// ```
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// One more callback must return before this event is acknowledged (if it is leased).
+    pub(crate) fn hold(&self) -> bool {
+        match &self.inner.receipt {
+            Some(r) => {
+                r.hold();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A callback handed this event returned (`ok`) or failed (if it is leased).
+    pub(crate) fn release(&self, ok: bool) {
+        if let Some(r) = &self.inner.receipt {
+            r.release(ok);
+        }
     }
 
     /// What happened.
@@ -128,6 +190,7 @@ impl<V: fmt::Debug> fmt::Debug for Event<V> {
             .field("kind", &self.kind())
             .field("key", &self.key())
             .field("value", &self.value())
+            .field("attempt", &self.attempt())
             .finish()
     }
 }
@@ -145,17 +208,20 @@ pub trait EventTarget<V>: Send + Sync + 'static {
 pub struct EventSink<V> {
     target: Option<Arc<dyn EventTarget<V>>>,
     counters: Arc<Counters>,
+    /// Redeliver expirations whose callbacks failed, in-process (the memory
+    /// backend under `AtLeastOnce`; the others lease them in their storage).
+    retry: Option<ExpireDelivery>,
 }
 
 impl<V: 'static> EventSink<V> {
     /// A sink that discards every event (counters are still kept).
     pub fn none() -> Self {
-        EventSink { target: None, counters: Arc::default() }
+        EventSink { target: None, counters: Arc::default(), retry: None }
     }
 
     /// A sink delivering to `target` and counting into `counters`.
     pub(crate) fn new(target: Arc<dyn EventTarget<V>>, counters: Arc<Counters>) -> Self {
-        EventSink { target: Some(target), counters }
+        EventSink { target: Some(target), counters, retry: None }
     }
 
     /// Whether anything listens to `kind`.
@@ -173,9 +239,68 @@ impl<V: 'static> EventSink<V> {
     }
 
     /// Records that a value expired and reports it as an `Expire` event.
-    pub fn expired(&self, key: &str, value: impl FnOnce() -> Option<V>) {
-        self.counters.expirations.incr();
-        self.emit_with(EventKind::Expire, key, value);
+    pub fn expired(&self, key: &str, value: impl FnOnce() -> Option<V>)
+    where
+        V: Clone + Send + Sync,
+    {
+        match self.retry {
+            Some(delivery) => self.expired_retrying(key, value(), 1, delivery),
+            None => {
+                self.counters.expirations.incr();
+                self.emit_with(EventKind::Expire, key, value);
+            }
+        }
+    }
+
+    /// Reports delivery `attempt` of a leased expiration: `settle` is called
+    /// once, with `true` when every `Expire` callback returned for it in time
+    /// without panicking (at once if none listens), else `false`.
+    pub(crate) fn expired_leased(
+        &self,
+        key: &str,
+        value: impl FnOnce() -> Option<V>,
+        attempt: u32,
+        settle: Settle,
+    ) {
+        if attempt <= 1 {
+            self.counters.expirations.incr();
+        } else {
+            self.counters.expirations_redelivered.incr();
+        }
+        match &self.target {
+            Some(target) if target.wants(EventKind::Expire) => {
+                let event = Event::leased(key, value(), attempt, Receipt::new(settle));
+                target.emit(event.clone());
+                event.release(true); // the emitter's hold
+            }
+            _ => settle(true),
+        }
+    }
+
+    /// Delivers an expiration again in-process while its callbacks fail (memory backend).
+    fn expired_retrying(&self, key: &str, value: Option<V>, attempt: u32, delivery: ExpireDelivery)
+    where
+        V: Clone + Send + Sync,
+    {
+        let (sink, owned_key, again) = (self.clone(), key.to_owned(), value.clone());
+        let settle: Settle = Box::new(move |ok| {
+            if ok {
+                return;
+            }
+            if attempt < delivery.max_attempts {
+                sink.expired_retrying(&owned_key, again, attempt + 1, delivery);
+            } else {
+                sink.counters.expirations_abandoned.incr();
+                tracing::warn!(key = %owned_key, attempt, "expiration dropped: its callbacks failed on every attempt");
+            }
+        });
+        self.expired_leased(key, || value, attempt, settle);
+    }
+
+    /// This sink, redelivering failed expirations in-process under `AtLeastOnce`.
+    pub(crate) fn retrying(mut self, delivery: ExpireDelivery) -> Self {
+        self.retry = delivery.at_least_once().then_some(delivery);
+        self
     }
 
     /// Records that a value was evicted and reports it as an `Evict` event.
@@ -187,7 +312,7 @@ impl<V: 'static> EventSink<V> {
 
 impl<V> Clone for EventSink<V> {
     fn clone(&self) -> Self {
-        EventSink { target: self.target.clone(), counters: Arc::clone(&self.counters) }
+        EventSink { target: self.target.clone(), counters: Arc::clone(&self.counters), retry: self.retry }
     }
 }
 

@@ -42,14 +42,17 @@ pub(super) fn spawn_async<V: Send + Sync + 'static>(
         while let Some(event) = queue.recv().await {
             if !cx.alive.load(Ordering::Acquire) {
                 cx.counters.events_dropped.incr(); // unregistered or past the drain timeout
+                event.release(false);
                 continue;
             }
             cx.counters.events_delivered.incr();
+            let receipt = event.clone();
             // Building the future may itself panic; so may polling it.
             let call = match catch_unwind(AssertUnwindSafe(|| callback(event))) {
                 Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
                 Err(_) => {
                     cx.counters.callbacks_panicked.incr();
+                    receipt.release(false);
                     continue;
                 }
             };
@@ -62,6 +65,7 @@ pub(super) fn spawn_async<V: Send + Sync + 'static>(
                 Some(Err(_)) => cx.counters.callbacks_panicked.incr(),
                 Some(Ok(())) => {}
             }
+            receipt.release(matches!(outcome, Some(Ok(()))));
         }
         let _ = cx.done.send(());
     });
@@ -156,15 +160,20 @@ fn run_thread<V>(worker: &SyncWorker<V>, slot: &Slot) {
         let Some(event) = event else { break };
         if !worker.alive.load(Ordering::Acquire) {
             worker.counters.events_dropped.incr(); // unregistered or past the drain timeout
+            event.release(false);
             continue;
         }
         worker.counters.events_delivered.incr();
         let started = worker.base.elapsed().as_micros() as u64 + 1;
         slot.started.store(started, Ordering::Release);
-        if catch_unwind(AssertUnwindSafe(|| (worker.callback)(&event))).is_err() {
+        let returned = catch_unwind(AssertUnwindSafe(|| (worker.callback)(&event))).is_ok();
+        if !returned {
             worker.counters.callbacks_panicked.incr();
         }
         slot.started.store(0, Ordering::Release);
+        // A call the watchdog abandoned at its timeout failed, whatever it returned.
+        event.release(returned && !slot.abandoned.load(Ordering::Acquire));
+        drop(event);
         if slot.abandoned.load(Ordering::Acquire) {
             worker.abandoned.fetch_sub(1, Ordering::AcqRel);
             break;

@@ -24,6 +24,8 @@
 //! | `livedict_callbacks_timed_out_total` | `callbacks_timed_out` |
 //! | `livedict_lock_waits_total` | `lock_waits` |
 //! | `livedict_lock_timeouts_total` | `lock_timeouts` |
+//! | `livedict_expirations_redelivered_total` | `expirations_redelivered` |
+//! | `livedict_expirations_abandoned_total` | `expirations_abandoned` |
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
@@ -45,7 +47,7 @@ use crate::handle::dict::{Inner, LiveDict};
 use crate::stats::Stats;
 
 /// Every exported metric: its name, and what it counts (its description).
-pub const COUNTERS: [(&str, &str); 12] = [
+pub const COUNTERS: [(&str, &str); 14] = [
     ("livedict_hits_total", "reads that found a live value"),
     ("livedict_misses_total", "reads that found nothing"),
     ("livedict_sets_total", "values stored"),
@@ -58,11 +60,13 @@ pub const COUNTERS: [(&str, &str); 12] = [
     ("livedict_callbacks_timed_out_total", "callback invocations abandoned at their timeout"),
     ("livedict_lock_waits_total", "lock acquisitions or writes that waited for another holder"),
     ("livedict_lock_timeouts_total", "lock acquisitions that gave up with LockTimeout"),
+    ("livedict_expirations_redelivered_total", "expirations delivered again (at-least-once delivery)"),
+    ("livedict_expirations_abandoned_total", "expirations dropped after expire_max_attempts deliveries"),
 ];
 
 /// The values of `stats`, in the order of [`COUNTERS`]. The exhaustive
 /// destructuring makes a new `Stats` field a compile error here until it is exported.
-fn values(stats: &Stats) -> [u64; 12] {
+fn values(stats: &Stats) -> [u64; 14] {
     let Stats {
         hits,
         misses,
@@ -76,6 +80,8 @@ fn values(stats: &Stats) -> [u64; 12] {
         callbacks_timed_out,
         lock_waits,
         lock_timeouts,
+        expirations_redelivered,
+        expirations_abandoned,
     } = *stats;
     [
         hits,
@@ -90,6 +96,8 @@ fn values(stats: &Stats) -> [u64; 12] {
         callbacks_timed_out,
         lock_waits,
         lock_timeouts,
+        expirations_redelivered,
+        expirations_abandoned,
     ]
 }
 

@@ -34,6 +34,9 @@ const REMOVE_BATCH: usize = 64;
 /// | option | default | meaning |
 /// | --- | --- | --- |
 /// | `max_capacity` | none | most entries; beyond it moka evicts, each eviction an `Evict` event |
+/// | `expire_delivery` | `at_most_once` | `at_least_once`: an expiration whose `Expire` callback failed is delivered again, in-process ([`Delivery`](crate::Delivery)) |
+/// | `expire_lease_ms` | 30000 | read for symmetry with SQLite and Redis (in-process, a failure is known at once) |
+/// | `expire_max_attempts` | 10 | deliveries of one expiration before it is dropped |
 ///
 /// ```
 /// let config = livedict::backend::MemoryConfig::default().max_capacity(10_000);
@@ -42,7 +45,10 @@ const REMOVE_BATCH: usize = 64;
 #[derive(Debug, Clone, Default)]
 pub struct MemoryConfig {
     max_capacity: Option<u64>,
+    delivery: crate::delivery::ExpireDelivery,
 }
+
+crate::delivery::delivery_settings!(MemoryConfig, "livedict::backend::MemoryConfig::default()");
 
 impl MemoryConfig {
     /// Bounds the number of entries; beyond it moka evicts (TinyLFU policy,
@@ -59,6 +65,7 @@ impl MemoryConfig {
         }
         let mut config = MemoryConfig::default();
         url.apply(&mut config, OPTIONS)?;
+        url.apply(&mut config, &crate::delivery::delivery_options())?;
         Ok(config)
     }
 }
@@ -260,6 +267,7 @@ impl<V: Value> MemoryBackend<V> {
     pub fn new(config: MemoryConfig, sink: EventSink<V>) -> Result<Self> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| Error::backend("memory", "the memory backend needs a Tokio runtime", e))?;
+        let sink = sink.retrying(config.delivery);
         let deadlines = Arc::new(DeadlineTable::new());
         let mut builder = moka::sync::Cache::builder();
         if let Some(cap) = config.max_capacity {
@@ -548,12 +556,14 @@ impl<V: Value> tower::Service<Request<V>> for MemoryBackend<V> {
 #[cfg(test)]
 mod tests {
     use super::OPTIONS;
+    use crate::delivery::delivery_options;
     use crate::url::check_documented;
 
     /// README, rustdoc and the parser list the same options with the same defaults.
     #[test]
     fn documented_options_are_the_parsed_ones() {
-        check_documented(include_str!("../../../README.md"), "### Memory", OPTIONS, &[]);
-        check_documented(include_str!("mod.rs"), "Settings of the memory backend", OPTIONS, &[]);
+        let options: Vec<_> = OPTIONS.iter().copied().chain(delivery_options()).collect();
+        check_documented(include_str!("../../../README.md"), "### Memory", &options, &[]);
+        check_documented(include_str!("mod.rs"), "Settings of the memory backend", &options, &[]);
     }
 }

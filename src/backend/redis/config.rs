@@ -32,6 +32,9 @@ use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 /// | `share_events` | `false` | publish events to, and stream events from, the other processes on this namespace (see [`RedisBackend::share_events`](super::RedisBackend::share_events)) |
 /// | `eviction` | `report` | on a server whose `maxmemory-policy` may evict: `report` every eviction as an event, or `refuse` to open (see [`Eviction`]) |
 /// | `notify_evictions` | `true` | with `eviction=report`, let livedict add `Ee` to the server's `notify-keyspace-events` when the policy may evict (see [`RedisConfig::notify_evictions`]) |
+/// | `expire_delivery` | `at_most_once` | `at_least_once`: a claimed expiration stays leased until its `Expire` callbacks returned, and is delivered again if they fail or this process dies (see [`Delivery`](crate::Delivery)) |
+/// | `expire_lease_ms` | 30000 | with `at_least_once`: how long an unacknowledged expiration stays with the process that claimed it |
+/// | `expire_max_attempts` | 10 | with `at_least_once`: deliveries of one expiration before it is dropped (counted in `stats().expirations_abandoned`) |
 ///
 /// ```
 /// use std::time::Duration;
@@ -61,6 +64,7 @@ pub struct RedisConfig {
     pub(super) near_cache: Option<super::near::NearCacheConfig>,
     pub(super) eviction: Eviction,
     pub(super) notify_evictions: bool,
+    pub(super) delivery: crate::delivery::ExpireDelivery,
 }
 
 /// What a store does on a Redis server that may evict its keys: one whose
@@ -135,6 +139,7 @@ impl RedisConfig {
             near_cache: None,
             eviction: Eviction::Report,
             notify_evictions: true,
+            delivery: Default::default(),
         }
     }
 

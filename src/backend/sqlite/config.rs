@@ -23,6 +23,9 @@ use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 /// | `codec` | `json` | value encoding |
 /// | `verify_codec` | `false` | decode every encoded value once before writing it; one that does not decode back is refused (see [`SqliteConfig::verify_codec`]) |
 /// | `share_events` | `false` | append events to, and stream events from, the change feed shared by the processes on this file and table (see [`SqliteBackend::share_events`](super::SqliteBackend::share_events)) |
+/// | `expire_delivery` | `at_most_once` | `at_least_once`: a claimed expiration stays leased until its `Expire` callbacks returned, and is delivered again if they fail or this process dies (see [`Delivery`](crate::Delivery)) |
+/// | `expire_lease_ms` | 30000 | with `at_least_once`: how long an unacknowledged expiration stays with the process that claimed it |
+/// | `expire_max_attempts` | 10 | with `at_least_once`: deliveries of one expiration before it is dropped (counted in `stats().expirations_abandoned`) |
 ///
 /// ```
 /// use std::time::Duration;
@@ -44,6 +47,7 @@ pub struct SqliteConfig {
     pub(super) poll_interval: Duration,
     pub(super) readers: usize,
     pub(super) share_events: bool,
+    pub(super) delivery: crate::delivery::ExpireDelivery,
 }
 
 impl SqliteConfig {
@@ -61,6 +65,7 @@ impl SqliteConfig {
             poll_interval: Duration::from_millis(100),
             readers: 2,
             share_events: false,
+            delivery: Default::default(),
         }
     }
 
