@@ -25,6 +25,8 @@
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 mod common;
 pub mod memory;
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+mod receipts;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

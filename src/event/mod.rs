@@ -277,6 +277,13 @@ impl<V: 'static> EventSink<V> {
         }
     }
 
+    /// Records expirations dropped after their last unacknowledged delivery.
+    pub(crate) fn abandoned(&self, n: usize) {
+        for _ in 0..n {
+            self.counters.expirations_abandoned.incr();
+        }
+    }
+
     /// Delivers an expiration again in-process while its callbacks fail (memory backend).
     fn expired_retrying(&self, key: &str, value: Option<V>, attempt: u32, delivery: ExpireDelivery)
     where

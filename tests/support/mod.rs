@@ -156,6 +156,12 @@ impl Harness {
         &self.url
     }
 
+    /// The store's URL with more `options` (`a=1&b=2`).
+    pub fn url_with(&self, options: &str) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}{options}", self.url)
+    }
+
     /// A builder for this store; `open` is `builder().build()`.
     pub fn builder<V: Value>(&self) -> Builder<V> {
         LiveDict::builder().url(&self.url)

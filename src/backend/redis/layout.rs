@@ -9,6 +9,10 @@
 //! | `ld:{<tag>}:n` | integer | entries stored in the shard (live or expired-unclaimed) |
 //! | `ld:{<tag>}:l:<key>` | string | lock owner token, `PX` = the lease |
 //! | `ld:{<tag>}:f` | integer | the shard's fencing counter |
+//! | `ld:{<tag>}:p` | sorted set | `expire_delivery=at_least_once`: pending expiration id → when it may be delivered (again): its lease's end |
+//! | `ld:{<tag>}:pv` | hash | pending expiration id → `<member length>:<member><codec bytes>` |
+//! | `ld:{<tag>}:pa` | hash | pending expiration id → deliveries so far |
+//! | `ld:{<tag>}:ps` | integer | the shard's pending id counter |
 //! | `ld:{ns}:sweepers` | hash | instance id → heartbeat deadline (which instance sweeps which shard) |
 //! | `ld:{ns}:wake` | pub/sub channel | shard numbers whose earliest deadline moved earlier |
 //! | `ld:{ns}:events` | pub/sub channel | shared events (`share_events=true`) |
@@ -59,6 +63,8 @@ pub(super) struct Shard {
     pub(super) index: String,
     pub(super) count: String,
     pub(super) fence: String,
+    /// Pending expirations (`at_least_once`): ids by lease end, their records, their attempts.
+    pub(super) pending: [String; 3],
     /// The cluster hash slot of the shard's tag.
     pub(super) slot: u16,
 }
@@ -72,6 +78,7 @@ impl Shard {
             index: format!("{prefix}d"),
             count: format!("{prefix}n"),
             fence: format!("{prefix}f"),
+            pending: [format!("{prefix}p"), format!("{prefix}pv"), format!("{prefix}pa")],
             prefix,
         }
     }
@@ -264,18 +271,39 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- The grace period (ms; nil: none) and whether the eviction handler reports
--- evictions, from a mode argument: '' | '<grace>' | 'n' | 'n<grace>'.
+-- The grace period (ms; nil: none), whether the eviction handler reports
+-- evictions, and whether expirations are leased (at_least_once), from a
+-- mode argument: ['d']['n']['<grace>'].
 local function grace_mode(a)
-  if string.byte(a, 1) == 110 then return tonumber(string.sub(a, 2)), true end
-  return tonumber(a), false
+  local durable, notified = false, false
+  if string.byte(a, 1) == 100 then durable, a = true, string.sub(a, 2) end
+  if string.byte(a, 1) == 110 then notified, a = true, string.sub(a, 2) end
+  return tonumber(a), notified, durable
+end
+-- at_least_once: an expiration goes to its shard's pending set, due at
+-- once, for the sweeper to lease and deliver (with `body`, the codec bytes,
+-- '' when the value is gone). `prefix` is the shard's `ld:{tag}:`.
+local function hold(prefix, member, body)
+  local id = redis.call('INCR', prefix .. 'ps')
+  redis.call('HSET', prefix .. 'pv', id, #member .. ':' .. member .. body)
+  redis.call('ZADD', prefix .. 'p', now_ms(), id)
+end
+-- What a write reports of an expired value it found: the value, or (durable)
+-- nothing, the expiration being held for the sweeper. `idx` is the shard's index key.
+local function handover(idx, member, body, durable)
+  if durable and type(body) == 'string' then
+    hold(string.sub(idx, 1, -2), member, body)
+    return false
+  end
+  return body
 end
 -- A TTL'd entry whose value is gone (Redis dropped it past deadline + grace,
--- or evicted it): its index entry is claimed here. Returns what to report:
+-- or evicted it): its index entry is claimed here (durable: an expired one
+-- is held for the sweeper, and false returned). Returns what to report:
 -- 0 (expired, without its value: its Redis TTL ran out), 1 (evicted,
 -- without its value) or false (nothing: no such entry, or the eviction
 -- handler reports it and counts it out).
-local function claim_dropped(idx, cnt, member, grace, notified)
+local function claim_dropped(idx, cnt, member, grace, notified, durable)
   local s = redis.call('ZSCORE', idx, member)
   if not s then return false end
   redis.call('ZREM', idx, member)
@@ -283,7 +311,13 @@ local function claim_dropped(idx, cnt, member, grace, notified)
   local expired = grace and now_ms() >= tonumber(s) + grace
   if notified and not expired then return false end
   redis.call('DECR', cnt)
-  if expired then return 0 end
+  if expired then
+    if durable then
+      hold(string.sub(idx, 1, -2), member, '')
+      return false
+    end
+    return 0
+  end
   return 1
 end
 "#;

@@ -41,6 +41,7 @@
 //! - `len()` reads the shards' counters (O(shards) commands); `keys`,
 //!   `items` and `clear` scan the namespace's value keys shard by shard.
 
+mod acker;
 mod atomic;
 mod batch;
 mod clock;
@@ -67,6 +68,8 @@ use fred::types::config::{
 };
 use futures::future::{BoxFuture, try_join_all};
 use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::backend::receipts::Receipts;
 
 pub use config::{Eviction, RedisConfig};
 pub use layout::MAX_SHARDS;
@@ -108,11 +111,19 @@ struct Shared<V> {
     sweeps: Box<[AtomicBool]>,
     /// Whether evictions are reported by the eviction handler (see `eviction.rs`).
     evictions: eviction::Evictions,
+    /// Settled leases waiting for the acker (`at_least_once`, see `acker.rs`).
+    receipts: Arc<Receipts<acker::Receipt>>,
+    /// Stops the acker when the last handle goes (not at `Shutdown`).
+    _acker: DropGuard,
 }
 
 impl<V> Drop for Shared<V> {
     fn drop(&mut self) {
-        // Close the connections in the background when the last handle goes.
+        // Close the connections in the background when the last handle goes
+        // (under at_least_once the acker does, after its last receipts).
+        if self.config.delivery.at_least_once() {
+            return;
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let pool = self.pool.clone();
             rt.spawn(async move {
@@ -213,6 +224,7 @@ impl<V: Value> RedisBackend<V> {
         let layout = Layout::new(&config.namespace, config.shards);
         let near = config.near_cache.map(near::NearCache::new);
         let sweeps = (0..layout.shards.len()).map(|_| AtomicBool::new(false)).collect();
+        let acker_stop = CancellationToken::new();
         let shared = Arc::new_cyclic(|this| Shared {
             config,
             pool,
@@ -230,6 +242,8 @@ impl<V: Value> RedisBackend<V> {
             instance: format!("{:016x}", rand::random::<u64>()),
             sweeps,
             evictions: eviction::Evictions::default(),
+            receipts: Receipts::new(),
+            _acker: acker_stop.clone().drop_guard(),
         });
         let opened = async {
             shared.check_layout().await?;
@@ -243,6 +257,15 @@ impl<V: Value> RedisBackend<V> {
         if let Err(e) = opened.await {
             let _ = shared.pool.quit().await;
             return Err(e);
+        }
+        if shared.config.delivery.at_least_once() {
+            let acker = acker::Acker {
+                pool: shared.pool.clone(),
+                script: shared.scripts.settle.clone(),
+                pending: shared.layout.shards.iter().map(|s| s.pending.clone()).collect(),
+                wake: shared.layout.wake.clone(),
+            };
+            tokio::spawn(acker::run(acker, Arc::clone(&shared.receipts), acker_stop));
         }
         sweeper::start(&shared, cancel.clone()).await;
         eviction::start(&shared, cancel).await;
@@ -295,11 +318,28 @@ impl<V: Value> Shared<V> {
     /// after an `n` while the eviction handler reports evictions (then the
     /// scripts leave an evicted entry to it).
     fn mode_arg(&self) -> RedisValue {
+        let durable = if self.config.delivery.at_least_once() { "d" } else { "" };
         let notified = if self.evictions.notified() { "n" } else { "" };
         match self.config.grace {
-            Some(g) => format!("{notified}{}", ms(g)).into(),
-            None => notified.into(),
+            Some(g) => format!("{durable}{notified}{}", ms(g)).into(),
+            None => format!("{durable}{notified}").into(),
         }
+    }
+
+    /// Reports a leased expiration (`at_least_once`) of `shard`; the acker writes its receipt.
+    fn report_leased(&self, shard: usize, id: i64, attempt: u32, key: &str, bytes: &[u8]) {
+        let settle = self.receipts.settle(move |ok| (shard, id, attempt, ok));
+        let value = || {
+            let bytes = Some(bytes).filter(|b| !b.is_empty())?;
+            match self.config.codec.decode(key, bytes) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "expired value does not decode; reported without it");
+                    None
+                }
+            }
+        };
+        self.sink.expired_leased(key, value, attempt, settle);
     }
 
     /// Writes the layout descriptor of a new namespace, or checks that of an existing one.
@@ -643,7 +683,7 @@ impl<V: Value> Shared<V> {
             Request::Clear => {
                 // Entries already past their deadline expired before this clear: each
                 // shard's are claimed and reported first, so none is lost.
-                try_join_all(shards.iter().map(|s| sweeper::claim_all(self, s))).await?;
+                try_join_all((0..shards.len()).map(|s| sweeper::claim_all(self, s))).await?;
                 let found = self.scan_namespace().await?;
                 try_join_all(shards.iter().zip(found).map(|(s, keys)| self.clear_shard(s, keys))).await?;
                 Ok(Response::Done)
@@ -674,7 +714,11 @@ impl<V: Value> Shared<V> {
                 self.closed.store(true, Ordering::Release);
                 sweeper::leave(self).await;
                 self.sweeper.token().cancel();
-                let _ = self.pool.quit().await;
+                // Under at_least_once, callbacks drained after this still
+                // acknowledge: the acker closes the pool when the last handle goes.
+                if !self.config.delivery.at_least_once() {
+                    let _ = self.pool.quit().await;
+                }
                 Ok(Response::Done)
             }
         }

@@ -61,7 +61,7 @@ end
 /// sweeper must be woken. Every argument costs the server ~1k instructions
 /// (callgrind, Redis 7.0), hence two per set.
 const SET_MANY: &str = r#"
-local grace, notified = grace_mode(ARGV[1]) -- grace nil: values are kept until claimed
+local grace, notified, durable = grace_mode(ARGV[1]) -- grace nil: values are kept until claimed
 local nargs = #ARGV
 -- pass 1: the lock keys of unguarded sets, for one EXISTS
 local locks = {}
@@ -126,13 +126,13 @@ while a <= nargs do
           local od = deadline_of(old)
           if od then
             now = now or now_ms()
-            if od <= now then expired = string.sub(old, 9) end
+            if od <= now then expired = handover(idx, string.sub(vkey, plen), string.sub(old, 9), durable) end
             if not d then redis.call('ZREM', idx, string.sub(vkey, plen)) end
           end
         end
       else
         -- a new entry; one whose value Redis dropped or evicted is claimed first
-        expired = claim_dropped(idx, cnt, string.sub(vkey, plen), grace, notified)
+        expired = claim_dropped(idx, cnt, string.sub(vkey, plen), grace, notified, durable)
         redis.call('INCR', cnt)
       end
       if d then
@@ -190,7 +190,7 @@ elseif not live or body ~= ARGV[2] then
   return {'NO', false, live and body}
 end
 local member, ttl, d = ARGV[10], ARGV[6], false
-local grace, notified = grace_mode(ARGV[7])
+local grace, notified, durable = grace_mode(ARGV[7])
 if ttl == '' then
   redis.call('SET', KEYS[1], '~' .. new)
 else
@@ -204,7 +204,7 @@ else
 end
 if not old then
   -- a new entry; one whose value Redis dropped or evicted is claimed first
-  expired = claim_dropped(KEYS[2], KEYS[3], member, grace, notified)
+  expired = claim_dropped(KEYS[2], KEYS[3], member, grace, notified, durable)
   redis.call('INCR', KEYS[3])
 elseif od and not d then
   redis.call('ZREM', KEYS[2], member)
@@ -213,7 +213,7 @@ if d then
   redis.call('ZADD', KEYS[2], d, member)
   wake_if_first(KEYS[2], member, ARGV[8], ARGV[9])
 end
-return {'OK', expired, new}
+return {'OK', handover(KEYS[2], member, expired, durable), new}
 "#;
 
 /// `ARGV`: owner, member, grace mode → `{status, expired, removed value}`.
@@ -227,7 +227,9 @@ redis.call('DECR', KEYS[3])
 local od = deadline_of(old)
 if od then
   redis.call('ZREM', KEYS[2], ARGV[2])
-  if od <= now_ms() then return {'MISSING', payload(old, od), false} end
+  if od <= now_ms() then
+    return {'MISSING', handover(KEYS[2], ARGV[2], payload(old, od), select(3, grace_mode(ARGV[3]))), false}
+  end
 end
 return {'OK', false, payload(old, od)}
 "#;
@@ -237,15 +239,15 @@ const EXPIRE: &str = r#"
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false} end
 local old = redis.call('GET', KEYS[1])
-local grace, notified = grace_mode(ARGV[4])
-if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2], grace, notified)} end
+local grace, notified, durable = grace_mode(ARGV[4])
+if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2], grace, notified, durable)} end
 local od = deadline_of(old)
 local now = now_ms()
 if od and od <= now then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('DECR', KEYS[3])
-  return {'MISSING', payload(old, od)}
+  return {'MISSING', handover(KEYS[2], ARGV[2], payload(old, od), durable)}
 end
 local ttl = tonumber(ARGV[3])
 local d = now + ttl
@@ -271,28 +273,40 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 if od <= now_ms() then
   redis.call('DEL', KEYS[1])
   redis.call('DECR', KEYS[3])
-  return {'MISSING', payload(old, od)}
+  return {'MISSING', handover(KEYS[2], ARGV[2], payload(old, od), select(3, grace_mode(ARGV[3])))}
 end
 redis.call('SET', KEYS[1], '~' .. payload(old, od))
 return {'OK', false}
 "#;
 
-/// The sweeper's claim on one shard. `KEYS`: index, count; `ARGV`: value key
-/// prefix, limit, grace mode → `{now_ms, next deadline or false, {member,
-/// claimed, …}}` where claimed is the expired value's codec bytes, or what
-/// `claim_dropped` answered for an entry whose value is gone (0: expired
-/// without its value, 1: evicted). An index entry whose value was re-set
-/// without a deadline is removed and not reported.
+/// The sweeper's claim on one shard. `KEYS`: index, count, then the pending
+/// set, records and attempts; `ARGV`: value key prefix, limit, mode, lease_ms,
+/// max attempts → `{now_ms, next due time or false, {member, claimed, …},
+/// due, {id, attempt, member, codec bytes, …}, abandoned}`.
+///
+/// At most once: each due entry's claimed is the expired value's codec bytes,
+/// or what `claim_dropped` answered for an entry whose value is gone (0:
+/// expired without its value, 1: evicted). An index entry whose value was
+/// re-set without a deadline is removed and not reported. `due` is how many
+/// index entries were due (the limit: call again).
+///
+/// At least once (mode `d…`): due entries go to the pending set instead;
+/// then up to `limit` pending expirations whose lease ran out (new ones,
+/// failed ones, those of a claimer that died) are leased to the caller for
+/// `lease_ms` with their attempt counted up, or dropped (`abandoned`) once
+/// delivered `max attempts` times. The next due time covers both sets.
 const CLAIM: &str = r#"
 local now = now_ms()
-local grace, notified = grace_mode(ARGV[3])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local grace, notified, durable = grace_mode(ARGV[3])
+local limit = tonumber(ARGV[2])
+local prefix = string.sub(KEYS[1], 1, -2)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 local out = {}
 for _, m in ipairs(due) do
   local vkey = ARGV[1] .. m
   local v = redis.call('GET', vkey)
   if not v then
-    local r = claim_dropped(KEYS[1], KEYS[2], m, grace, notified)
+    local r = claim_dropped(KEYS[1], KEYS[2], m, grace, notified, durable)
     if r then
       out[#out + 1] = m
       out[#out + 1] = r
@@ -303,13 +317,67 @@ for _, m in ipairs(due) do
     if od and od <= now then
       redis.call('DEL', vkey)
       redis.call('DECR', KEYS[2])
-      out[#out + 1] = m
-      out[#out + 1] = string.sub(v, 9)
+      if durable then
+        hold(prefix, m, string.sub(v, 9))
+      else
+        out[#out + 1] = m
+        out[#out + 1] = string.sub(v, 9)
+      end
     end
   end
 end
-local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {now, nxt[2] or false, out}
+local leased, abandoned = {}, 0
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+if durable then
+  local lease, most = tonumber(ARGV[4]), tonumber(ARGV[5])
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)) do
+    local rec = redis.call('HGET', KEYS[4], id)
+    local a = tonumber(redis.call('HGET', KEYS[5], id) or '0')
+    if not rec or a >= most then
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('HDEL', KEYS[4], id)
+      redis.call('HDEL', KEYS[5], id)
+      if rec then abandoned = abandoned + 1 end
+    else
+      redis.call('HSET', KEYS[5], id, a + 1)
+      redis.call('ZADD', KEYS[3], now + lease, id)
+      local c = string.find(rec, ':', 1, true)
+      local n = tonumber(string.sub(rec, 1, c - 1))
+      leased[#leased + 1] = id
+      leased[#leased + 1] = a + 1
+      leased[#leased + 1] = string.sub(rec, c + 1, c + n)
+      leased[#leased + 1] = string.sub(rec, c + n + 1)
+    end
+  end
+  local p = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2]
+  if p and (not nxt or tonumber(p) < tonumber(nxt)) then nxt = p end
+end
+return {now, nxt or false, out, #due, leased, abandoned}
+"#;
+
+/// Settles leased expirations of one shard (`at_least_once`). `KEYS`: the
+/// pending set, records, attempts; `ARGV`: wake channel, shard, then
+/// `id, attempt, ok` for each. An acknowledged one (`ok` = 1) is dropped; a
+/// failed one is made due at once (and the shard's sweeper woken). Either
+/// only if it is still at that attempt: a lease that ran out and was taken
+/// by another instance is that instance's now.
+const SETTLE: &str = r#"
+local now, retry = now_ms(), false
+for i = 3, #ARGV, 3 do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[3], id) == ARGV[i + 1] then
+    if ARGV[i + 2] == '1' then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('HDEL', KEYS[2], id)
+      redis.call('HDEL', KEYS[3], id)
+    else
+      redis.call('ZADD', KEYS[1], now, id)
+      retry = true
+    end
+  end
+end
+if retry then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return 0
 "#;
 
 /// `KEYS`: lock, fence counter; `ARGV`: owner, lease_ms → fence, or 0 if held.
@@ -419,6 +487,7 @@ pub(super) struct Scripts {
     pub(super) persist: Script,
     pub(super) write_if: Script,
     pub(super) claim: Script,
+    pub(super) settle: Script,
     pub(super) evicted: Script,
     pub(super) reindex: Script,
     pub(super) lock: Script,
@@ -438,6 +507,7 @@ impl Scripts {
             persist: with_prelude(PERSIST),
             write_if: with_prelude(WRITE_IF),
             claim: Script::from_lua(format!("{LUA_HEADER}{CLAIM}")),
+            settle: Script::from_lua(format!("{LUA_HEADER}{SETTLE}")),
             evicted: Script::from_lua(format!("{LUA_HEADER}{EVICTED}")),
             reindex: Script::from_lua(format!("{LUA_HEADER}{REINDEX}")),
             lock: Script::from_lua(LOCK),

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::layout::{Shard, fnv1a};
+use super::layout::fnv1a;
 use crate::Value;
 use crate::error::{Error, Result};
 
@@ -188,7 +188,7 @@ async fn sweep_due<V: Value>(shared: &Shared<V>, state: &mut State) {
         .into_iter()
         .map(|s| async move {
             let sent = Instant::now();
-            (s, sent, claim(shared, &shared.layout.shards[s]).await)
+            (s, sent, claim(shared, s).await)
         })
         .collect();
     while let Some((s, sent, result)) = claims.next().await {
@@ -258,13 +258,22 @@ pub(super) async fn leave<V: Value>(shared: &Shared<V>) {
     }
 }
 
-/// Claims one batch of `shard`'s due entries and reports them. Returns the
-/// time until the shard's next deadline (server clock) and whether the
-/// batch took everything that was due.
-pub(super) async fn claim<V: Value>(shared: &Shared<V>, shard: &Shard) -> Result<(Option<Duration>, bool)> {
-    let keys = vec![shard.index.clone(), shard.count.clone()];
-    let args: Vec<RedisValue> =
-        vec![shard.value_prefix.clone().into(), CLAIM_BATCH.into(), shared.mode_arg()];
+/// Claims one batch of shard `s`'s due entries and reports them (under
+/// `at_least_once`: leases them, see the `CLAIM` script). Returns the time
+/// until the shard's next due time (server clock) and whether the batch took
+/// everything that was due.
+pub(super) async fn claim<V: Value>(shared: &Shared<V>, s: usize) -> Result<(Option<Duration>, bool)> {
+    let shard = &shared.layout.shards[s];
+    let [pending, records, attempts] = shard.pending.clone();
+    let keys = vec![shard.index.clone(), shard.count.clone(), pending, records, attempts];
+    let delivery = &shared.config.delivery;
+    let args: Vec<RedisValue> = vec![
+        shard.value_prefix.clone().into(),
+        CLAIM_BATCH.into(),
+        shared.mode_arg(),
+        delivery.lease_ms().into(),
+        i64::from(delivery.max_attempts).into(),
+    ];
     let client = shared.pool.next();
     let reply: RedisValue = shared
         .scripts
@@ -282,20 +291,37 @@ pub(super) async fn claim<V: Value>(shared: &Shared<V>, shard: &Shard) -> Result
     };
     let now = parts.first().and_then(RedisValue::as_i64).unwrap_or(0);
     let next = parts.get(1).and_then(|v| v.as_str().and_then(|s| s.parse::<f64>().ok())).map(|f| f as i64);
-    let mut claimed = 0;
     if let Some(RedisValue::Array(pairs)) = parts.get(2) {
         for pair in pairs.chunks(2) {
             let (Some(member), Some(value)) = (pair[0].as_str(), pair.get(1)) else { continue };
-            claimed += 1;
             shared.report_claimed(&member, value);
         }
     }
+    let due = parts.get(3).and_then(RedisValue::as_i64).unwrap_or(0);
+    let mut leased = 0;
+    if let Some(RedisValue::Array(rows)) = parts.get(4) {
+        for row in rows.chunks(4) {
+            let [id, attempt, member, body] = row else { continue };
+            let (Some(id), Some(attempt), Some(member)) = (id.as_i64(), attempt.as_i64(), member.as_str())
+            else {
+                continue;
+            };
+            leased += 1;
+            let body = body.as_bytes().unwrap_or_default();
+            shared.report_leased(s, id, attempt.clamp(1, i64::from(u32::MAX)) as u32, &member, body);
+        }
+    }
+    let abandoned = parts.get(5).and_then(RedisValue::as_i64).unwrap_or(0);
+    if abandoned > 0 {
+        tracing::warn!(abandoned, shard = s, "expirations dropped: never acknowledged");
+        shared.sink.abandoned(abandoned as usize);
+    }
     let left = next.map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64));
-    Ok((left, claimed < CLAIM_BATCH))
+    Ok((left, due < CLAIM_BATCH && leased < CLAIM_BATCH))
 }
 
-/// Claims every due entry of `shard`.
-pub(super) async fn claim_all<V: Value>(shared: &Shared<V>, shard: &Shard) -> Result<()> {
-    while !claim(shared, shard).await?.1 {}
+/// Claims every due entry of shard `s`.
+pub(super) async fn claim_all<V: Value>(shared: &Shared<V>, s: usize) -> Result<()> {
+    while !claim(shared, s).await?.1 {}
     Ok(())
 }

@@ -16,8 +16,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::writer::{WriteOp, WriteOutcome};
+use super::writer::{WriteOp, WriteOutcome, Writer};
 use crate::Value;
+use crate::backend::receipts::Receipts;
 
 /// Rows claimed per transaction.
 const CLAIM_BATCH: usize = 1000;
@@ -78,11 +79,23 @@ async fn claim_due<V: Value>(shared: &Shared<V>) {
     loop {
         match shared.writer.write(WriteOp::ClaimDue { limit: CLAIM_BATCH }).await {
             Ok(applied) => {
-                let WriteOutcome::Claimed(rows) = applied.outcome else { return };
-                let full = rows.len() == CLAIM_BATCH;
-                for (key, bytes) in rows {
-                    shared.report_expired(&key, &bytes);
-                }
+                let full = match applied.outcome {
+                    WriteOutcome::Claimed(rows) => {
+                        let full = rows.len() == CLAIM_BATCH;
+                        for (key, bytes) in rows {
+                            shared.report_expired(&key, &bytes);
+                        }
+                        full
+                    }
+                    WriteOutcome::Leased { leased, abandoned, full } => {
+                        shared.sink.abandoned(abandoned);
+                        for lease in leased {
+                            shared.report_leased(lease);
+                        }
+                        full
+                    }
+                    _ => return,
+                };
                 if !full {
                     return;
                 }
@@ -91,6 +104,33 @@ async fn claim_due<V: Value>(shared: &Shared<V>) {
                 tracing::warn!(error = %e, "sqlite expiry driver could not claim due rows");
                 return;
             }
+        }
+    }
+}
+
+/// Writes the receipts of leased expirations (`at_least_once`) in batches,
+/// one transaction each: acknowledged ones are dropped, failed ones made due
+/// again (and the driver woken to deliver them). Runs until the last backend
+/// clone is gone, then writes what is left and stops.
+pub(super) async fn acker(
+    writer: Arc<Writer>,
+    receipts: Arc<Receipts<(i64, u32, bool)>>,
+    signal: Arc<DriverSignal>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (batch, stopping) = receipts.next(&stop).await;
+        if !batch.is_empty() {
+            let retry = batch.iter().any(|&(_, _, ok)| !ok);
+            if let Err(e) = writer.write(WriteOp::Settle { receipts: batch }).await {
+                tracing::warn!(error = %e, "sqlite: acknowledgements not written; those expirations are delivered again after their lease");
+            }
+            if retry {
+                signal.deadline_written(super::now_ms());
+            }
+        }
+        if stopping {
+            return;
         }
     }
 }

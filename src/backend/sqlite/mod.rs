@@ -47,12 +47,13 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 pub use config::SqliteConfig;
 
 use crate::Value;
+use crate::backend::receipts::Receipts;
 use crate::error::{Error, Result};
 use crate::event::EventSink;
 use crate::request::{LockGrant, Request, Response};
 use driver::DriverSignal;
 use schema::Sql;
-use writer::{Applied, WriteOp, WriteOutcome, Writer};
+use writer::{Applied, Leased, WriteOp, WriteOutcome, Writer};
 
 /// Rows fetched per query when listing keys or items.
 const PAGE: i64 = 1000;
@@ -70,7 +71,9 @@ fn ttl_ms(ttl: Duration) -> i64 {
 struct Shared<V> {
     config: SqliteConfig,
     sql: Arc<Sql>,
-    writer: Writer,
+    writer: Arc<Writer>,
+    /// Settled leases waiting for the acker task (`at_least_once`).
+    receipts: Arc<Receipts<(i64, u32, bool)>>,
     readers: Vec<tokio_rusqlite::Connection>,
     next_reader: AtomicUsize,
     /// Connections for point reads on the calling task (see [`Shared::read_point`]).
@@ -83,6 +86,9 @@ struct Shared<V> {
     label: Arc<str>,
     /// Stops the expiry driver when the last backend clone goes.
     driver: DropGuard,
+    /// Stops the acker when the last backend clone goes (not at `Shutdown`:
+    /// callbacks drained after it still acknowledge their expirations).
+    _acker: DropGuard,
 }
 
 /// The SQLite backend: a `tower::Service<Request<V>>` over one table of an
@@ -223,9 +229,10 @@ impl<V: Value> SqliteBackend<V> {
                 inline.push(Mutex::new(c));
             }
         }
-        let sql = Arc::new(Sql::new(&config.table));
+        let sql = Arc::new(Sql::new(&config.table, &config.delivery));
         let writer = Writer::spawn(conn, Arc::clone(&sql), Arc::clone(&label))
             .map_err(|e| open_error(&label, "starting the writer thread", e))?;
+        let writer = Arc::new(writer);
         let cancel = CancellationToken::new();
         if !config.in_memory() {
             let checkpoints = tokio_rusqlite::Connection::open_with_flags(&target, flags)
@@ -238,10 +245,12 @@ impl<V: Value> SqliteBackend<V> {
                 .map_err(|e| open_error(&label, "configuring the checkpointer", e))?;
             tokio::spawn(checkpointer(checkpoints, cancel.clone()));
         }
+        let acker_stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             config,
             sql,
             writer,
+            receipts: Receipts::new(),
             readers,
             next_reader: AtomicUsize::new(0),
             inline,
@@ -251,7 +260,13 @@ impl<V: Value> SqliteBackend<V> {
             closed: AtomicBool::new(false),
             label,
             driver: cancel.clone().drop_guard(),
+            _acker: acker_stop.clone().drop_guard(),
         });
+        if shared.sql.pending.is_some() {
+            let (writer, receipts, signal) =
+                (Arc::clone(&shared.writer), Arc::clone(&shared.receipts), Arc::clone(&shared.signal));
+            tokio::spawn(driver::acker(writer, receipts, signal, acker_stop));
+        }
         tokio::spawn(driver::expiry_driver(Arc::downgrade(&shared), cancel));
         Ok(SqliteBackend { shared })
     }
@@ -376,12 +391,16 @@ impl<V: Value> Shared<V> {
             // A caller that may block (the blocking facade's thread) writes inline when the
             // writer is idle; everyone else joins the group commit.
             let inline = if crate::caller::may_block() { self.writer.write_inline(&op) } else { None };
-            let Applied { outcome, expired } = match inline {
+            let Applied { outcome, expired, held } = match inline {
                 Some(applied) => applied?,
                 None => self.writer.write(op.clone()).await?,
             };
             for (key, bytes) in expired {
                 self.report_expired(&key, &bytes);
+            }
+            if held {
+                // Expirations this write found are leased by the driver, now.
+                self.signal.deadline_written(now_ms());
             }
             match outcome {
                 WriteOutcome::KeyLocked => {
@@ -405,13 +424,24 @@ impl<V: Value> Shared<V> {
     }
 
     fn report_expired(&self, key: &str, bytes: &[u8]) {
-        self.sink.expired(key, || match self.config.codec.decode(key, bytes) {
+        self.sink.expired(key, || self.decode_expired(key, bytes));
+    }
+
+    /// Reports a leased expiration (`at_least_once`); the acker writes its receipt.
+    fn report_leased(&self, leased: Leased) {
+        let Leased { id, key, value, attempt } = leased;
+        let settle = self.receipts.settle(move |ok| (id, attempt, ok));
+        self.sink.expired_leased(&key, || self.decode_expired(&key, &value), attempt, settle);
+    }
+
+    fn decode_expired(&self, key: &str, bytes: &[u8]) -> Option<V> {
+        match self.config.codec.decode(key, bytes) {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::warn!(key, error = %e, "expired value does not decode; reported without it");
                 None
             }
-        });
+        }
     }
 
     /// The earliest deadline in the table (any process's).

@@ -3,6 +3,7 @@
 use rusqlite::Connection;
 
 use super::config::SqliteConfig;
+use crate::delivery::ExpireDelivery;
 
 /// The schema version this release writes and understands.
 pub(super) const SCHEMA_VERSION: i64 = 1;
@@ -32,13 +33,60 @@ pub(super) struct Sql {
     pub(super) lock_release: String,
     pub(super) fence_next: String,
     pub(super) fence_name: String,
+    /// Leased expirations (`expire_delivery=at_least_once`), see [`Pending`].
+    pub(super) pending: Option<Pending>,
+}
+
+/// The statements of the pending table `<table>_pending`: expirations claimed
+/// under `at_least_once`, each leased to the process that claimed it until
+/// acknowledged. `attempt` is the number of deliveries so far (0: found
+/// expired by a write, not delivered yet); `lease_until` is when it may be
+/// delivered (again).
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) lease_ms: i64,
+    pub(super) max_attempts: u32,
+    /// `?1` key, `?2` value, `?3` now: due for its first delivery.
+    pub(super) hold: String,
+    /// `?1` now, `?2` max attempts → the keys dropped after their last attempt.
+    pub(super) abandon: String,
+    /// `?1` now, `?2` new lease deadline, `?3` limit → id, key, value, attempt.
+    pub(super) claim: String,
+    /// `?1` id, `?2` attempt.
+    pub(super) ack: String,
+    /// `?1` id, `?2` attempt, `?3` now: deliver again at once.
+    pub(super) nack: String,
 }
 
 impl Sql {
-    pub(super) fn new(t: &str) -> Self {
+    pub(super) fn new(t: &str, delivery: &ExpireDelivery) -> Self {
         // `t` is validated to [A-Za-z0-9_]+, so quoting it is enough.
         let live = "(expires_at IS NULL OR expires_at > ?2)";
+        let p = format!("\"{t}_pending\"");
+        let pending = delivery.at_least_once().then(|| Pending {
+            lease_ms: delivery.lease_ms(),
+            max_attempts: delivery.max_attempts,
+            hold: format!("INSERT INTO {p} (key, value, attempt, lease_until) VALUES (?1, ?2, 0, ?3)"),
+            abandon: format!("DELETE FROM {p} WHERE lease_until <= ?1 AND attempt >= ?2 RETURNING key"),
+            claim: format!(
+                "UPDATE {p} SET attempt = attempt + 1, lease_until = ?2 WHERE id IN \
+                 (SELECT id FROM {p} WHERE lease_until <= ?1 ORDER BY lease_until LIMIT ?3) \
+                 RETURNING id, key, value, attempt"
+            ),
+            ack: format!("DELETE FROM {p} WHERE id = ?1 AND attempt = ?2"),
+            nack: format!("UPDATE {p} SET lease_until = ?3 WHERE id = ?1 AND attempt = ?2"),
+        });
+        let earliest = if pending.is_some() {
+            format!(
+                "SELECT min(at) FROM (SELECT min(expires_at) AS at FROM \"{t}\" \
+                 UNION ALL SELECT min(lease_until) FROM {p})"
+            )
+        } else {
+            format!("SELECT min(expires_at) FROM \"{t}\"")
+        };
         Sql {
+            pending,
+            earliest,
             get: format!("SELECT value, expires_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
             deadline: format!("SELECT expires_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
             upsert: format!(
@@ -63,7 +111,6 @@ impl Sql {
                  (SELECT key FROM \"{t}\" WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2) \
                  RETURNING key, value"
             ),
-            earliest: format!("SELECT min(expires_at) FROM \"{t}\""),
             lock_owner: format!("SELECT owner FROM \"{t}_locks\" WHERE key = ?1 AND lease_until > ?2"),
             any_lock: format!("SELECT EXISTS (SELECT 1 FROM \"{t}_locks\")"),
             lock_drop_stale: format!("DELETE FROM \"{t}_locks\" WHERE key = ?1 AND lease_until <= ?2"),
@@ -112,7 +159,10 @@ pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(),
          INSERT OR IGNORE INTO livedict_meta (name, value) VALUES ('fence:{t}', 0);
          CREATE TABLE IF NOT EXISTS \"{t}\" (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL, expires_at INTEGER);
          CREATE INDEX IF NOT EXISTS \"{t}_expires_at\" ON \"{t}\" (expires_at) WHERE expires_at IS NOT NULL;
-         CREATE TABLE IF NOT EXISTS \"{t}_locks\" (key TEXT PRIMARY KEY NOT NULL, owner TEXT NOT NULL, lease_until INTEGER NOT NULL);"
+         CREATE TABLE IF NOT EXISTS \"{t}_locks\" (key TEXT PRIMARY KEY NOT NULL, owner TEXT NOT NULL, lease_until INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS \"{t}_pending\" (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, \
+           value BLOB NOT NULL, attempt INTEGER NOT NULL, lease_until INTEGER NOT NULL);
+         CREATE INDEX IF NOT EXISTS \"{t}_pending_lease\" ON \"{t}_pending\" (lease_until);"
     ))
     .map_err(CreateError::Sqlite)?;
     let version: i64 = tx

@@ -70,10 +70,26 @@ pub(super) enum WriteOp {
         key: String,
         owner: String,
     },
-    /// The expiry driver's claim: delete up to `limit` rows due at `now`.
+    /// The expiry driver's claim: delete up to `limit` rows due at `now`
+    /// (under `at_least_once`: lease them, see [`Leased`]).
     ClaimDue {
         limit: usize,
     },
+    /// Settles leased expirations (`at_least_once`): each `(id, attempt, ok)`
+    /// is acknowledged (dropped) or, failed, made due again at once.
+    Settle {
+        receipts: Vec<(i64, u32, bool)>,
+    },
+}
+
+/// An expiration leased to this process (`at_least_once`): delivery number
+/// `attempt` of pending row `id`.
+#[derive(Debug)]
+pub(super) struct Leased {
+    pub(super) id: i64,
+    pub(super) key: String,
+    pub(super) value: Vec<u8>,
+    pub(super) attempt: u32,
 }
 
 /// What a write did.
@@ -91,6 +107,14 @@ pub(super) enum WriteOutcome {
     LockLost,
     /// Rows claimed by the expiry driver.
     Claimed(Vec<(String, Vec<u8>)>),
+    /// Under `at_least_once`: the expirations leased by this claim, how many
+    /// were dropped after their last attempt, and whether the claim hit its
+    /// limit (more may be due).
+    Leased {
+        leased: Vec<Leased>,
+        abandoned: usize,
+        full: bool,
+    },
 }
 
 /// A write plus the expirations it found on the way (an expired row a write
@@ -99,6 +123,9 @@ pub(super) enum WriteOutcome {
 pub(super) struct Applied {
     pub(super) outcome: WriteOutcome,
     pub(super) expired: Vec<(String, Vec<u8>)>,
+    /// Under `at_least_once` the expirations a write found go to the pending
+    /// table instead (due at once, for the expiry driver): whether any did.
+    pub(super) held: bool,
 }
 
 /// A closure run on the writer connection outside any batch (reads of a
@@ -387,7 +414,7 @@ fn apply(
     seen: &mut Seen,
     op: WriteOp,
 ) -> rusqlite::Result<Applied> {
-    let mut expired = Vec::new();
+    let mut expired: Vec<(String, Vec<u8>)> = Vec::new();
     let guarded = match &op {
         WriteOp::Set { key, owner, .. }
         | WriteOp::Delete { key, owner }
@@ -398,8 +425,10 @@ fn apply(
     if let Some((key, owner)) = guarded {
         match check_lock(tx, sql, now, seen, key, owner)? {
             LockState::Free => {}
-            LockState::HeldByOther => return Ok(Applied { outcome: WriteOutcome::KeyLocked, expired }),
-            LockState::Lost => return Ok(Applied { outcome: WriteOutcome::LockLost, expired }),
+            LockState::HeldByOther => {
+                return Ok(Applied { outcome: WriteOutcome::KeyLocked, expired, held: false });
+            }
+            LockState::Lost => return Ok(Applied { outcome: WriteOutcome::LockLost, expired, held: false }),
         }
     }
     let outcome = match op {
@@ -459,13 +488,78 @@ fn apply(
             tx.prepare_cached(&sql.lock_release)?.execute(params![key, owner])?;
             WriteOutcome::Done
         }
-        WriteOp::ClaimDue { limit } => {
-            let mut stmt = tx.prepare_cached(&sql.claim_due)?;
-            let rows = stmt.query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            WriteOutcome::Claimed(rows.collect::<rusqlite::Result<_>>()?)
+        WriteOp::ClaimDue { limit } => match &sql.pending {
+            None => {
+                let mut stmt = tx.prepare_cached(&sql.claim_due)?;
+                let rows = stmt.query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                WriteOutcome::Claimed(rows.collect::<rusqlite::Result<_>>()?)
+            }
+            Some(pending) => lease_due(tx, sql, pending, now, limit)?,
+        },
+        WriteOp::Settle { receipts } => {
+            if let Some(pending) = &sql.pending {
+                let mut ack = tx.prepare_cached(&pending.ack)?;
+                let mut nack = tx.prepare_cached(&pending.nack)?;
+                for (id, attempt, ok) in receipts {
+                    if ok {
+                        ack.execute(params![id, attempt])?;
+                    } else {
+                        nack.execute(params![id, attempt, now])?;
+                    }
+                }
+            }
+            WriteOutcome::Done
         }
     };
-    Ok(Applied { outcome, expired })
+    // Under at_least_once, what this write found expired is leased like a claim.
+    let held = match &sql.pending {
+        Some(pending) if !expired.is_empty() => {
+            let mut hold = tx.prepare_cached(&pending.hold)?;
+            for (key, value) in expired.drain(..) {
+                hold.execute(params![key, value, now])?;
+            }
+            true
+        }
+        _ => false,
+    };
+    Ok(Applied { outcome, expired, held })
+}
+
+/// The `at_least_once` claim: drops expirations out of attempts, moves up to
+/// `limit` due rows into the pending table, then leases up to `limit`
+/// pending expirations that are due (new ones, failed ones, and those whose
+/// claimer's lease ran out) to this process.
+fn lease_due(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    pending: &super::schema::Pending,
+    now: i64,
+    limit: usize,
+) -> rusqlite::Result<WriteOutcome> {
+    let mut abandon = tx.prepare_cached(&pending.abandon)?;
+    let mut abandoned = 0;
+    for key in abandon.query_map(params![now, pending.max_attempts], |r| r.get::<_, String>(0))? {
+        let key = key?;
+        tracing::warn!(key, attempts = pending.max_attempts, "expiration dropped: never acknowledged");
+        abandoned += 1;
+    }
+    let mut claim = tx.prepare_cached(&sql.claim_due)?;
+    let due: Vec<(String, Vec<u8>)> = claim
+        .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let moved = due.len();
+    let mut hold = tx.prepare_cached(&pending.hold)?;
+    for (key, value) in due {
+        hold.execute(params![key, value, now])?;
+    }
+    let mut lease = tx.prepare_cached(&pending.claim)?;
+    let leased: Vec<Leased> = lease
+        .query_map(params![now, now.saturating_add(pending.lease_ms), limit as i64], |r| {
+            Ok(Leased { id: r.get(0)?, key: r.get(1)?, value: r.get(2)?, attempt: r.get(3)? })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let full = moved == limit || leased.len() == limit;
+    Ok(WriteOutcome::Leased { leased, abandoned, full })
 }
 
 /// Removes `key` if it is past its deadline, recording it as expired.
