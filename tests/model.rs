@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use livedict::{EventKind, LiveDict};
+use livedict::{Delivery, EventKind, LiveDict};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -382,12 +382,19 @@ async fn apply(d: &LiveDict<u16>, op: Op, clock: &mut Clock, model: &mut Model) 
 }
 
 /// Runs one sequence on a fresh store; `Err` names the first divergence.
-async fn run_case(h: &Harness, case: u64, calls: &[Call]) -> Step {
+async fn run_case(h: &Harness, delivery: Delivery, case: u64, calls: &[Call]) -> Step {
     // Half the cases let operations race the expiry driver on real-time backends.
     let race_driver = case % 2 == 0;
-    let name = format!("model{case}");
+    let name = format!("model{case}{}", if delivery == Delivery::AtLeastOnce { "d" } else { "" });
+    let url = h.url_with(&format!("expire_delivery={delivery}"));
     let open = || async {
-        h.builder::<u16>().table(&name).namespace(&name).build().await.map_err(|e| format!("open: {e}"))
+        LiveDict::<u16>::builder()
+            .url(&url)
+            .table(&name)
+            .namespace(&name)
+            .build()
+            .await
+            .map_err(|e| format!("open: {e}"))
     };
     let d = open().await?;
     // One collector for both handles: each event is reported by exactly one of them.
@@ -440,7 +447,7 @@ fn cases(kind: Kind) -> u32 {
 /// Generates `cases` sequences, runs each; on a failure shrinks it and panics
 /// with the minimal sequence (the runner drives proptest's shrinking by hand
 /// because each case is async).
-async fn check_model(h: &Harness) {
+async fn check_model(h: &Harness, delivery: Delivery) {
     let seed: u64 = match std::env::var("LIVEDICT_PROPTEST_SEED") {
         Ok(s) => s.parse().expect("LIVEDICT_PROPTEST_SEED is a u64"),
         Err(_) => rand_seed(),
@@ -455,14 +462,14 @@ async fn check_model(h: &Harness) {
     for _ in 0..cases(h.kind) {
         let mut tree = strategy.new_tree(&mut runner).expect("generate a sequence");
         case += 1;
-        let Err(first) = run_case(h, case, &tree.current()).await else { continue };
+        let Err(first) = run_case(h, delivery, case, &tree.current()).await else { continue };
         let (mut minimal, mut why) = (tree.current(), first);
         let mut runs = 0;
         if tree.simplify() {
             while runs < 500 {
                 runs += 1;
                 case += 1;
-                match run_case(h, case, &tree.current()).await {
+                match run_case(h, delivery, case, &tree.current()).await {
                     Err(e) => {
                         (minimal, why) = (tree.current(), e);
                         if !tree.simplify() {
@@ -480,7 +487,7 @@ async fn check_model(h: &Harness) {
         let listing: String =
             minimal.iter().enumerate().map(|(i, op)| format!("\n  {:>2}. {op:?}", i + 1)).collect();
         panic!(
-            "{:?} store diverged from the model (seed {seed}, LIVEDICT_PROPTEST_SEED={seed} to replay)\n\
+            "{:?} store ({delivery}) diverged from the model (seed {seed}, LIVEDICT_PROPTEST_SEED={seed} to replay)\n\
              minimal sequence ({} ops):{listing}\n{why}",
             h.kind,
             minimal.len()
@@ -495,6 +502,11 @@ fn rand_seed() -> u64 {
 
 for_each_backend! {
     async fn random_operation_sequences_match_the_reference_model(h: Harness) {
-        check_model(&h).await;
+        check_model(&h, Delivery::AtMostOnce).await;
+    }
+
+    // Leased, acknowledged expirations: the same events, each exactly once.
+    async fn random_operation_sequences_match_the_reference_model_at_least_once(h: Harness) {
+        check_model(&h, Delivery::AtLeastOnce).await;
     }
 }

@@ -78,9 +78,18 @@ async fn sub_second_ttls_are_millisecond_precise() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_deliver_each_expiration_exactly_once_with_its_value() {
+    two_instances_deliver_each_expiration_once("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_deliver_each_expiration_exactly_once_at_least_once() {
+    two_instances_deliver_each_expiration_once("&expire_delivery=at_least_once&expire_lease_ms=300").await;
+}
+
+async fn two_instances_deliver_each_expiration_once(options: &str) {
     let Some(server) = RedisServer::start() else { return };
-    let a = LiveDict::<u64>::open(&url(&server, "x")).await.unwrap();
-    let b = LiveDict::<u64>::open(&url(&server, "x")).await.unwrap();
+    let a = LiveDict::<u64>::open(&format!("{}{options}", url(&server, "x"))).await.unwrap();
+    let b = LiveDict::<u64>::open(&format!("{}{options}", url(&server, "x"))).await.unwrap();
     let (seen_a, seen_b) = (collect_expires(&a), collect_expires(&b));
     let n = 2000u64;
     for i in 0..n {
@@ -92,7 +101,8 @@ async fn two_instances_deliver_each_expiration_exactly_once_with_its_value() {
         assert!(started.elapsed() < Duration::from_secs(10), "not all expirations delivered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // duplicates would arrive by now
+    // Duplicates would arrive by now (also redeliveries: the lease is 300 ms).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let all: Vec<_> = seen_a.lock().unwrap().iter().chain(seen_b.lock().unwrap().iter()).cloned().collect();
     assert_eq!(all.len(), n as usize);
     let unique: HashSet<_> = all.iter().map(|(k, _)| k.clone()).collect();

@@ -268,8 +268,20 @@ async fn writes_acknowledged_by_a_child_survive_its_sigkill(role: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_deliver_each_expiration_exactly_once() {
+    two_processes_deliver_each_expiration_once("?poll_ms=20").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_deliver_each_expiration_exactly_once_at_least_once() {
+    two_processes_deliver_each_expiration_once(
+        "?poll_ms=20&expire_delivery=at_least_once&expire_lease_ms=300",
+    )
+    .await;
+}
+
+async fn two_processes_deliver_each_expiration_once(options: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let store = url(&dir, "?poll_ms=20");
+    let store = url(&dir, options);
     let (proc, mut out) = child::spawn(&format!("expirer|{store}|3"));
     child::wait_for_line(&mut out, "ready");
     let d = LiveDict::<u64>::open(&store).await.unwrap();
@@ -302,7 +314,8 @@ async fn two_processes_deliver_each_expiration_exactly_once() {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await; // duplicates would arrive by now
+    // Duplicates would arrive by now (also redeliveries: the lease is 300 ms).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     d.shutdown().await.unwrap();
     let ours = seen.lock().unwrap().clone();
     let all: Vec<&String> = ours.iter().chain(theirs.iter()).collect();

@@ -4,21 +4,25 @@
 //! SQLite transaction, one Redis script per shard).
 
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::receipt::Settle;
 
 /// Settled receipts waiting to be written (`T`: what identifies one lease, and whether it succeeded).
 pub(crate) struct Receipts<T> {
-    queue: Mutex<Vec<T>>,
+    /// The queued receipts, and how many were ever queued.
+    queue: Mutex<(Vec<T>, u64)>,
     wake: Notify,
+    /// How many queued receipts the acker has written (or given up on).
+    written: watch::Sender<u64>,
 }
 
 impl<T: Send + 'static> Receipts<T> {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Receipts { queue: Mutex::new(Vec::new()), wake: Notify::new() })
+        Arc::new(Receipts { queue: Mutex::default(), wake: Notify::new(), written: watch::Sender::new(0) })
     }
 
     /// The settle callback of one leased expiration: queues `make(ok)`. Holds
@@ -29,19 +33,43 @@ impl<T: Send + 'static> Receipts<T> {
         let queue: Weak<Self> = Arc::downgrade(self);
         Box::new(move |ok| {
             if let Some(queue) = queue.upgrade() {
-                queue.queue.lock().unwrap_or_else(|p| p.into_inner()).push(make(ok));
+                let mut q = queue.queue.lock().unwrap_or_else(|p| p.into_inner());
+                q.0.push(make(ok));
+                q.1 += 1;
+                drop(q);
                 queue.wake.notify_one();
             }
         })
     }
 
-    /// Waits for receipts (or `stop`), then takes every queued one. The
-    /// flag is true once `stop` fired: write the batch, then finish.
-    pub(crate) async fn next(&self, stop: &CancellationToken) -> (Vec<T>, bool) {
+    /// Waits for receipts (or `stop`), then takes every queued one. Returns
+    /// them, the mark to pass to [`Self::written`] once they are written,
+    /// and whether `stop` fired (write the batch, then finish).
+    pub(crate) async fn next(&self, stop: &CancellationToken) -> (Vec<T>, u64, bool) {
         let stopping = tokio::select! {
             _ = stop.cancelled() => true,
             _ = self.wake.notified() => false,
         };
-        (std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner())), stopping)
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut q.0), q.1, stopping)
+    }
+
+    /// The acker wrote every receipt up to `mark` (see [`Self::next`]).
+    pub(crate) fn written(&self, mark: u64) {
+        self.written.send_replace(mark);
+    }
+
+    /// Waits (up to `limit`) until every receipt queued so far is written:
+    /// [`LiveDict::shutdown`](crate::LiveDict::shutdown) calls it after the
+    /// callbacks drained, so a clean shutdown leaves nothing to redeliver.
+    pub(crate) async fn flush(&self, limit: Duration) {
+        let target = self.queue.lock().unwrap_or_else(|p| p.into_inner()).1;
+        self.wake.notify_one();
+        let mut written = self.written.subscribe();
+        if tokio::time::timeout(limit, written.wait_for(|&w| w >= target)).await.is_err() {
+            tracing::warn!(
+                "acknowledgements not written at shutdown; those expirations are delivered again after their lease"
+            );
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::relay::Relay;
 use crate::event::sandbox::{self, WorkerContext};
 use crate::event::watch::{Watch, WatchFilter, WatchOwner, WatchQueue, Watchers};
-use crate::event::{Event, EventKind, EventSink, EventTarget};
+use crate::event::{AfterDrain, Event, EventKind, EventSink, EventTarget};
 use crate::stats::{Counters, Stats};
 
 /// Settings of a [`Dispatcher`].
@@ -85,6 +85,8 @@ struct Registry<V> {
     watchers: Arc<Watchers<V>>,
     /// Carries this store's events to other processes sharing it, if attached.
     relay: OnceLock<Arc<dyn Relay<V>>>,
+    /// Backend work for after the drain at shutdown (see [`AfterDrain`]).
+    after_drain: Arc<AfterDrain>,
 }
 
 /// Delivers events to registered callbacks, off the caller's path.
@@ -138,6 +140,7 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
                 closed: AtomicBool::new(false),
                 watchers: Arc::default(),
                 relay: OnceLock::new(),
+                after_drain: Arc::default(),
             }),
         })
     }
@@ -145,7 +148,7 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
     /// The sink a backend reports its `Expire` and `Evict` events to.
     pub fn sink(&self) -> EventSink<V> {
         let target: Arc<dyn EventTarget<V>> = Arc::new(self.clone());
-        EventSink::new(target, Arc::clone(&self.registry.counters))
+        EventSink::new(target, Arc::clone(&self.registry.counters), Arc::clone(&self.registry.after_drain))
     }
 
     pub(crate) fn counters(&self) -> &Arc<Counters> {
@@ -281,6 +284,8 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
                 }
             }
         }
+        // Then what the backend does with the callbacks' outcomes (acknowledgements).
+        reg.after_drain.run(reg.config.drain_timeout).await;
     }
 }
 

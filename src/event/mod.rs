@@ -13,8 +13,10 @@ pub(crate) mod sandbox;
 pub(crate) mod watch;
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
 
 use crate::delivery::ExpireDelivery;
 use crate::stats::Counters;
@@ -211,17 +213,46 @@ pub struct EventSink<V> {
     /// Redeliver expirations whose callbacks failed, in-process (the memory
     /// backend under `AtLeastOnce`; the others lease them in their storage).
     retry: Option<ExpireDelivery>,
+    /// What the dispatcher runs after draining the callbacks at shutdown.
+    after_drain: Option<Arc<AfterDrain>>,
+}
+
+/// Work backends hand the dispatcher for after the callbacks drained at
+/// shutdown (writing the acknowledgements of leased expirations); each gets
+/// the time left.
+#[derive(Default)]
+pub(crate) struct AfterDrain {
+    hooks: Mutex<Vec<Box<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>>>,
+}
+
+impl AfterDrain {
+    /// Runs every hook, one after the other, within `limit` in all.
+    pub(crate) async fn run(&self, limit: Duration) {
+        let started = std::time::Instant::now();
+        let work: Vec<_> = {
+            let hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+            hooks.iter().map(|hook| hook(limit)).collect()
+        };
+        for w in work {
+            let left = limit.saturating_sub(started.elapsed());
+            let _ = tokio::time::timeout(left, w).await;
+        }
+    }
 }
 
 impl<V: 'static> EventSink<V> {
     /// A sink that discards every event (counters are still kept).
     pub fn none() -> Self {
-        EventSink { target: None, counters: Arc::default(), retry: None }
+        EventSink { target: None, counters: Arc::default(), retry: None, after_drain: None }
     }
 
     /// A sink delivering to `target` and counting into `counters`.
-    pub(crate) fn new(target: Arc<dyn EventTarget<V>>, counters: Arc<Counters>) -> Self {
-        EventSink { target: Some(target), counters, retry: None }
+    pub(crate) fn new(
+        target: Arc<dyn EventTarget<V>>,
+        counters: Arc<Counters>,
+        after_drain: Arc<AfterDrain>,
+    ) -> Self {
+        EventSink { target: Some(target), counters, retry: None, after_drain: Some(after_drain) }
     }
 
     /// Whether anything listens to `kind`.
@@ -277,6 +308,18 @@ impl<V: 'static> EventSink<V> {
         }
     }
 
+    /// Has the dispatcher run `hook` (given the time left) after it drained
+    /// the callbacks at shutdown. Nothing happens on a sink without a dispatcher.
+    #[cfg(any(feature = "sqlite", feature = "redis"))]
+    pub(crate) fn after_drain(
+        &self,
+        hook: impl Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) {
+        if let Some(after) = &self.after_drain {
+            after.hooks.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(hook));
+        }
+    }
+
     /// Records expirations dropped after their last unacknowledged delivery.
     pub(crate) fn abandoned(&self, n: usize) {
         for _ in 0..n {
@@ -319,7 +362,12 @@ impl<V: 'static> EventSink<V> {
 
 impl<V> Clone for EventSink<V> {
     fn clone(&self) -> Self {
-        EventSink { target: self.target.clone(), counters: Arc::clone(&self.counters), retry: self.retry }
+        EventSink {
+            target: self.target.clone(),
+            counters: Arc::clone(&self.counters),
+            retry: self.retry,
+            after_drain: self.after_drain.clone(),
+        }
     }
 }
 

@@ -32,10 +32,11 @@ pub(super) struct Acker {
 /// Runs until `stop` (the last handle is gone), then writes what is left and closes the pool.
 pub(super) async fn run(acker: Acker, receipts: Arc<Receipts<Receipt>>, stop: CancellationToken) {
     loop {
-        let (batch, stopping) = receipts.next(&stop).await;
+        let (batch, mark, stopping) = receipts.next(&stop).await;
         if !batch.is_empty() {
             settle(&acker, batch).await;
         }
+        receipts.written(mark);
         if stopping {
             break;
         }

@@ -259,6 +259,11 @@ impl<V: Value> RedisBackend<V> {
             return Err(e);
         }
         if shared.config.delivery.at_least_once() {
+            let receipts = Arc::clone(&shared.receipts);
+            shared.sink.after_drain(move |limit| {
+                let receipts = Arc::clone(&receipts);
+                Box::pin(async move { receipts.flush(limit).await })
+            });
             let acker = acker::Acker {
                 pool: shared.pool.clone(),
                 script: shared.scripts.settle.clone(),

@@ -119,7 +119,7 @@ pub(super) async fn acker(
     stop: CancellationToken,
 ) {
     loop {
-        let (batch, stopping) = receipts.next(&stop).await;
+        let (batch, mark, stopping) = receipts.next(&stop).await;
         if !batch.is_empty() {
             let retry = batch.iter().any(|&(_, _, ok)| !ok);
             if let Err(e) = writer.write(WriteOp::Settle { receipts: batch }).await {
@@ -129,6 +129,7 @@ pub(super) async fn acker(
                 signal.deadline_written(super::now_ms());
             }
         }
+        receipts.written(mark);
         if stopping {
             return;
         }
