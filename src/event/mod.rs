@@ -222,8 +222,11 @@ pub struct EventSink<V> {
 /// the time left.
 #[derive(Default)]
 pub(crate) struct AfterDrain {
-    hooks: Mutex<Vec<Box<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>>>,
+    hooks: Mutex<Vec<DrainHook>>,
 }
+
+/// One [`AfterDrain`] hook: given the time left, the work to await.
+type DrainHook = Box<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>;
 
 impl AfterDrain {
     /// Runs every hook, one after the other, within `limit` in all.
