@@ -36,6 +36,8 @@ fn expected(s: &Stats) -> HashMap<String, u64> {
         ("livedict_callbacks_timed_out_total", s.callbacks_timed_out),
         ("livedict_lock_waits_total", s.lock_waits),
         ("livedict_lock_timeouts_total", s.lock_timeouts),
+        ("livedict_expirations_redelivered_total", s.expirations_redelivered),
+        ("livedict_expirations_abandoned_total", s.expirations_abandoned),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -61,6 +61,9 @@ pub struct Builder<V> {
     lock_lease: Option<Duration>,
     codec: Option<Codec>,
     verify_codec: Option<bool>,
+    expire_delivery: Option<crate::Delivery>,
+    expire_lease: Option<Duration>,
+    expire_max_attempts: Option<u32>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -74,6 +77,21 @@ impl<V: Value> Default for Builder<V> {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Applies the builder's delivery settings, if set, to a backend config.
+macro_rules! apply_delivery {
+    ($builder:expr, $config:ident) => {
+        if let Some(delivery) = $builder.expire_delivery {
+            $config = $config.expire_delivery(delivery);
+        }
+        if let Some(lease) = $builder.expire_lease {
+            $config = $config.expire_lease(lease);
+        }
+        if let Some(attempts) = $builder.expire_max_attempts {
+            $config = $config.expire_max_attempts(attempts);
+        }
+    };
 }
 
 impl<V: Value> Builder<V> {
@@ -90,6 +108,9 @@ impl<V: Value> Builder<V> {
             lock_lease: None,
             codec: None,
             verify_codec: None,
+            expire_delivery: None,
+            expire_lease: None,
+            expire_max_attempts: None,
             _value: PhantomData,
         }
     }
@@ -181,6 +202,37 @@ impl<V: Value> Builder<V> {
         self
     }
 
+    /// How expirations reach the `Expire` callbacks, on every backend
+    /// (default [`Delivery::AtMostOnce`](crate::Delivery::AtMostOnce); URL
+    /// option `expire_delivery`). See [`Delivery`](crate::Delivery).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use livedict::{Delivery, LiveDict};
+    /// let d = LiveDict::<u32>::builder().url("sqlite::memory:").expire_delivery(Delivery::AtLeastOnce).build().await?;
+    /// # d.shutdown().await }
+    /// ```
+    pub fn expire_delivery(mut self, delivery: crate::Delivery) -> Self {
+        self.expire_delivery = Some(delivery);
+        self
+    }
+
+    /// With [`Delivery::AtLeastOnce`](crate::Delivery::AtLeastOnce): how long a
+    /// claimed expiration waits for its acknowledgement before it may be
+    /// delivered again (default 30 s; URL option `expire_lease_ms`).
+    pub fn expire_lease(mut self, lease: Duration) -> Self {
+        self.expire_lease = Some(lease);
+        self
+    }
+
+    /// With [`Delivery::AtLeastOnce`](crate::Delivery::AtLeastOnce): deliveries
+    /// of one expiration before it is dropped unacknowledged (default 10; URL
+    /// option `expire_max_attempts`).
+    pub fn expire_max_attempts(mut self, attempts: u32) -> Self {
+        self.expire_max_attempts = Some(attempts);
+        self
+    }
+
     /// Events each callback may have queued before new ones are dropped and counted.
     pub fn callback_queue_capacity(mut self, events: usize) -> Self {
         self.dispatch = self.dispatch.queue_capacity(events);
@@ -226,6 +278,7 @@ impl<V: Value> Builder<V> {
                 if let Some(cap) = self.max_capacity {
                     config = config.max_capacity(cap);
                 }
+                apply_delivery!(self, config);
                 AnyBackend::Memory(MemoryBackend::new(config, sink)?)
             }
             #[cfg(feature = "sqlite")]
@@ -233,6 +286,7 @@ impl<V: Value> Builder<V> {
                 if let Some(table) = &self.table {
                     config = config.table(table);
                 }
+                apply_delivery!(self, config);
                 if let Some(lease) = self.lock_lease {
                     config = config.lock_lease(lease);
                 }
@@ -254,6 +308,7 @@ impl<V: Value> Builder<V> {
                 if let Some(ns) = &self.namespace {
                     config = config.namespace(ns);
                 }
+                apply_delivery!(self, config);
                 if let Some(lease) = self.lock_lease {
                     config = config.lock_lease(lease);
                 }
