@@ -27,8 +27,14 @@ use crate::url::{Invalid, UrlOption, millis, parse, set};
 ///   On `memory://` a failed callback gets the expiration again in-process
 ///   (there is no other process: a crash loses it).
 ///
-/// URL option `expire_delivery=at_most_once|at_least_once`; builder twin
+/// URL option `expire_delivery=at_most_once|at_least_once`; builder twins
+/// [`Builder::expire_delivery`](crate::Builder::expire_delivery) and
 /// `expire_delivery` on each backend's config.
+///
+/// Callbacks should be idempotent under `AtLeastOnce`: after a crash, or a
+/// lease shorter than the callback's run, the same expiration may reach a
+/// callback twice ([`Event::attempt`](crate::Event::attempt) tells a
+/// redelivery). Without failures each is delivered exactly once.
 ///
 /// ```
 /// use livedict::Delivery;

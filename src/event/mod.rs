@@ -136,6 +136,11 @@ impl<V> Event<V> {
         self.inner.attempt
     }
 
+    /// Whether this event settles a receipt (a leased expiration).
+    pub(crate) fn is_leased(&self) -> bool {
+        self.inner.receipt.is_some()
+    }
+
     /// One more callback must return before this event is acknowledged (if it is leased).
     pub(crate) fn hold(&self) -> bool {
         match &self.inner.receipt {

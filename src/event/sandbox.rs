@@ -46,13 +46,16 @@ pub(super) fn spawn_async<V: Send + Sync + 'static>(
                 continue;
             }
             cx.counters.events_delivered.incr();
-            let receipt = event.clone();
+            // Only a leased expiration needs its outcome reported (saves an Arc clone per event).
+            let receipt = event.is_leased().then(|| event.clone());
             // Building the future may itself panic; so may polling it.
             let call = match catch_unwind(AssertUnwindSafe(|| callback(event))) {
                 Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
                 Err(_) => {
                     cx.counters.callbacks_panicked.incr();
-                    receipt.release(false);
+                    if let Some(r) = receipt {
+                        r.release(false);
+                    }
                     continue;
                 }
             };
@@ -65,7 +68,9 @@ pub(super) fn spawn_async<V: Send + Sync + 'static>(
                 Some(Err(_)) => cx.counters.callbacks_panicked.incr(),
                 Some(Ok(())) => {}
             }
-            receipt.release(matches!(outcome, Some(Ok(()))));
+            if let Some(r) = receipt {
+                r.release(matches!(outcome, Some(Ok(()))));
+            }
         }
         let _ = cx.done.send(());
     });
