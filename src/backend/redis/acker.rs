@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use fred::clients::Pool;
-use fred::interfaces::ClientLike;
 use fred::types::Value as RedisValue;
 use fred::types::scripts::Script;
 use futures::future::join_all;
@@ -23,6 +22,8 @@ pub(super) type Receipt = (usize, i64, u32, bool);
 /// What the acker writes with.
 pub(super) struct Acker {
     pub(super) pool: Pool,
+    /// The pool's routing tasks: the acker closes the pool (see `routers.rs`).
+    pub(super) routers: super::routers::Routers,
     pub(super) script: Script,
     /// Each shard's pending set, records and attempts.
     pub(super) pending: Vec<[String; 3]>,
@@ -41,7 +42,7 @@ pub(super) async fn run(acker: Acker, receipts: Arc<Receipts<Receipt>>, stop: Ca
             break;
         }
     }
-    let _ = acker.pool.quit().await;
+    acker.routers.close(&acker.pool).await;
 }
 
 /// One script call per shard in `batch`, concurrently.

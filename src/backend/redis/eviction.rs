@@ -50,6 +50,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::layout::Shard;
+use super::routers::{Routers, quit_failed};
 use super::{PAGE, Shared};
 use crate::Value;
 use crate::error::{Error, Result};
@@ -169,6 +170,8 @@ pub(super) async fn start<V: Value>(shared: &Arc<Shared<V>>, cancel: Cancellatio
 /// The subscription to `evicted` notifications and what it listens to.
 struct Subscription {
     client: Client,
+    /// The client's routing task (aborted if the subscription is dropped unclosed).
+    routers: Routers,
     channel: String,
     events: broadcast::Receiver<KeyspaceEvent>,
     reconnects: broadcast::Receiver<Server>,
@@ -304,7 +307,8 @@ impl<V: Value> Watch<V> {
             shared.evictions.set(false);
         }
         if let Some(sub) = self.sub.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), sub.client.quit()).await;
+            // The server may be gone: bounded.
+            sub.routers.close(&sub.client).await;
         }
     }
 }
@@ -351,18 +355,19 @@ async fn connect<V: Value>(shared: &Shared<V>) -> Result<Subscription> {
     let events = client.keyspace_event_rx();
     let reconnects = client.reconnect_rx();
     let changes = client.cluster_change_rx();
-    match tokio::time::timeout(timeout, client.init()).await {
-        Ok(Ok(_)) => {}
+    let routers = match tokio::time::timeout(timeout, Routers::init(&client)).await {
+        Ok(Ok(routers)) => routers,
         failed => {
-            let _ = client.quit().await;
+            quit_failed(&client).await;
             let why = match failed {
                 Ok(Err(e)) => e.to_string(),
                 _ => format!("no connection within {timeout:?}"),
             };
             return Err(Error::backend_msg("redis", format!("cannot subscribe on {}: {why}", shared.label)));
         }
-    }
-    Ok(Subscription { client, channel: format!("__keyevent@{db}__:evicted"), events, reconnects, changes })
+    };
+    let channel = format!("__keyevent@{db}__:evicted");
+    Ok(Subscription { client, routers, channel, events, reconnects, changes })
 }
 
 /// Handles the `evicted` notifications of `keys` that belong to the shards this instance sweeps.

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use fred::bytes::{BufMut, Bytes, BytesMut};
 use fred::clients::SubscriberClient;
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{EventInterface, PubsubInterface};
 use fred::types::config::Config as FredConfig;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::near::NearCache;
+use super::routers::{Routers, quit_failed};
 use super::{RedisBackend, Shared};
 use crate::Value;
 use crate::codec::Codec;
@@ -122,22 +123,23 @@ impl<V: Value> RedisBackend<V> {
     pub async fn share_events(&self, dispatcher: &Dispatcher<V>) -> Result<()> {
         let shared = &self.shared;
         let channel = shared.layout.events.clone();
-        let subscriber = subscriber(shared).await?;
-        subscriber
-            .subscribe(channel.as_str())
-            .await
-            .map_err(|e| shared.backend_error("subscribing to the event channel", e))?;
+        let (subscriber, sub_routers) = subscriber(shared).await?;
+        if let Err(e) = subscriber.subscribe(channel.as_str()).await {
+            sub_routers.close(&subscriber).await;
+            return Err(shared.backend_error("subscribing to the event channel", e));
+        }
         // Its own connection, so events queued at shutdown are still published
         // after the backend's pool has quit.
         let publisher = shared.pool.next().clone_new();
-        let connected = tokio::time::timeout(shared.config.connect_timeout, publisher.init()).await;
-        if !matches!(connected, Ok(Ok(_))) {
-            let _ = (publisher.quit().await, subscriber.quit().await);
+        let connected = tokio::time::timeout(shared.config.connect_timeout, Routers::init(&publisher)).await;
+        let Ok(Ok(pub_routers)) = connected else {
+            quit_failed(&publisher).await;
+            sub_routers.close(&subscriber).await;
             return Err(Error::backend_msg(
                 "redis",
                 format!("cannot connect a publisher to {}", shared.label),
             ));
-        }
+        };
         let cancel = CancellationToken::new();
         let (outbox, frames) = Outbox::new(OUTBOX, Arc::clone(dispatcher.counters()));
         let relay = Arc::new(RedisRelay {
@@ -150,19 +152,22 @@ impl<V: Value> RedisBackend<V> {
         let watchers = match dispatcher.attach_relay(relay) {
             Ok(w) => w,
             Err(e) => {
-                let _ = (publisher.quit().await, subscriber.quit().await);
+                pub_routers.close(&publisher).await;
+                sub_routers.close(&subscriber).await;
                 return Err(e);
             }
         };
         let near = shared.near.clone();
-        tokio::spawn(receive(subscriber, watchers, near, origin, shared.config.codec, cancel.clone()));
-        tokio::spawn(publish(publisher, channel, frames));
+        let sub = (subscriber, sub_routers);
+        tokio::spawn(receive(sub, watchers, near, origin, shared.config.codec, cancel.clone()));
+        tokio::spawn(publish((publisher, pub_routers), channel, frames));
         Ok(())
     }
 }
 
-/// A dedicated pub/sub connection to the same server.
-pub(super) async fn subscriber<V: Value>(shared: &Shared<V>) -> Result<SubscriberClient> {
+/// A dedicated pub/sub connection to the same server, with its routing task
+/// (close it with [`Routers::close`]).
+pub(super) async fn subscriber<V: Value>(shared: &Shared<V>) -> Result<(SubscriberClient, Routers)> {
     let config = FredConfig::from_url(&shared.config.server_url)
         .map_err(|e| Error::invalid_url(&shared.config.server_url, e.details().to_string()))?;
     let timeout = shared.config.connect_timeout;
@@ -172,10 +177,10 @@ pub(super) async fn subscriber<V: Value>(shared: &Shared<V>) -> Result<Subscribe
         .set_policy(fred::types::config::ReconnectPolicy::new_exponential(0, 20, 2_000, 2))
         .build_subscriber_client()
         .map_err(|e| shared.backend_error("creating the event subscriber", e))?;
-    match tokio::time::timeout(timeout, client.init()).await {
-        Ok(Ok(_)) => Ok(client),
+    match tokio::time::timeout(timeout, Routers::init(&client)).await {
+        Ok(Ok(routers)) => Ok((client, routers)),
         failed => {
-            let _ = client.quit().await;
+            quit_failed(&client).await;
             let why = match failed {
                 Ok(Err(e)) => e.to_string(),
                 _ => format!("no connection within {timeout:?}"),
@@ -187,7 +192,7 @@ pub(super) async fn subscriber<V: Value>(shared: &Shared<V>) -> Result<Subscribe
 
 /// Hands the events of other processes to this store's watches.
 async fn receive<V: Value>(
-    subscriber: SubscriberClient,
+    (subscriber, routers): (SubscriberClient, Routers),
     watchers: Arc<Watchers<V>>,
     near: Option<NearCache<V>>,
     origin: u64,
@@ -228,13 +233,13 @@ async fn receive<V: Value>(
         watchers.emit(&Event::new(kind, key, value));
     }
     resubscribe.abort();
-    // The server may be gone: do not wait for it.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), subscriber.quit()).await;
+    // The server may be gone: bounded.
+    routers.close(&subscriber).await;
 }
 
 /// Publishes this process's frames in order, until closed (or the relay is gone).
 async fn publish(
-    client: fred::clients::Client,
+    (client, routers): (fred::clients::Client, Routers),
     channel: String,
     mut frames: mpsc::Receiver<Outgoing<Bytes>>,
 ) {
@@ -251,7 +256,7 @@ async fn publish(
             }
         }
     }
-    let _ = client.quit().await;
+    routers.close(&client).await;
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ mod eviction;
 mod feed;
 mod layout;
 mod near;
+mod routers;
 mod scripts;
 mod sweeper;
 mod tracking;
@@ -80,6 +81,7 @@ use crate::event::EventSink;
 use crate::request::{LockGrant, Request, Response};
 use clock::ServerClock;
 use layout::{Layout, Shard};
+use routers::Routers;
 use scripts::Scripts;
 
 /// Keys fetched per `SCAN` page and values per `MGET`.
@@ -88,6 +90,8 @@ const PAGE: u32 = 1000;
 struct Shared<V> {
     config: RedisConfig,
     pool: Pool,
+    /// The pool's routing tasks (taken by the close: `shutdown`, or the last handle's drop).
+    routers: std::sync::Mutex<Routers>,
     scripts: Scripts,
     layout: Layout,
     clock: ServerClock,
@@ -120,15 +124,15 @@ struct Shared<V> {
 impl<V> Drop for Shared<V> {
     fn drop(&mut self) {
         // Close the connections in the background when the last handle goes
-        // (under at_least_once the acker does, after its last receipts).
-        if self.config.delivery.at_least_once() {
+        // (without a runtime, dropping the routing tasks aborts them; under
+        // at_least_once the acker holds them and closes them after its last receipts).
+        let routers = std::mem::take(self.routers.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if routers.is_empty() {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let pool = self.pool.clone();
-            rt.spawn(async move {
-                let _ = pool.quit().await;
-            });
+            rt.spawn(async move { routers.close(&pool).await });
         }
     }
 }
@@ -205,21 +209,23 @@ impl<V: Value> RedisBackend<V> {
         let pool = build_pool(&config, &label)?;
         let connect_timeout = config.connect_timeout;
         let connected = tokio::time::timeout(connect_timeout, async {
-            pool.init().await?;
-            pool.ping::<()>(None).await
+            let routers = Routers::init_pool(&pool).await?;
+            pool.ping::<()>(None).await?;
+            Ok::<_, fred::error::Error>(routers)
         })
         .await;
-        if let Err(why) = match connected {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no connection within {connect_timeout:?}")),
-        } {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let _ = pool.quit().await;
-            });
-            return Err(Error::backend_msg("redis", format!("cannot connect to {label}: {why}")));
-        }
+        let routers = match connected {
+            Ok(Ok(routers)) => routers,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no connection within {connect_timeout:?}"),
+                };
+                let pool = pool.clone();
+                tokio::spawn(async move { routers::quit_failed(&pool).await });
+                return Err(Error::backend_msg("redis", format!("cannot connect to {label}: {why}")));
+            }
+        };
         let cancel = CancellationToken::new();
         let layout = Layout::new(&config.namespace, config.shards);
         let near = config.near_cache.map(near::NearCache::new);
@@ -228,6 +234,7 @@ impl<V: Value> RedisBackend<V> {
         let shared = Arc::new_cyclic(|this| Shared {
             config,
             pool,
+            routers: std::sync::Mutex::new(routers),
             scripts: Scripts::new(),
             layout,
             clock: ServerClock::new(),
@@ -255,7 +262,7 @@ impl<V: Value> RedisBackend<V> {
             }
         };
         if let Err(e) = opened.await {
-            let _ = shared.pool.quit().await;
+            shared.close().await;
             return Err(e);
         }
         if shared.config.delivery.at_least_once() {
@@ -264,8 +271,10 @@ impl<V: Value> RedisBackend<V> {
                 let receipts = Arc::clone(&receipts);
                 Box::pin(async move { receipts.flush(limit).await })
             });
+            let routers = std::mem::take(&mut *shared.routers.lock().unwrap_or_else(|p| p.into_inner()));
             let acker = acker::Acker {
                 pool: shared.pool.clone(),
+                routers,
                 script: shared.scripts.settle.clone(),
                 pending: shared.layout.shards.iter().map(|s| s.pending.clone()).collect(),
                 wake: shared.layout.wake.clone(),
@@ -345,6 +354,15 @@ impl<V: Value> Shared<V> {
             }
         };
         self.sink.expired_leased(key, value, attempt, settle);
+    }
+
+    /// Closes the pool's connections and ends their routing tasks (within
+    /// [`routers::CLOSE_WAIT`], even with the server down); once.
+    async fn close(&self) {
+        let routers = std::mem::take(&mut *self.routers.lock().unwrap_or_else(|p| p.into_inner()));
+        if !routers.is_empty() {
+            routers.close(&self.pool).await;
+        }
     }
 
     /// Writes the layout descriptor of a new namespace, or checks that of an existing one.
@@ -719,11 +737,10 @@ impl<V: Value> Shared<V> {
                 self.closed.store(true, Ordering::Release);
                 sweeper::leave(self).await;
                 self.sweeper.token().cancel();
-                // Under at_least_once, callbacks drained after this still
-                // acknowledge: the acker closes the pool when the last handle goes.
-                if !self.config.delivery.at_least_once() {
-                    let _ = self.pool.quit().await;
-                }
+                // Under at_least_once the acker holds the pool's routing tasks:
+                // callbacks drained after this still acknowledge, and it closes
+                // the pool when the last handle goes.
+                self.close().await;
                 Ok(Response::Done)
             }
         }

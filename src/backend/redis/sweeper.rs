@@ -22,7 +22,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{EventInterface, PubsubInterface};
 use fred::types::Value as RedisValue;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -53,13 +53,13 @@ enum Wake {
 pub(super) async fn start<V: Value>(shared: &Arc<Shared<V>>, cancel: CancellationToken) {
     let (tx, rx) = mpsc::channel(1024);
     match super::feed::subscriber(shared).await {
-        Ok(sub) => match sub.subscribe(shared.layout.wake.as_str()).await {
+        Ok((sub, routers)) => match sub.subscribe(shared.layout.wake.as_str()).await {
             Ok(()) => {
-                tokio::spawn(listen(sub, tx, cancel.clone()));
+                tokio::spawn(listen(sub, routers, tx, cancel.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "redis sweeper cannot subscribe to wake-ups; relying on its periodic checks");
-                let _ = sub.quit().await;
+                routers.close(&sub).await;
             }
         },
         Err(e) => {
@@ -75,7 +75,12 @@ pub(super) async fn start<V: Value>(shared: &Arc<Shared<V>>, cancel: Cancellatio
 }
 
 /// Forwards wake-ups (shard numbers) to the sweeper.
-async fn listen(sub: fred::clients::SubscriberClient, tx: mpsc::Sender<Wake>, cancel: CancellationToken) {
+async fn listen(
+    sub: fred::clients::SubscriberClient,
+    routers: super::routers::Routers,
+    tx: mpsc::Sender<Wake>,
+    cancel: CancellationToken,
+) {
     let resubscribe = sub.manage_subscriptions();
     let mut messages = sub.message_rx();
     let mut reconnects = sub.reconnect_rx();
@@ -96,8 +101,8 @@ async fn listen(sub: fred::clients::SubscriberClient, tx: mpsc::Sender<Wake>, ca
         let _ = tx.try_send(wake);
     }
     resubscribe.abort();
-    // The server may be gone: do not wait for it.
-    let _ = tokio::time::timeout(Duration::from_secs(1), sub.quit()).await;
+    // The server may be gone: bounded.
+    routers.close(&sub).await;
 }
 
 /// What the sweeper knows about the shards.

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::layout::Layout;
 use super::near::NearCache;
+use super::routers::{Routers, quit_failed};
 use crate::Value;
 use crate::error::{Error, Result};
 
@@ -98,14 +99,15 @@ pub(super) async fn start<V: Value>(
         .map_err(|e| shared.backend_error("creating the near cache's tracking client", e))?;
     let prefixes = prefixes(&shared.layout);
     let connected = tokio::time::timeout(timeout, async {
-        client.init().await?;
-        enable(&client, &prefixes).await
+        let routers = Routers::init(&client).await?;
+        enable(&client, &prefixes).await?;
+        Ok::<_, fred::error::Error>(routers)
     })
     .await;
-    match connected {
-        Ok(Ok(())) => {}
+    let routers = match connected {
+        Ok(Ok(routers)) => routers,
         failed => {
-            let _ = client.quit().await;
+            quit_failed(&client).await;
             let why = match failed {
                 Ok(Err(e)) => e.to_string(),
                 _ => format!("no connection within {timeout:?}"),
@@ -115,9 +117,9 @@ pub(super) async fn start<V: Value>(
                 format!("cannot turn on client tracking for the near cache on {}: {why}", shared.label),
             ));
         }
-    }
+    };
     near.tracking().set(true);
-    tokio::spawn(run(client, shared.this.clone(), prefixes, near, cancel));
+    tokio::spawn(run(client, routers, shared.this.clone(), prefixes, near, cancel));
     Ok(())
 }
 
@@ -125,6 +127,7 @@ pub(super) async fn start<V: Value>(
 /// whenever a connection errs, reconnects or the cluster changes.
 async fn run<V: Value>(
     client: Client,
+    routers: Routers,
     shared: Weak<Shared<V>>,
     prefixes: Vec<String>,
     near: NearCache<V>,
@@ -192,5 +195,6 @@ async fn run<V: Value>(
         }
     }
     state.set(false);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.quit()).await;
+    // The server may be gone: bounded.
+    routers.close(&client).await;
 }
