@@ -207,10 +207,16 @@ impl Harness {
 /// Waits (in real time, up to 10 s) until `cond` holds; panics naming `what` otherwise.
 /// Works under paused Tokio time: it never idles the runtime, so virtual time
 /// does not jump while callbacks on other threads catch up.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(10), cond).await
+}
+
+/// [`eventually`] with another bound, for what waits out leases of its own
+/// (an at-least-once redelivery after its claimer was killed).
+pub async fn eventually_within(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
     let started = Instant::now();
     while !cond() {
-        assert!(started.elapsed() < Duration::from_secs(10), "timed out waiting for: {what}");
+        assert!(started.elapsed() < bound, "timed out waiting for: {what}");
         tokio::task::yield_now().await;
         std::thread::sleep(Duration::from_micros(500));
     }
