@@ -343,17 +343,7 @@ impl<V: Value> Shared<V> {
     /// Reports a leased expiration (`at_least_once`) of `shard`; the acker writes its receipt.
     fn report_leased(&self, shard: usize, id: i64, attempt: u32, key: &str, bytes: &[u8]) {
         let settle = self.receipts.settle(move |ok| (shard, id, attempt, ok));
-        let value = || {
-            let bytes = Some(bytes).filter(|b| !b.is_empty())?;
-            match self.config.codec.decode(key, bytes) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    tracing::warn!(key, error = %e, "expired value does not decode; reported without it");
-                    None
-                }
-            }
-        };
-        self.sink.expired_leased(key, value, attempt, settle);
+        self.sink.expired_leased(key, || self.decode_expired(key, Some(bytes)), attempt, settle);
     }
 
     /// Closes the pool's connections and ends their routing tasks (within
@@ -422,16 +412,19 @@ impl<V: Value> Shared<V> {
     }
 
     fn report_expired(&self, key: &str, bytes: Option<&[u8]>) {
-        self.sink.expired(key, || {
-            let bytes = bytes.filter(|b| !b.is_empty())?;
-            match self.config.codec.decode(key, bytes) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    tracing::warn!(key, error = %e, "expired value does not decode; reported without it");
-                    None
-                }
+        self.sink.expired(key, || self.decode_expired(key, bytes));
+    }
+
+    /// An expired value's codec bytes decoded (`None`: gone, or undecodable and logged).
+    fn decode_expired(&self, key: &str, bytes: Option<&[u8]>) -> Option<V> {
+        let bytes = bytes.filter(|b| !b.is_empty())?;
+        match self.config.codec.decode(key, bytes) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "expired value does not decode; reported without it");
+                None
             }
-        });
+        }
     }
 
     /// What is stored under `key`, as far as reads are concerned.
