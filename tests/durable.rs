@@ -201,3 +201,28 @@ async fn redis_expirations_survive_a_killed_claimer() {
     let Some(server) = support::redis_server::RedisServer::start() else { return };
     survives_a_killed_claimer(&format!("{}?namespace=durable", server.url())).await;
 }
+
+#[tokio::test]
+async fn bad_delivery_options_are_invalid_urls() {
+    for url in [
+        "memory://?expire_delivery=exactly_once",
+        "memory://?expire_lease_ms=0",
+        "memory://?expire_max_attempts=0",
+        "sqlite::memory:?expire_delivery=",
+        "sqlite::memory:?expire_lease_ms=soon",
+    ] {
+        match LiveDict::<u64>::open(url).await {
+            Err(livedict::Error::InvalidUrl { .. }) => {}
+            other => panic!("{url}: {:?}", other.map(|_| ())),
+        }
+    }
+    let d = LiveDict::<u64>::builder()
+        .url("sqlite::memory:")
+        .expire_delivery(livedict::Delivery::AtLeastOnce)
+        .expire_lease(Duration::from_secs(5))
+        .expire_max_attempts(3)
+        .build()
+        .await
+        .unwrap();
+    d.shutdown().await.unwrap();
+}
