@@ -249,7 +249,13 @@ impl Writer {
         if q.closed {
             return Err(Error::Closed);
         }
-        q.jobs.push_back(job);
+        // The expiry driver's claims go first: the next batch takes them
+        // whatever number of writes queued up (expiry lateness under load).
+        if matches!(job, Job::Write { op: WriteOp::ClaimDue { .. }, .. }) {
+            q.jobs.push_front(job);
+        } else {
+            q.jobs.push_back(job);
+        }
         core.queued.store(q.jobs.len(), Ordering::Release);
         if q.asleep {
             q.asleep = false;
