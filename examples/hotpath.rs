@@ -1,6 +1,7 @@
 //! Internal: a tight loop over the memory hot path, for profilers (`perf record`).
 //!
-//! Run: `cargo run --release --example hotpath -- get|set|set_ttl [millions]`
+//! Run: `cargo run --release --example hotpath -- get|set|set_ttl|aget|aset|raw_get|raw_set [millions]`
+//! (`a…`: the async handle on a current-thread runtime; `raw_…`: `moka::sync::Cache` alone).
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,26 @@ fn main() {
     let op = args.next().unwrap_or_else(|| "get".into());
     let millions: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let n = (millions * 1e6) as usize;
+    if let Some(raw_op) = op.strip_prefix("raw_") {
+        let keys: Vec<String> = (0..10_000).map(|i| format!("k{i}")).collect();
+        let v = "v".repeat(100);
+        let c: moka::sync::Cache<String, String> = moka::sync::Cache::builder().build();
+        for k in &keys {
+            c.insert(k.clone(), v.clone());
+        }
+        let started = Instant::now();
+        for i in 0..n {
+            let k = &keys[i % keys.len()];
+            match raw_op {
+                "get" => {
+                    std::hint::black_box(c.get(k));
+                }
+                _ => c.insert(k.clone(), v.clone()),
+            }
+        }
+        println!("{op}: {:.0} ops/s", n as f64 / started.elapsed().as_secs_f64());
+        return;
+    }
     let b = livedict::LiveDict::<String>::builder().memory().build_blocking().expect("store");
     let keys: Vec<String> = (0..10_000).map(|i| format!("k{i}")).collect();
     let v = "v".repeat(100);

@@ -56,10 +56,16 @@ impl OwnedRuntime {
         self.0.as_ref().expect("runtime present until drop")
     }
 
-    fn block_on<F: Future>(&self, f: F) -> Result<F::Output> {
+    /// [`Error::InsideRuntime`] when called from async code.
+    fn check_caller() -> Result<()> {
         if Handle::try_current().is_ok() {
             return Err(Error::InsideRuntime);
         }
+        Ok(())
+    }
+
+    fn block_on<F: Future>(&self, f: F) -> Result<F::Output> {
+        Self::check_caller()?;
         let rt = self.runtime();
         let _blocking = BlockingCall::enter();
         let mut f = pin!(f);
@@ -133,17 +139,33 @@ impl<V: Value> LiveDict<V> {
 
     /// See [`crate::LiveDict::set`].
     pub fn set(&self, key: impl AsRef<str>, value: V) -> Result<()> {
-        self.runtime.block_on(self.inner.set(key, value))?
+        let key = key.as_ref();
+        OwnedRuntime::check_caller()?;
+        match self.inner.set_now(key, value, self.inner.inner.default_ttl) {
+            Ok(done) => done,
+            Err(value) => self.runtime.block_on(self.inner.set(key, value))?,
+        }
     }
 
     /// See [`crate::LiveDict::set_with_ttl`].
     pub fn set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Duration) -> Result<()> {
-        self.runtime.block_on(self.inner.set_with_ttl(key, value, ttl))?
+        let key = key.as_ref();
+        OwnedRuntime::check_caller()?;
+        crate::request::validate_ttl(ttl)?;
+        match self.inner.set_now(key, value, Some(ttl)) {
+            Ok(done) => done,
+            Err(value) => self.runtime.block_on(self.inner.set_with_ttl(key, value, ttl))?,
+        }
     }
 
     /// See [`crate::LiveDict::get`].
     pub fn get(&self, key: impl AsRef<str>) -> Result<Option<V>> {
-        self.runtime.block_on(self.inner.get(key))?
+        let key = key.as_ref();
+        OwnedRuntime::check_caller()?;
+        match self.inner.get_now(key) {
+            Some(got) => got,
+            None => self.runtime.block_on(self.inner.get(key))?,
+        }
     }
 
     /// See [`crate::LiveDict::delete`].

@@ -170,3 +170,101 @@ fn one(
         }
     });
 }
+
+/// Expiry at scale on memory://: `n` keys (1M) whose deadlines are spread
+/// evenly over one second (1M expirations/s), one sync `Expire` callback.
+///
+/// The deadlines are absolute (`t0 + i/n s`, `t0` a few seconds after the
+/// writes start), so they cover exactly one second whatever the write speed;
+/// the note says whether the writes finished before the first deadline.
+pub fn scale(rep: &mut Report, o: &Opts) {
+    let n = o.pick(200_000, 1_000_000);
+    let lead = Duration::from_millis(o.pick(2_000, 4_000));
+    let writers = 8;
+    let rt = runtime();
+    let d: LiveDict<String> = rt.block_on(LiveDict::open("memory://")).expect("memory store");
+    let fired: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let f = Arc::clone(&fired);
+    d.register_callback(
+        EventKind::Expire,
+        Callback::new(move |ev: &Event<String>| {
+            let at = Instant::now();
+            let i: u32 = ev.key()[1..].parse().expect("key index");
+            f.lock().unwrap().push((i, at));
+        }),
+    )
+    .expect("register");
+    let keys: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("e{i}")).collect());
+    let v = value();
+    let started = Instant::now();
+    let t0 = started + lead;
+    let spread_ns = 1_000_000_000u64;
+    // Each writer answers the deadlines of its keys as seen from here (taken
+    // before each call, so the measured lateness is never less than the real one).
+    let parts: Vec<Vec<Instant>> = rt.block_on(async {
+        let hs: Vec<_> = (0..writers)
+            .map(|t| {
+                let (d, v, keys) = (d.clone(), v.clone(), Arc::clone(&keys));
+                tokio::spawn(async move {
+                    let mut deadlines = Vec::with_capacity(n / writers + 1);
+                    for i in crate::part(t, writers, n) {
+                        let at = t0 + Duration::from_nanos(i as u64 * spread_ns / n as u64);
+                        let now = Instant::now();
+                        let ttl = at.saturating_duration_since(now).max(Duration::from_millis(1));
+                        d.set_with_ttl(&keys[i], v.clone(), ttl).await.expect("set");
+                        deadlines.push(now + ttl);
+                    }
+                    deadlines
+                })
+            })
+            .collect();
+        let mut parts = Vec::new();
+        for h in hs {
+            parts.push(h.await.expect("writer"));
+        }
+        parts
+    });
+    let set_ms = started.elapsed().as_secs_f64() * 1e3;
+    let deadlines: Vec<Instant> = parts.into_iter().flatten().collect();
+    let last = deadlines.iter().max().copied().expect("keys");
+    let window = last + Duration::from_secs(10);
+    crate::wait_until(window.saturating_duration_since(Instant::now()), || fired.lock().unwrap().len() >= n);
+    // A little longer, to catch duplicates.
+    std::thread::sleep(Duration::from_millis(200));
+    let fired = std::mem::take(&mut *fired.lock().unwrap());
+    let mut count = vec![0u32; n];
+    let mut late = Vec::with_capacity(fired.len());
+    for (i, at) in &fired {
+        let i = *i as usize;
+        count[i] += 1;
+        if count[i] == 1 {
+            let d = deadlines[i];
+            late.push(if *at >= d {
+                (*at - d).as_secs_f64() * 1e3
+            } else {
+                -((d - *at).as_secs_f64() * 1e3)
+            });
+        }
+    }
+    let delivered = count.iter().filter(|&&c| c > 0).count();
+    let duplicates = count.iter().map(|&c| c.saturating_sub(1) as usize).sum();
+    let stats = d.stats();
+    rep.lateness(
+        "memory",
+        &format!("expire at scale, {}k keys over 1 s", n / 1000),
+        n,
+        lead,
+        &mut late,
+        delivered,
+        duplicates,
+        50.0,
+        &format!(
+            "deadlines t0 + i/n s (t0 = start + {} ms), 1 sync Expire callback; set by {writers} tasks in {set_ms:.0} ms{}; \
+             events dropped {}; lateness = callback time - (time before set + ttl)",
+            lead.as_millis(),
+            if set_ms <= lead.as_secs_f64() * 1e3 { "" } else { " (PAST the first deadline)" },
+            stats.events_dropped,
+        ),
+    );
+    rt.block_on(async { d.shutdown().await.expect("shutdown") });
+}

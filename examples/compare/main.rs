@@ -3,7 +3,7 @@
 //! ratios.
 //!
 //! ```text
-//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size] [--json] [--svg DIR]
+//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale] [--json] [--svg DIR]
 //! ```
 //!
 //! - `memory`: `get` / `set` / `set_with_ttl` through the full default stack
@@ -27,6 +27,12 @@
 //!   options with e.g. `COMPARE_REDIS_OPTS='&pool_size=1'`.
 //! - `memory-size`: heap bytes per entry (100-byte values, with a TTL) vs a
 //!   plain `HashMap<String, String>`, counted by this program's allocator.
+//! - `memory-rss`: resident memory per TTL'd entry at 1M keys: the RSS growth
+//!   (`/proc/self/statm`) while filling `memory://`, next to raw moka, each in
+//!   a fresh child process.
+//! - `expire-scale`: 1M keys on `memory://` with deadlines spread evenly over
+//!   one second (1M expirations/s), one sync `Expire` callback: delivered
+//!   count and lateness (p99 goal 50 ms).
 //!
 //! Workload everywhere: keys `k0..kN` built before timing, 100-byte `String`
 //! values. Throughputs are the best of several rounds, raw and livedict
@@ -75,6 +81,16 @@ impl Opts {
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => o.quick = true,
+                // Internal: one measurement of the `memory-rss` suite, in a fresh process.
+                "--rss-child" => {
+                    let kind = args.next().unwrap_or_else(|| die("--rss-child needs a store"));
+                    let n = args
+                        .next()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_else(|| die("--rss-child needs N"));
+                    memory::rss_child(&kind, n);
+                    std::process::exit(0);
+                }
                 "--json" => o.json_only = true,
                 "--only" => {
                     let list = args.next().unwrap_or_else(|| die("--only needs a list"));
@@ -86,7 +102,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size] [--json] [--svg DIR]\n\n\
+                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale] [--json] [--svg DIR]\n\n\
                          --quick        fewer keys and rounds (~1 min instead of ~7)\n\
                          --only LIST    run only these suites (comma-separated)\n\
                          --json         print only the JSON rows, no table\n\
@@ -123,7 +139,8 @@ impl Opts {
     }
 }
 
-const SUITES: [&str; 7] = ["memory", "sqlite", "redis", "expire", "callback", "lock", "memory-size"];
+const SUITES: [&str; 9] =
+    ["memory", "sqlite", "redis", "expire", "callback", "lock", "memory-size", "memory-rss", "expire-scale"];
 
 fn die(msg: &str) -> ! {
     eprintln!("compare: {msg}");
@@ -229,6 +246,12 @@ fn main() {
     }
     if o.wants("memory-size") {
         memory::size(&mut rep, &o);
+    }
+    if o.wants("memory-rss") {
+        memory::rss(&mut rep, &o);
+    }
+    if o.wants("expire-scale") {
+        expire::scale(&mut rep, &o);
     }
     let server = if o.wants("redis") || o.wants("expire") { redis::Server::start() } else { None };
     if o.wants("sqlite") {

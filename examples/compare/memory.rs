@@ -267,3 +267,99 @@ pub fn size(rep: &mut Report, o: &Opts) {
     );
     rt.block_on(async { d.shutdown().await.expect("shutdown") });
 }
+
+/// Resident memory per TTL'd entry at 1M keys (100-byte values): the growth
+/// of this process's RSS while filling, each store measured in a fresh child
+/// process (`--rss-child`), so freed pages of one never hide the other's.
+pub fn rss(rep: &mut Report, o: &Opts) {
+    let n = o.pick(200_000, 1_000_000);
+    let child = |kind: &str| -> Option<f64> {
+        let exe = std::env::current_exe().ok()?;
+        let out =
+            std::process::Command::new(exe).args(["--rss-child", kind, &n.to_string()]).output().ok()?;
+        if !out.status.success() {
+            eprintln!("compare: --rss-child {kind} failed: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    let (Some(live), moka) = (child("livedict"), child("moka")) else {
+        rep.skipped("memory-rss", "memory", "could not measure RSS (Linux /proc/self/statm)");
+        return;
+    };
+    rep.measure(
+        "memory-rss",
+        "memory",
+        &format!("RSS per TTL'd entry, {}k keys", n / 1000),
+        live,
+        moka,
+        "B/entry",
+        "<= 420 B/entry",
+        live <= 420.0,
+        "RSS growth (/proc/self/statm) while filling memory:// with set_with_ttl (1 h), 100 B values, \
+         fresh process each; raw: moka::sync::Cache<String, String> insert",
+    );
+}
+
+/// This process's resident set size in bytes (Linux).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // 4 KiB pages (as in tests/resources.rs).
+    Some(pages * 4096)
+}
+
+/// The child side of [`rss`]: fills one store with `n` entries and prints
+/// the RSS growth per entry.
+pub fn rss_child(kind: &str, n: usize) {
+    let keys = keys(n);
+    let v = value();
+    let settle = |get: &dyn Fn(&str)| {
+        // Let moka apply its pending writes (its deques and timer nodes are
+        // part of the real cost); reads run its housekeeping.
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(100));
+            for k in keys.iter().take(1000) {
+                get(k);
+            }
+        }
+    };
+    let (before, after) = match kind {
+        "moka" => {
+            let c: moka::sync::Cache<String, String> = moka::sync::Cache::builder().build();
+            let before = rss_bytes();
+            for k in &keys {
+                c.insert(k.clone(), v.clone());
+            }
+            settle(&|k| {
+                black_box(c.get(k));
+            });
+            c.run_pending_tasks();
+            assert_eq!(c.entry_count(), n as u64);
+            let after = rss_bytes();
+            black_box(&c);
+            (before, after)
+        }
+        _ => {
+            let rt = runtime();
+            let d: LiveDict<String> = rt.block_on(LiveDict::open("memory://")).expect("memory store");
+            let before = rss_bytes();
+            rt.block_on(async {
+                for k in &keys {
+                    d.set_with_ttl(k, v.clone(), HOUR).await.expect("set");
+                }
+            });
+            settle(&|k| {
+                black_box(rt.block_on(d.get(k)).expect("get"));
+            });
+            assert_eq!(rt.block_on(d.len()).expect("len"), n);
+            let after = rss_bytes();
+            black_box(&d);
+            (before, after)
+        }
+    };
+    match (before, after) {
+        (Some(b), Some(a)) => println!("{}", (a as f64 - b as f64) / n as f64),
+        _ => std::process::exit(1),
+    }
+}

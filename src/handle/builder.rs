@@ -4,6 +4,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use super::dict::LiveDict;
+use super::direct::Direct;
 use crate::Value;
 use crate::backend::{AnyBackend, MemoryBackend, MemoryConfig};
 #[cfg(feature = "redis")]
@@ -262,13 +263,19 @@ impl<V: Value> Builder<V> {
         let name = backend.name();
         // Only Redis has single steps for `incr` / `compare_and_set` (see `atomic.rs`).
         let native_atomics = name == "redis";
+        let locks = LockLayer::new().with_stats_of(&dispatcher);
+        let direct = match &backend {
+            AnyBackend::Memory(memory) => Some(Direct::new(memory.clone(), locks.clone())),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        };
         let stack = tower::ServiceBuilder::new()
             .layer(TraceLayer::new(name))
             .layer(TimeoutLayer::new(self.request_timeout))
-            .layer(LockLayer::new().with_stats_of(&dispatcher))
+            .layer(locks)
             .layer(CallbackLayer::new(dispatcher.clone()))
             .service(backend);
-        Ok(LiveDict::from_parts(Stack::new(stack), dispatcher, self.default_ttl, native_atomics))
+        Ok(LiveDict::from_parts(Stack::new(stack), dispatcher, self.default_ttl, native_atomics, direct))
     }
 
     async fn open_backend(&self, target: Target, dispatcher: &Dispatcher<V>) -> Result<AnyBackend<V>> {

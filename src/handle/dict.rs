@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::direct::Direct;
 use super::flights::Flights;
 use crate::Value;
 use crate::callback::{Callback, CallbackId};
@@ -45,6 +46,8 @@ pub(crate) struct Inner<V> {
     /// (cleared the first time it answers `Unsupported`; see `atomic.rs`).
     pub(crate) native_incr: AtomicBool,
     pub(crate) native_cas: AtomicBool,
+    /// `get` and `set` without the stack, on the default memory stack (see `direct.rs`).
+    direct: Option<Direct<V>>,
 }
 
 impl<V> Drop for Inner<V> {
@@ -104,7 +107,7 @@ impl<V: Value> LiveDict<V> {
         S::Future: Send + 'static,
     {
         // A custom service may not know the one-step atomic requests.
-        Self::from_parts(Stack::new_boxed(service), dispatcher, None, false)
+        Self::from_parts(Stack::new_boxed(service), dispatcher, None, false, None)
     }
 
     pub(crate) fn from_parts(
@@ -112,6 +115,7 @@ impl<V: Value> LiveDict<V> {
         dispatcher: Dispatcher<V>,
         default_ttl: Option<Duration>,
         native_atomics: bool,
+        direct: Option<Direct<V>>,
     ) -> Self {
         LiveDict {
             inner: Arc::new(Inner {
@@ -122,7 +126,39 @@ impl<V: Value> LiveDict<V> {
                 flights: Flights::default(),
                 native_incr: AtomicBool::new(native_atomics),
                 native_cas: AtomicBool::new(native_atomics),
+                direct,
             }),
+        }
+    }
+
+    /// The direct path, unless the store is closed (then the stack answers `Closed`).
+    fn direct(&self) -> Option<&Direct<V>> {
+        let direct = self.inner.direct.as_ref()?;
+        (!self.inner.closed.load(Ordering::Acquire)).then_some(direct)
+    }
+
+    /// `get` when it can be answered at once without the stack (see `direct.rs`).
+    pub(crate) fn get_now(&self, key: &str) -> Option<Result<Option<V>>> {
+        if let Err(e) = validate_key(key) {
+            return Some(Err(e));
+        }
+        self.direct()?.get(&self.inner.dispatcher, key).map(Ok)
+    }
+
+    /// A plain `set` (no lock token) when it can be done at once without the
+    /// stack; else the value back.
+    pub(crate) fn set_now(
+        &self,
+        key: &str,
+        value: V,
+        ttl: Option<Duration>,
+    ) -> std::result::Result<Result<()>, V> {
+        if let Err(e) = validate_key(key) {
+            return Ok(Err(e));
+        }
+        match self.direct() {
+            Some(direct) => direct.set(&self.inner.dispatcher, key, value, ttl),
+            None => Err(value),
         }
     }
 
@@ -136,7 +172,11 @@ impl<V: Value> LiveDict<V> {
     /// Stores `value` under `key` with no expiry (or the builder's default
     /// TTL), replacing any earlier value and deadline.
     pub async fn set(&self, key: impl AsRef<str>, value: V) -> Result<()> {
-        self.write_set(key.as_ref(), value, self.inner.default_ttl, None).await
+        let key = key.as_ref();
+        match self.set_now(key, value, self.inner.default_ttl) {
+            Ok(done) => done,
+            Err(value) => self.write_set(key, value, self.inner.default_ttl, None).await,
+        }
     }
 
     /// Stores `value` under `key`, expiring `ttl` from now (millisecond
@@ -144,7 +184,11 @@ impl<V: Value> LiveDict<V> {
     /// [`Error::InvalidTtl`].
     pub async fn set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Duration) -> Result<()> {
         validate_ttl(ttl)?;
-        self.write_set(key.as_ref(), value, Some(ttl), None).await
+        let key = key.as_ref();
+        match self.set_now(key, value, Some(ttl)) {
+            Ok(done) => done,
+            Err(value) => self.write_set(key, value, Some(ttl), None).await,
+        }
     }
 
     pub(crate) async fn write_set(
@@ -164,6 +208,9 @@ impl<V: Value> LiveDict<V> {
     /// The live value of `key`; never a value past its deadline.
     pub async fn get(&self, key: impl AsRef<str>) -> Result<Option<V>> {
         let key = key.as_ref();
+        if let Some(got) = self.get_now(key) {
+            return got;
+        }
         validate_key(key)?;
         match self.call(Request::Get { key: key.to_owned() }).await? {
             Response::Value(v) => Ok(v),

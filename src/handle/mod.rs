@@ -6,10 +6,13 @@
 //! `guard.rs` (per-key locks, `lock`), `atomic.rs` (`update`, `incr`,
 //! `compare_and_set`), `single_flight.rs` with `flights.rs`
 //! (`get_or_insert_with`), `watch.rs` (`watch`) and `metrics.rs`.
+//! `direct.rs` is the one piece `dict.rs` uses: `get` and `set` on the
+//! default memory stack without a request when no layer has work to do.
 
 pub(crate) mod atomic;
 pub(crate) mod builder;
 pub(crate) mod dict;
+mod direct;
 mod flights;
 pub(crate) mod guard;
 #[cfg(feature = "metrics")]

@@ -60,6 +60,32 @@ impl<S> tower::Layer<S> for TraceLayer {
     }
 }
 
+/// Whether a subscriber may enable `DEBUG` spans at all: when false,
+/// [`request_span`] is disabled (the handle's direct path checks this).
+pub(crate) fn spans_enabled() -> bool {
+    tracing::level_enabled!(tracing::Level::DEBUG)
+}
+
+/// Whether a disabled [`request_span`] could still be logged: `tracing`'s
+/// `log` compatibility logs spans through the `log` crate, at their level
+/// (`DEBUG`) or not at all.
+pub(crate) fn spans_may_log() -> bool {
+    log::max_level() >= log::LevelFilter::Debug
+}
+
+/// The span of one request (one callsite, shared by [`Trace`] and the
+/// handle's direct path, which makes it only while it is disabled and
+/// [`spans_may_log`], for what `tracing`'s `log` compatibility does with it).
+pub(crate) fn request_span(op: &'static str, backend: &'static str) -> Span {
+    tracing::debug_span!(
+        "livedict.request",
+        op = op,
+        backend = backend,
+        outcome = tracing::field::Empty,
+        latency_us = tracing::field::Empty,
+    )
+}
+
 /// Service built by [`TraceLayer`].
 #[derive(Debug, Clone)]
 pub struct Trace<S> {
@@ -80,13 +106,7 @@ where
     }
 
     fn call(&mut self, req: Request<V>) -> Self::Future {
-        let span = tracing::debug_span!(
-            "livedict.request",
-            op = req.op(),
-            backend = self.backend,
-            outcome = tracing::field::Empty,
-            latency_us = tracing::field::Empty,
-        );
+        let span = request_span(req.op(), self.backend);
         if span.is_disabled() {
             return TraceFuture { inner: self.inner.call(req), span: None, started: None };
         }

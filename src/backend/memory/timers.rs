@@ -61,8 +61,14 @@ impl DeadlineTable {
         }
     }
 
-    fn shard(&self, key: &str) -> &Shard {
-        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    /// The hash of `key` that picks its shard (the backend's write locks use it too,
+    /// so a write hashes its key once).
+    pub(super) fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[(hash >> 32) as usize % SHARDS]
     }
 
     /// `at` in micros since the base (never [`NO_DEADLINE`]): a deadline, or
@@ -78,8 +84,27 @@ impl DeadlineTable {
 
     /// Records `deadline` for `key`, waking the driver if it is the new earliest.
     pub(super) fn insert(&self, key: Box<str>, deadline: Deadline) {
-        lock(self.shard(&key)).insert(deadline, key);
-        let at = deadline.0;
+        self.insert_hashed(self.hash(&key), key, deadline)
+    }
+
+    /// [`Self::insert`] with the key's [`hash`](Self::hash).
+    pub(super) fn insert_hashed(&self, hash: u64, key: Box<str>, deadline: Deadline) {
+        lock(self.shard(hash)).insert(deadline, key);
+        self.added(deadline.0);
+    }
+
+    /// Replaces the deadline `old` of a key by `new`, both in the key's shard
+    /// (one lock; `hash` is the key's [`hash`](Self::hash)).
+    pub(super) fn replace(&self, hash: u64, old: Deadline, key: Box<str>, new: Deadline) {
+        let mut map = lock(self.shard(hash));
+        map.remove(&old);
+        map.insert(new, key);
+        drop(map);
+        self.added(new.0);
+    }
+
+    /// Wakes the driver if `at` is earlier than the deadline it sleeps towards.
+    fn added(&self, at: Micros) {
         if at < self.earliest.fetch_min(at, Ordering::AcqRel) {
             self.wake.notify_one();
         }
@@ -87,7 +112,7 @@ impl DeadlineTable {
 
     /// Forgets `deadline` of `key` (its entry was replaced or removed).
     pub(super) fn remove(&self, key: &str, deadline: Deadline) {
-        lock(self.shard(key)).remove(&deadline);
+        lock(self.shard(self.hash(key))).remove(&deadline);
     }
 
     /// Takes up to `max` deadlines that are due at `now`.

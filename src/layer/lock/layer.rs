@@ -42,6 +42,14 @@ impl LockLayer {
     }
 }
 
+impl LockLayer {
+    /// True if a write to `key` without a lock token would pass the layer now
+    /// (nobody holds the key): one atomic load while no key is locked.
+    pub(crate) fn may_write(&self, key: &str) -> bool {
+        self.shared.table.may_write(key, None)
+    }
+}
+
 impl<S> tower::Layer<S> for LockLayer {
     type Service = Lock<S>;
 
