@@ -13,8 +13,6 @@ pub enum Target {
     None,
     /// `livedict / raw >= x`.
     Ratio(f64),
-    /// `livedict >= x` ops/s.
-    AtLeast(f64),
     /// Microseconds per op `<= x`.
     MicrosAtMost(f64),
     /// Throughput with 2 tasks above the 1-task throughput (given), and how
@@ -145,7 +143,6 @@ impl Report {
         let (target_s, meets) = match target {
             Target::None => (None, None),
             Target::Ratio(x) => (Some(format!(">= {x}x raw")), ratio.map(|r| r >= x)),
-            Target::AtLeast(x) => (Some(format!(">= {}", rate(x))), Some(live >= x)),
             Target::MicrosAtMost(x) => (Some(format!("<= {x} us/op")), Some(1e6 / live <= x)),
             Target::Grows(one, raw_scaling) => {
                 (Some(format!("> 1 task {} (raw 2/1: {raw_scaling:.2}x)", rate(one))), Some(live > one))
