@@ -90,7 +90,10 @@ struct EventData<V> {
     /// 1 on a first delivery, n on the n-th (leased expirations only).
     attempt: u32,
     /// Settled when every callback it was handed to returned (leased expirations only).
-    receipt: Option<Receipt>,
+    /// Boxed: every other event pays one word for it, not a whole receipt
+    /// (measured: the unboxed receipt made every event 48 bytes larger, and
+    /// set + 1 callback started dropping events).
+    receipt: Option<Box<Receipt>>,
 }
 
 impl<V> Event<V> {
@@ -117,7 +120,7 @@ impl<V> Event<V> {
                 value,
                 at: SystemTime::now(),
                 attempt,
-                receipt: Some(receipt),
+                receipt: Some(Box::new(receipt)),
             }),
         }
     }
