@@ -105,6 +105,7 @@ impl ExpireDelivery {
     }
 
     /// The lease in ms (at least 1).
+    #[cfg(any(feature = "sqlite", feature = "redis"))]
     pub(crate) fn lease_ms(&self) -> i64 {
         (self.lease.as_millis() as i64).max(1)
     }

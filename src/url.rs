@@ -159,7 +159,6 @@ pub(crate) fn parse<T: std::str::FromStr>(value: &str) -> std::result::Result<T,
 }
 
 /// Parses a duration given in milliseconds.
-#[cfg(any(feature = "sqlite", feature = "redis"))]
 pub(crate) fn millis(value: &str) -> std::result::Result<std::time::Duration, Invalid> {
     parse::<u64>(value).map(std::time::Duration::from_millis)
 }

@@ -332,6 +332,7 @@ impl<V: 'static> EventSink<V> {
     }
 
     /// Records expirations dropped after their last unacknowledged delivery.
+    #[cfg(any(feature = "sqlite", feature = "redis"))]
     pub(crate) fn abandoned(&self, n: usize) {
         for _ in 0..n {
             self.counters.expirations_abandoned.incr();
