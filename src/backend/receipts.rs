@@ -4,11 +4,11 @@
 //! SQLite transaction, one Redis script per shard).
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::event::EventSink;
 use crate::event::receipt::Settle;
 
 /// Settled receipts waiting to be written (`T`: what identifies one lease, and whether it succeeded).
@@ -59,17 +59,22 @@ impl<T: Send + 'static> Receipts<T> {
         self.written.send_replace(mark);
     }
 
-    /// Waits (up to `limit`) until every receipt queued so far is written:
-    /// [`LiveDict::shutdown`](crate::LiveDict::shutdown) calls it after the
-    /// callbacks drained, so a clean shutdown leaves nothing to redeliver.
-    pub(crate) async fn flush(&self, limit: Duration) {
+    /// Has [`LiveDict::shutdown`](crate::LiveDict::shutdown), once the
+    /// callbacks drained, wait until every receipt queued by then is written,
+    /// so a clean shutdown leaves nothing to redeliver.
+    pub(crate) fn flush_at_shutdown<V: 'static>(self: &Arc<Self>, sink: &EventSink<V>) {
+        let receipts = Arc::clone(self);
+        sink.after_drain(move || {
+            let receipts = Arc::clone(&receipts);
+            Box::pin(async move { receipts.flush().await })
+        });
+    }
+
+    /// Waits until every receipt queued so far is written (the dispatcher bounds the wait).
+    async fn flush(&self) {
         let target = self.queue.lock().unwrap_or_else(|p| p.into_inner()).1;
         self.wake.notify_one();
         let mut written = self.written.subscribe();
-        if tokio::time::timeout(limit, written.wait_for(|&w| w >= target)).await.is_err() {
-            tracing::warn!(
-                "acknowledgements not written at shutdown; those expirations are delivered again after their lease"
-            );
-        }
+        let _ = written.wait_for(|&w| w >= target).await;
     }
 }

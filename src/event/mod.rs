@@ -226,15 +226,15 @@ pub struct EventSink<V> {
 }
 
 /// Work backends hand the dispatcher for after the callbacks drained at
-/// shutdown (writing the acknowledgements of leased expirations); each gets
-/// the time left.
+/// shutdown (writing the acknowledgements of leased expirations), bounded
+/// here by the drain timeout.
 #[derive(Default)]
 pub(crate) struct AfterDrain {
     hooks: Mutex<Vec<DrainHook>>,
 }
 
-/// One [`AfterDrain`] hook: given the time left, the work to await.
-type DrainHook = Box<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>;
+/// One [`AfterDrain`] hook: the work to await.
+type DrainHook = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 impl AfterDrain {
     /// Runs every hook, one after the other, within `limit` in all.
@@ -242,11 +242,15 @@ impl AfterDrain {
         let started = std::time::Instant::now();
         let work: Vec<_> = {
             let hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
-            hooks.iter().map(|hook| hook(limit)).collect()
+            hooks.iter().map(|hook| hook()).collect()
         };
         for w in work {
             let left = limit.saturating_sub(started.elapsed());
-            let _ = tokio::time::timeout(left, w).await;
+            if tokio::time::timeout(left, w).await.is_err() {
+                tracing::warn!(
+                    "acknowledgements not written at shutdown; those expirations are delivered again after their lease"
+                );
+            }
         }
     }
 }
@@ -319,13 +323,10 @@ impl<V: 'static> EventSink<V> {
         }
     }
 
-    /// Has the dispatcher run `hook` (given the time left) after it drained
-    /// the callbacks at shutdown. Nothing happens on a sink without a dispatcher.
+    /// Has the dispatcher run `hook` after it drained the callbacks at
+    /// shutdown (within the drain timeout). Nothing happens on a sink without a dispatcher.
     #[cfg(any(feature = "sqlite", feature = "redis"))]
-    pub(crate) fn after_drain(
-        &self,
-        hook: impl Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync + 'static,
-    ) {
+    pub(crate) fn after_drain(&self, hook: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static) {
         if let Some(after) = &self.after_drain {
             after.hooks.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(hook));
         }

@@ -266,11 +266,7 @@ impl<V: Value> RedisBackend<V> {
             return Err(e);
         }
         if shared.config.delivery.at_least_once() {
-            let receipts = Arc::clone(&shared.receipts);
-            shared.sink.after_drain(move |limit| {
-                let receipts = Arc::clone(&receipts);
-                Box::pin(async move { receipts.flush(limit).await })
-            });
+            shared.receipts.flush_at_shutdown(&shared.sink);
             let routers = std::mem::take(&mut *shared.routers.lock().unwrap_or_else(|p| p.into_inner()));
             let acker = acker::Acker {
                 pool: shared.pool.clone(),

@@ -263,11 +263,7 @@ impl<V: Value> SqliteBackend<V> {
             _acker: acker_stop.clone().drop_guard(),
         });
         if shared.sql.pending.is_some() {
-            let receipts = Arc::clone(&shared.receipts);
-            shared.sink.after_drain(move |limit| {
-                let receipts = Arc::clone(&receipts);
-                Box::pin(async move { receipts.flush(limit).await })
-            });
+            shared.receipts.flush_at_shutdown(&shared.sink);
             let (writer, receipts, signal) =
                 (Arc::clone(&shared.writer), Arc::clone(&shared.receipts), Arc::clone(&shared.signal));
             tokio::spawn(driver::acker(writer, receipts, signal, acker_stop));
