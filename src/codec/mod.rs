@@ -68,6 +68,19 @@ impl Codec {
         self.decode_raw(bytes).map_err(|source| Error::Decode { key: key.to_owned(), source })
     }
 
+    /// The value of an expired entry, for its event: `None` (logged) if it
+    /// does not decode, so the expiration is still reported.
+    #[cfg(any(feature = "sqlite", feature = "redis"))]
+    pub(crate) fn decode_expired<V: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Option<V> {
+        match self.decode(key, bytes) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "expired value does not decode; reported without it");
+                None
+            }
+        }
+    }
+
     fn decode_raw<V: DeserializeOwned>(&self, bytes: &[u8]) -> std::result::Result<V, BoxError> {
         match self {
             Codec::Json => serde_json::from_slice(bytes).map_err(boxed),

@@ -413,14 +413,7 @@ impl<V: Value> Shared<V> {
 
     /// An expired value's codec bytes decoded (`None`: gone, or undecodable and logged).
     fn decode_expired(&self, key: &str, bytes: Option<&[u8]>) -> Option<V> {
-        let bytes = bytes.filter(|b| !b.is_empty())?;
-        match self.config.codec.decode(key, bytes) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(key, error = %e, "expired value does not decode; reported without it");
-                None
-            }
-        }
+        self.config.codec.decode_expired(key, bytes.filter(|b| !b.is_empty())?)
     }
 
     /// What is stored under `key`, as far as reads are concerned.

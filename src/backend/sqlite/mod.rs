@@ -425,24 +425,14 @@ impl<V: Value> Shared<V> {
     }
 
     fn report_expired(&self, key: &str, bytes: &[u8]) {
-        self.sink.expired(key, || self.decode_expired(key, bytes));
+        self.sink.expired(key, || self.config.codec.decode_expired(key, bytes));
     }
 
     /// Reports a leased expiration (`at_least_once`); the acker writes its receipt.
     fn report_leased(&self, leased: Leased) {
         let Leased { id, key, value, attempt } = leased;
         let settle = self.receipts.settle(move |ok| (id, attempt, ok));
-        self.sink.expired_leased(&key, || self.decode_expired(&key, &value), attempt, settle);
-    }
-
-    fn decode_expired(&self, key: &str, bytes: &[u8]) -> Option<V> {
-        match self.config.codec.decode(key, bytes) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(key, error = %e, "expired value does not decode; reported without it");
-                None
-            }
-        }
+        self.sink.expired_leased(&key, || self.config.codec.decode_expired(&key, &value), attempt, settle);
     }
 
     /// The earliest deadline in the table (any process's).
