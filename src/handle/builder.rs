@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use super::dict::LiveDict;
-use super::direct::Direct;
+use super::direct::{Direct, Engine};
 use crate::Value;
 use crate::backend::{AnyBackend, MemoryBackend, MemoryConfig};
 #[cfg(feature = "redis")]
@@ -265,7 +265,9 @@ impl<V: Value> Builder<V> {
         let native_atomics = name == "redis";
         let locks = LockLayer::new().with_stats_of(&dispatcher);
         let direct = match &backend {
-            AnyBackend::Memory(memory) => Some(Direct::new(memory.clone(), locks.clone())),
+            AnyBackend::Memory(memory) => Some(Direct::new(Engine::Memory(memory.clone()), locks.clone())),
+            #[cfg(feature = "sqlite")]
+            AnyBackend::Sqlite(sqlite) => Some(Direct::new(Engine::Sqlite(sqlite.clone()), locks.clone())),
             #[allow(unreachable_patterns)]
             _ => None,
         };

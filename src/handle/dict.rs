@@ -142,7 +142,7 @@ impl<V: Value> LiveDict<V> {
         if let Err(e) = validate_key(key) {
             return Some(Err(e));
         }
-        self.direct()?.get(&self.inner.dispatcher, key).map(Ok)
+        self.direct()?.get(&self.inner.dispatcher, key)
     }
 
     /// A plain `set` (no lock token) when it can be done at once without the

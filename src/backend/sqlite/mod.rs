@@ -53,7 +53,7 @@ use crate::event::EventSink;
 use crate::request::{LockGrant, Request, Response};
 use driver::DriverSignal;
 use schema::Sql;
-use writer::{Applied, Leased, WriteOp, WriteOutcome, Writer};
+use writer::{Applied, Inline, Leased, WriteOp, WriteOutcome, Writer};
 
 /// Rows fetched per query when listing keys or items.
 const PAGE: i64 = 1000;
@@ -151,11 +151,9 @@ fn open_writer_blocking(
             (retry, e.to_string())
         };
         let outcome = (|| -> Result<(), (bool, String)> {
+            // Checkpoints run on a connection of their own (see `checkpointer`), and on
+            // the writer thread past a WAL size (the writer takes over the WAL hook).
             schema::configure(&c, config).map_err(transient)?;
-            if !config.in_memory() {
-                // Checkpoints mostly run on a connection of their own (see `checkpointer`).
-                c.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(transient)?;
-            }
             schema::create(&mut c, config).map_err(|e| match e {
                 schema::CreateError::Sqlite(e) => transient(e),
                 schema::CreateError::Version(msg) => (false, msg),
@@ -174,6 +172,15 @@ fn open_writer_blocking(
 }
 
 impl<V: Value> SqliteBackend<V> {
+    /// What `Request::Get` answers, read on the calling thread from a free
+    /// inline connection without building a request (the handle's direct
+    /// path); `None` (nothing read) if the backend is shut down, or the read
+    /// cannot be done at once (every inline connection in use, a lock to wait
+    /// for, an in-memory database): then the request goes through the stack.
+    pub(crate) fn get_now(&self, key: &str) -> Option<Result<Option<V>>> {
+        self.shared.get_now(key)
+    }
+
     /// Opens (creating if needed) the store and starts its writer and expiry driver.
     ///
     /// A path in a missing directory, a file that is not an SQLite database,
@@ -230,7 +237,9 @@ impl<V: Value> SqliteBackend<V> {
             }
         }
         let sql = Arc::new(Sql::new(&config.table, &config.delivery));
-        let writer = Writer::spawn(conn, Arc::clone(&sql), Arc::clone(&label))
+        // Async callers write inline only where a commit does not fsync.
+        let inline_async = !config.synchronous_full || config.in_memory();
+        let writer = Writer::spawn(conn, Arc::clone(&sql), Arc::clone(&label), inline_async, config.busy_timeout)
             .map_err(|e| open_error(&label, "starting the writer thread", e))?;
         let writer = Arc::new(writer);
         let cancel = CancellationToken::new();
@@ -303,10 +312,6 @@ fn create_private(path: &std::path::Path) {
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
-/// WAL size (pages) past which the writer checkpoints in its commit, so that
-/// the WAL starts over and stays bounded under sustained writes.
-const WRITER_CHECKPOINT_PAGES: i64 = 4000;
-
 /// Copies the WAL back into the database file (a `PASSIVE` checkpoint, which
 /// waits for no reader or writer) every [`CHECKPOINT_EVERY`], on a connection
 /// and thread of its own, until the backend is dropped or shut down.
@@ -317,7 +322,7 @@ const WRITER_CHECKPOINT_PAGES: i64 = 4000;
 /// (measured: expire lateness p99 ~50 ms with p50 ~1 ms). Only the writer can
 /// start the WAL over, and only once a checkpoint caught up with it, which a
 /// concurrent one rarely does under sustained writes; so the writer still
-/// checkpoints itself past [`WRITER_CHECKPOINT_PAGES`] (measured without
+/// checkpoints itself past [`writer::CHECKPOINT_PAGES`] (measured without
 /// it: the WAL grew to 90 MB in a 10-second write burst). Durability is
 /// unchanged: a commit is durable (or, with `synchronous=NORMAL`,
 /// crash-safe) once in the WAL, checkpointed or not.
@@ -366,32 +371,56 @@ impl<V: Value> Shared<V> {
         F: Fn(&rusqlite::Connection, &Sql) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        match self.read_inline(&f) {
+            Some(result) => result,
+            None => self.read(move |c, sql| f(c, sql)).await,
+        }
+    }
+
+    /// A point read on a free inline connection, on the calling thread;
+    /// `None` (nothing read) if every one is in use or the read would wait
+    /// for a lock.
+    fn read_inline<R>(
+        &self,
+        f: &impl Fn(&rusqlite::Connection, &Sql) -> rusqlite::Result<R>,
+    ) -> Option<Result<R>> {
         let n = self.inline.len();
         let start = self.next_inline.fetch_add(1, Ordering::Relaxed);
         for j in 0..n {
             let Ok(conn) = self.inline[(start + j) % n].try_lock() else { continue };
-            match f(&conn, &self.sql) {
+            return match f(&conn, &self.sql) {
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
                 {
-                    break;
+                    None
                 }
-                result => {
-                    return result
-                        .map_err(|e| Error::backend_msg("sqlite", format!("read from {}: {e}", self.label)));
-                }
-            }
+                result => Some(
+                    result.map_err(|e| Error::backend_msg("sqlite", format!("read from {}: {e}", self.label))),
+                ),
+            };
         }
-        self.read(move |c, sql| f(c, sql)).await
+        None
+    }
+
+    /// `Request::Get` on the calling thread (see [`SqliteBackend::get_now`]).
+    fn get_now(&self, key: &str) -> Option<Result<Option<V>>> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let row = self.read_inline(&|c, sql| {
+            c.prepare_cached(&sql.get)?.query_row(params![key, now_ms()], |r| r.get::<_, Vec<u8>>(0)).optional()
+        })?;
+        Some(row.and_then(|row| row.map(|b| self.config.codec.decode(key, &b)).transpose()))
     }
 
     /// Sends a write, waiting (with backoff) while another owner holds the key's lock.
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
         let mut backoff = Duration::from_millis(1);
         loop {
-            // A caller that may block (the blocking facade's thread) writes inline when the
-            // writer is idle; everyone else joins the group commit.
-            let inline = if crate::caller::may_block() { self.writer.write_inline(&op) } else { None };
+            // A lone caller writes inline when the writer is idle (see `Writer::write_inline`);
+            // everyone else joins the group commit.
+            let how = if crate::caller::may_block() { Inline::MayBlock } else { Inline::Async };
+            let inline = self.writer.write_inline(&op, how);
             let Applied { outcome, expired, held } = match inline {
                 Some(applied) => applied?,
                 None => self.writer.write(op.clone()).await?,
