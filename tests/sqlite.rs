@@ -415,3 +415,41 @@ async fn an_existing_database_files_mode_is_left_alone() {
     assert_eq!(again.get("k").await.unwrap().as_deref(), Some("v"));
     assert_eq!(mode_of(&path), 0o640);
 }
+
+/// A lone async writer writes on its own task when the writer is idle; while
+/// another process holds the file's write lock it must not wait there (that
+/// would block every task of its runtime): the write waits in the queue, the
+/// runtime goes on (a read completes meanwhile), and the write lands once the
+/// lock is released.
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_write_never_blocks_the_runtime_on_another_process_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = LiveDict::<u64>::open(&url(&dir, "?busy_timeout_ms=20000")).await.unwrap();
+    d.set("other", 1).await.unwrap();
+    d.set("k", 1).await.unwrap(); // inline: the writer is idle, nothing else writes
+    // Let the expiry driver's first claim pass, so the next write finds the writer idle.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let path = dir.path().join("store.db");
+    let holder = std::thread::spawn(move || {
+        let raw = rusqlite::Connection::open(path).unwrap();
+        raw.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked_tx.send(()).unwrap();
+        // Held until the test saw the runtime go on (or 10 s, so a broken build fails, not hangs).
+        let _ = release_rx.recv_timeout(Duration::from_secs(10));
+        raw.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let writer = tokio::spawn({
+        let d = d.clone();
+        async move { d.set("k", 2).await }
+    });
+    tokio::task::yield_now().await; // the write starts and finds the lock taken
+    assert_eq!(d.get("other").await.unwrap(), Some(1), "reads go on while the write waits");
+    assert!(!writer.is_finished(), "the write cannot have committed under another process's lock");
+    release_tx.send(()).unwrap();
+    writer.await.unwrap().unwrap();
+    holder.join().unwrap();
+    assert_eq!(d.get("k").await.unwrap(), Some(2));
+}

@@ -18,9 +18,12 @@
 //! - A write is acknowledged after the transaction holding it committed
 //!   (WAL, `synchronous=NORMAL`): it survives a crash of the process;
 //!   `synchronous=full` makes it survive power loss too. Concurrent writes
-//!   share a transaction (group commit, on the writer thread); a
-//!   [`blocking`](crate::blocking) caller that finds the writer idle commits
-//!   its write in a transaction of its own on its own thread.
+//!   share a transaction (group commit, on the writer thread); a lone caller
+//!   that finds the writer idle commits its write in a transaction of its own
+//!   on its own thread: a [`blocking`](crate::blocking) caller always, an
+//!   async task only with `synchronous=normal` (no fsync in the commit), and
+//!   never waiting for another process's write lock (it queues instead).
+//!   Checkpoints never run inside such a commit.
 //! - A new database file is created with mode `0600` (its `-wal` and `-shm`
 //!   files get the same); an existing file's mode is left alone.
 //! - Reads filter on `expires_at`, so an expired value is never returned.
@@ -239,8 +242,9 @@ impl<V: Value> SqliteBackend<V> {
         let sql = Arc::new(Sql::new(&config.table, &config.delivery));
         // Async callers write inline only where a commit does not fsync.
         let inline_async = !config.synchronous_full || config.in_memory();
-        let writer = Writer::spawn(conn, Arc::clone(&sql), Arc::clone(&label), inline_async, config.busy_timeout)
-            .map_err(|e| open_error(&label, "starting the writer thread", e))?;
+        let writer =
+            Writer::spawn(conn, Arc::clone(&sql), Arc::clone(&label), inline_async, config.busy_timeout)
+                .map_err(|e| open_error(&label, "starting the writer thread", e))?;
         let writer = Arc::new(writer);
         let cancel = CancellationToken::new();
         if !config.in_memory() {
@@ -395,7 +399,8 @@ impl<V: Value> Shared<V> {
                     None
                 }
                 result => Some(
-                    result.map_err(|e| Error::backend_msg("sqlite", format!("read from {}: {e}", self.label))),
+                    result
+                        .map_err(|e| Error::backend_msg("sqlite", format!("read from {}: {e}", self.label))),
                 ),
             };
         }
@@ -408,7 +413,9 @@ impl<V: Value> Shared<V> {
             return None;
         }
         let row = self.read_inline(&|c, sql| {
-            c.prepare_cached(&sql.get)?.query_row(params![key, now_ms()], |r| r.get::<_, Vec<u8>>(0)).optional()
+            c.prepare_cached(&sql.get)?
+                .query_row(params![key, now_ms()], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
         })?;
         Some(row.and_then(|row| row.map(|b| self.config.codec.decode(key, &b)).transpose()))
     }
@@ -419,11 +426,13 @@ impl<V: Value> Shared<V> {
         loop {
             // A lone caller writes inline when the writer is idle (see `Writer::write_inline`);
             // everyone else joins the group commit.
-            let how = if crate::caller::may_block() { Inline::MayBlock } else { Inline::Async };
-            let inline = self.writer.write_inline(&op, how);
-            let Applied { outcome, expired, held } = match inline {
-                Some(applied) => applied?,
-                None => self.writer.write(op.clone()).await?,
+            let Applied { outcome, expired, held } = if crate::caller::may_block() {
+                match self.writer.write_inline(&op, Inline::MayBlock) {
+                    Some(applied) => applied?,
+                    None => self.writer.write(op.clone()).await?,
+                }
+            } else {
+                self.writer.write_async(op.clone()).await?
             };
             for (key, bytes) in expired {
                 self.report_expired(&key, &bytes);
