@@ -6,7 +6,10 @@
 //! `DELETE … RETURNING` in batches. The delete is atomic, so when several
 //! processes share the file each expiration is claimed — and reported — by
 //! exactly one of them. Rows that came due while no process ran are claimed
-//! at the next open.
+//! at the next open. Under `at_most_once` the writer thread's batches also
+//! claim what is due in their own transactions (see the writer's
+//! `CLAIM_IN_BATCH`), so under a write load expirations do not wait for the
+//! driver's turn.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};

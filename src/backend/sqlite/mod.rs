@@ -28,8 +28,10 @@
 //!   files get the same); an existing file's mode is left alone.
 //! - Reads filter on `expires_at`, so an expired value is never returned.
 //! - Each expiration is reported exactly once across every process using
-//!   the file (the expiry driver claims due rows with an atomic `DELETE … RETURNING`; rows that
-//!   came due while no process ran are claimed at the next open).
+//!   the file (the expiry driver, and the writer's batches on the way,
+//!   claim due rows with an atomic `DELETE … RETURNING`, reported once
+//!   their transaction committed; rows that came due while no process ran
+//!   are claimed at the next open).
 //! - A value that does not decode is [`Error::Decode`] and stays in the file.
 
 mod config;
@@ -242,9 +244,20 @@ impl<V: Value> SqliteBackend<V> {
         let sql = Arc::new(Sql::new(&config.table, &config.delivery));
         // Async callers write inline only where a commit does not fsync.
         let inline_async = !config.synchronous_full || config.in_memory();
-        let writer =
-            Writer::spawn(conn, Arc::clone(&sql), Arc::clone(&label), inline_async, config.busy_timeout)
-                .map_err(|e| open_error(&label, "starting the writer thread", e))?;
+        // Expirations a write transaction took are reported by the writer (see `Reporter`).
+        let report: writer::Reporter = {
+            let (sink, codec) = (sink.clone(), config.codec);
+            Arc::new(move |key, bytes| sink.expired(key, || codec.decode_expired(key, bytes)))
+        };
+        let writer = Writer::spawn(
+            conn,
+            Arc::clone(&sql),
+            Arc::clone(&label),
+            inline_async,
+            config.busy_timeout,
+            report,
+        )
+        .map_err(|e| open_error(&label, "starting the writer thread", e))?;
         let writer = Arc::new(writer);
         let cancel = CancellationToken::new();
         if !config.in_memory() {
@@ -426,7 +439,7 @@ impl<V: Value> Shared<V> {
         loop {
             // A lone caller writes inline when the writer is idle (see `Writer::write_inline`);
             // everyone else joins the group commit.
-            let Applied { outcome, expired, held } = if crate::caller::may_block() {
+            let Applied { outcome, held } = if crate::caller::may_block() {
                 match self.writer.write_inline(&op, Inline::MayBlock) {
                     Some(applied) => applied?,
                     None => self.writer.write(op.clone()).await?,
@@ -434,9 +447,6 @@ impl<V: Value> Shared<V> {
             } else {
                 self.writer.write_async(op.clone()).await?
             };
-            for (key, bytes) in expired {
-                self.report_expired(&key, &bytes);
-            }
             if held {
                 // Expirations this write found are leased by the driver, now.
                 self.signal.deadline_written(now_ms());

@@ -65,6 +65,23 @@ fn record_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlit
     Ok(())
 }
 
+/// Reports one expiration (key, stored bytes) as an `Expire` event. The
+/// writer calls it for the expirations a transaction took, right after the
+/// commit and before any caller is acknowledged: on the thread that
+/// committed, so an expiration never depends on a caller still waiting for
+/// its reply (a caller whose future was dropped cannot lose it).
+pub(super) type Reporter = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
+
+/// Due rows a batch of the writer thread claims in its own transaction
+/// (`at_most_once`), besides the expiry driver's claims.
+///
+/// Measured (100,000 keys with deadlines over 1 s, set by 32 tasks, on a
+/// loaded 2-vCPU VM, three A/B pairs): with only the driver claiming, each
+/// claim waited for the batch ahead of it and then for the driver's next
+/// turn, lateness p50 6.7-9.7 ms, p99 41-103 ms; with batches that are
+/// committing anyway taking what is due, p50 2.2-3.9 ms, p99 26-44 ms.
+const CLAIM_IN_BATCH: usize = 256;
+
 /// How an inline write may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Inline {
@@ -161,12 +178,12 @@ pub(super) enum WriteOutcome {
     },
 }
 
-/// A write plus the expirations it found on the way (an expired row a write
-/// replaced or removed is reported as expired, so no expiry is ever lost).
+/// What a write did. The expirations it found on the way (an expired row a
+/// write replaced or removed) are reported by the writer itself once their
+/// transaction committed (see [`Reporter`]), so no expiry is ever lost.
 #[derive(Debug)]
 pub(super) struct Applied {
     pub(super) outcome: WriteOutcome,
-    pub(super) expired: Vec<(String, Vec<u8>)>,
     /// Under `at_least_once` the expirations a write found go to the pending
     /// table instead (due at once, for the expiry driver): whether any did.
     pub(super) held: bool,
@@ -208,6 +225,8 @@ struct Core {
     busy_timeout: Duration,
     /// A checkpoint job is queued for the writer thread.
     checkpoint_queued: AtomicBool,
+    /// Reports the expirations a transaction took.
+    report: Reporter,
     /// Async writes under way (see [`Writer::write_async`]).
     async_writes: AtomicUsize,
     sql: Arc<Sql>,
@@ -246,6 +265,7 @@ impl Writer {
         label: Arc<str>,
         inline_async: bool,
         busy_timeout: Duration,
+        report: Reporter,
     ) -> std::io::Result<Self> {
         conn.wal_hook(Some(record_wal_pages));
         let core = Arc::new(Core {
@@ -258,6 +278,7 @@ impl Writer {
             busy_timeout,
             checkpoint_queued: AtomicBool::new(false),
             async_writes: AtomicUsize::new(0),
+            report,
             sql,
             label,
         });
@@ -325,7 +346,7 @@ impl Writer {
         if how == Inline::Async && conn.busy_timeout(Duration::ZERO).is_err() {
             return None;
         }
-        let result = commit(&mut conn, &core.sql, vec![op.clone()]);
+        let result = commit(&mut conn, &core.sql, vec![op.clone()], false, &core.report);
         if how == Inline::Async {
             let _ = conn.busy_timeout(core.busy_timeout);
         }
@@ -464,7 +485,7 @@ fn run(core: &Core) {
             }
         }
         if !ops.is_empty() {
-            let committed = commit(&mut conn, &core.sql, ops);
+            let committed = commit(&mut conn, &core.sql, ops, true, &core.report);
             if matches!(committed, Ok((_, pages)) if pages >= CHECKPOINT_PAGES) {
                 checkpoint(&conn);
             }
@@ -494,18 +515,35 @@ fn run(core: &Core) {
 }
 
 /// Applies `ops` in one `IMMEDIATE` transaction and commits it; also the
-/// WAL's size in pages after the commit (0 if unknown).
+/// WAL's size in pages after the commit (0 if unknown). The expirations the
+/// transaction took (found by the writes, and with `claim` up to
+/// [`CLAIM_IN_BATCH`] due rows) go to `report` once it committed.
 fn commit(
     conn: &mut Connection,
     sql: &Sql,
     ops: Vec<WriteOp>,
+    claim: bool,
+    report: &Reporter,
 ) -> rusqlite::Result<(Vec<rusqlite::Result<Applied>>, i32)> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let now = super::now_ms();
     let mut seen = Seen::new(&tx, sql, now)?;
-    let results = ops.into_iter().map(|op| apply(&tx, sql, now, &mut seen, op)).collect();
+    let mut found = Vec::new();
+    if claim && seen.due && sql.pending.is_none() {
+        let mut stmt = tx.prepare_cached(&sql.claim_due)?;
+        let rows = stmt.query_map(params![now, CLAIM_IN_BATCH as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        for row in rows {
+            found.push(row?);
+        }
+        // Every row due at `now` is taken unless the limit stopped the claim.
+        seen.due = found.len() == CLAIM_IN_BATCH;
+    }
+    let results = ops.into_iter().map(|op| apply(&tx, sql, now, &mut seen, op, &mut found)).collect();
     WAL_PAGES.with(|p| p.set(0));
     tx.commit()?;
+    for (key, value) in &found {
+        report(key, value);
+    }
     Ok((results, WAL_PAGES.with(Cell::get)))
 }
 
@@ -574,12 +612,15 @@ enum LockState {
     Lost,
 }
 
+/// Applies one write in `tx`; the expirations it found go to `found`
+/// (reported once the transaction committed).
 fn apply(
     tx: &Transaction<'_>,
     sql: &Sql,
     now: i64,
     seen: &mut Seen,
     op: WriteOp,
+    found: &mut Vec<(String, Vec<u8>)>,
 ) -> rusqlite::Result<Applied> {
     let mut expired: Vec<(String, Vec<u8>)> = Vec::new();
     let guarded = match &op {
@@ -593,9 +634,9 @@ fn apply(
         match check_lock(tx, sql, now, seen, key, owner)? {
             LockState::Free => {}
             LockState::HeldByOther => {
-                return Ok(Applied { outcome: WriteOutcome::KeyLocked, expired, held: false });
+                return Ok(Applied { outcome: WriteOutcome::KeyLocked, held: false });
             }
-            LockState::Lost => return Ok(Applied { outcome: WriteOutcome::LockLost, expired, held: false }),
+            LockState::Lost => return Ok(Applied { outcome: WriteOutcome::LockLost, held: false }),
         }
     }
     let outcome = match op {
@@ -689,7 +730,8 @@ fn apply(
         }
         _ => false,
     };
-    Ok(Applied { outcome, expired, held })
+    found.append(&mut expired);
+    Ok(Applied { outcome, held })
 }
 
 /// The `at_least_once` claim: drops expirations out of attempts, moves up to
