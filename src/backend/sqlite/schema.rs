@@ -78,11 +78,14 @@ impl Sql {
         });
         let earliest = if pending.is_some() {
             format!(
-                "SELECT min(at) FROM (SELECT min(expires_at) AS at FROM \"{t}\" \
+                "SELECT min(at) FROM (SELECT min(expires_at) AS at FROM \"{t}\" WHERE expires_at IS NOT NULL \
                  UNION ALL SELECT min(lease_until) FROM {p})"
             )
         } else {
-            format!("SELECT min(expires_at) FROM \"{t}\"")
+            // `IS NOT NULL` lets SQLite use the partial index on `expires_at`; without it
+            // `min` scanned the whole table (measured: 2.7 ms at 60,000 rows without a
+            // TTL, on every turn of the expiry driver).
+            format!("SELECT min(expires_at) FROM \"{t}\" WHERE expires_at IS NOT NULL")
         };
         Sql {
             pending,
@@ -174,4 +177,39 @@ pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(),
         )));
     }
     tx.commit().map_err(CreateError::Sqlite)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Sql, create};
+    use crate::Delivery;
+    use crate::backend::SqliteConfig;
+    use crate::delivery::ExpireDelivery;
+
+    /// The plan of a query on a fresh schema, one line per step.
+    fn plan(conn: &rusqlite::Connection, query: &str, args: usize) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {query}")).unwrap();
+        let args: Vec<i64> = vec![0; args];
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    /// The queries the expiry driver runs on every turn read the deadline
+    /// index instead of scanning the table (a scan costs milliseconds per
+    /// turn at 100,000 rows).
+    #[test]
+    fn deadline_queries_use_the_deadline_index() {
+        for mode in [Delivery::AtMostOnce, Delivery::AtLeastOnce] {
+            let delivery = ExpireDelivery { mode, ..ExpireDelivery::default() };
+            let config = SqliteConfig::new(":memory:");
+            let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+            create(&mut conn, &config).unwrap();
+            let sql = Sql::new(&config.table, &delivery);
+            for (query, args) in [(&sql.earliest, 0), (&sql.any_due, 1), (&sql.claim_due, 2)] {
+                let plan = plan(&conn, query, args);
+                assert!(plan.contains("_expires_at"), "{query}: {plan}");
+                assert!(!plan.contains(&format!("SCAN {}", config.table)), "{query}: {plan}");
+            }
+        }
+    }
 }
