@@ -119,7 +119,10 @@ impl<E: Timed> Wheel<E> {
     fn new() -> Self {
         Wheel {
             elapsed: 0,
-            levels: std::array::from_fn(|_| Level { occupied: 0, slots: std::array::from_fn(|_| Vec::new()) }),
+            levels: std::array::from_fn(|_| Level {
+                occupied: 0,
+                slots: std::array::from_fn(|_| Vec::new()),
+            }),
             ready: Vec::new(),
             len: 0,
         }
@@ -211,7 +214,9 @@ impl<E: Timed> Wheel<E> {
             if !self.ready.is_empty() {
                 let from = self.ready.len().saturating_sub(room);
                 self.len -= self.ready.len() - from;
-                out.extend(self.ready.drain(from..).inspect(|r| r.entry.row_pos().store(0, Ordering::Relaxed)));
+                out.extend(
+                    self.ready.drain(from..).inspect(|r| r.entry.row_pos().store(0, Ordering::Relaxed)),
+                );
                 continue;
             }
             match self.next_expiration() {
@@ -333,7 +338,12 @@ impl<E: Timed> DeadlineTable<E> {
     /// removes the row of `old` if the table still holds it (true if so), and
     /// records the deadline `at` of `new` under `key`, waking the driver if it
     /// is the new earliest.
-    pub(super) fn replace(&self, hash: u64, old: Option<&Arc<E>>, new: Option<(Arc<str>, Micros, &Arc<E>)>) -> bool {
+    pub(super) fn replace(
+        &self,
+        hash: u64,
+        old: Option<&Arc<E>>,
+        new: Option<(Arc<str>, Micros, &Arc<E>)>,
+    ) -> bool {
         let shard = self.shard(hash);
         let mut wheel = lock(&shard.wheel);
         let removed = old.is_some_and(|old| wheel.remove(old));
@@ -366,9 +376,10 @@ impl<E: Timed> DeadlineTable<E> {
 
     /// Uncounts `n` dead rows of the shard of `hash` (the driver dropped them).
     pub(super) fn dropped_dead(&self, hash: u64, n: usize) {
-        let _ = self.shard(hash).dead.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-            Some(d.saturating_sub(n))
-        });
+        let _ = self
+            .shard(hash)
+            .dead
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(n)));
     }
 
     /// Takes up to `max` rows that are due at `now` (live and dead ones).
@@ -399,9 +410,9 @@ impl<E: Timed> DeadlineTable<E> {
             let dropped = wheel.compact();
             shard.len.store(wheel.len, Ordering::Relaxed);
             drop(wheel);
-            let _ = shard.dead.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-                Some(d.saturating_sub(dropped))
-            });
+            let _ = shard
+                .dead
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(dropped)));
         }
     }
 
@@ -434,10 +445,7 @@ impl<E: Timed> DeadlineTable<E> {
     /// Number of pending deadlines of live entries (for resource-bound tests):
     /// rows held less the dead ones.
     pub(super) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| lock(&s.wheel).len.saturating_sub(s.dead.load(Ordering::Relaxed)))
-            .sum()
+        self.shards.iter().map(|s| lock(&s.wheel).len.saturating_sub(s.dead.load(Ordering::Relaxed))).sum()
     }
 }
 
