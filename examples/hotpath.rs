@@ -1,7 +1,9 @@
 //! Internal: a tight loop over the memory hot path, for profilers (`perf record`).
 //!
-//! Run: `cargo run --release --example hotpath -- get|set|set_ttl|aget|aset|raw_get|raw_set [millions]`
-//! (`a…`: the async handle on a current-thread runtime; `raw_…`: `moka::sync::Cache` alone).
+//! Run: `cargo run --release --example hotpath -- get|set|set_ttl|aget|aset|expire|raw_get|raw_set [millions]`
+//! (`a…`: the async handle on a current-thread runtime; `raw_…`: `moka::sync::Cache` alone;
+//! `expire`: that many keys set with a 1 ms TTL, each expiration heard by one sync callback).
+//! Instructions per op: the difference of two `valgrind --tool=callgrind` runs at two sizes.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,10 @@ fn main() {
             }
         }
         println!("{op}: {:.0} ops/s", n as f64 / started.elapsed().as_secs_f64());
+        return;
+    }
+    if op == "expire" {
+        expire(n);
         return;
     }
     let b = livedict::LiveDict::<String>::builder().memory().build_blocking().expect("store");
@@ -67,4 +73,31 @@ fn main() {
     }
     let secs = started.elapsed().as_secs_f64();
     println!("{op}: {:.0} ops/s", n as f64 / secs);
+}
+
+/// Sets `n` keys that expire 1 ms later; returns when one sync `Expire`
+/// callback has heard every one.
+fn expire(n: usize) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let b = livedict::LiveDict::<String>::builder().memory().build_blocking().expect("store");
+    let heard = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&heard);
+    b.register_callback(
+        livedict::EventKind::Expire,
+        livedict::Callback::new(move |_: &livedict::Event<String>| {
+            h.fetch_add(1, Ordering::Relaxed);
+        }),
+    )
+    .expect("register");
+    let keys: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+    let v = "v".repeat(100);
+    let started = Instant::now();
+    for k in &keys {
+        b.set_with_ttl(k, v.clone(), Duration::from_millis(1)).expect("set");
+    }
+    while heard.load(Ordering::Relaxed) < n {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("expire: {n} keys set and expired in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
 }

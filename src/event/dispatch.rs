@@ -301,6 +301,16 @@ impl<V: Send + Sync + 'static> EventTarget<V> for Dispatcher<V> {
             || (kind != EventKind::Get && self.registry.relay.get().is_some())
     }
 
+    fn room(&self, kind: EventKind) -> usize {
+        let subscribers = self.registry.subscribers.read().unwrap_or_else(|p| p.into_inner());
+        subscribers
+            .iter()
+            .filter(|s| s.enabled && s.kind == kind)
+            .map(|s| s.queue.capacity())
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
     fn emit(&self, event: Event<V>) {
         let reg = &self.registry;
         let subscribers = reg.subscribers.read().unwrap_or_else(|p| p.into_inner());

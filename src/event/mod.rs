@@ -211,6 +211,14 @@ pub trait EventTarget<V>: Send + Sync + 'static {
     fn wants(&self, kind: EventKind) -> bool;
     /// Delivers one event; must never block.
     fn emit(&self, event: Event<V>);
+    /// How many events of `kind` every listener's queue can take now without
+    /// dropping one (`usize::MAX`: no bound). An emitter that can wait (the
+    /// memory backend's expiry driver) waits while this is short, so a burst
+    /// of expirations is delivered late rather than dropped.
+    fn room(&self, kind: EventKind) -> usize {
+        let _ = kind;
+        usize::MAX
+    }
 }
 
 /// Where a backend reports the events it originates (`Expire`, `Evict`) and
@@ -273,6 +281,11 @@ impl<V: 'static> EventSink<V> {
     /// Whether anything listens to `kind`.
     pub fn wants(&self, kind: EventKind) -> bool {
         self.target.as_ref().is_some_and(|t| t.wants(kind))
+    }
+
+    /// See [`EventTarget::room`] (`usize::MAX` on a sink without a target).
+    pub(crate) fn room(&self, kind: EventKind) -> usize {
+        self.target.as_ref().map_or(usize::MAX, |t| t.room(kind))
     }
 
     /// Builds and delivers an event, if anything listens to its kind.

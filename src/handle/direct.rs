@@ -97,7 +97,7 @@ impl<V: Value> Direct<V> {
             return Err(value);
         }
         let _span = spans_may_log().then(|| request_span("set", "memory"));
-        let done = memory.set_value(key.to_owned(), value, ttl);
+        let done = memory.set_value(key, value, ttl);
         if done.is_ok() {
             dispatcher.counters().sets.incr();
         }
