@@ -1,7 +1,8 @@
 //! The [`LockTable`]: which keys are locked in this process, and who waits for them.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,14 +23,22 @@ struct Slot {
     released: Option<Arc<Notify>>,
 }
 
+/// The table's hasher: foldhash, seeded per table (as the memory backend's).
+/// Measured (callgrind, uncontended lock + unlock): SipHash over the key for
+/// the shard and each map lookup cost ~1,100 of ~6,600 instructions.
+type Hasher = foldhash::fast::RandomState;
+
+/// One shard: locked keys and their slots.
+type Shard = HashMap<String, Slot, Hasher>;
+
 /// Per-key locks of one store in this process.
 ///
 /// A `std::sync::Mutex` per shard (not Tokio's): it is held only for a map
 /// operation, never across an `.await`.
 #[derive(Default)]
 pub(crate) struct LockTable {
-    shards: [Mutex<HashMap<String, Slot>>; SHARDS],
-    hasher: RandomState,
+    shards: [Mutex<Shard>; SHARDS],
+    hasher: Hasher,
     /// Keys currently held; writes skip the table entirely while it is zero.
     held: AtomicUsize,
 }
@@ -44,7 +53,7 @@ pub(super) enum Want {
 }
 
 impl LockTable {
-    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Slot>> {
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
         let i = self.hasher.hash_one(key) as usize % SHARDS;
         // A panic while holding a shard cannot leave a map half-updated here.
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
@@ -65,12 +74,14 @@ impl LockTable {
     /// uncontended case, without a task to wait in); false otherwise.
     pub(super) fn try_acquire(&self, key: &str, token: &LockToken) -> bool {
         let mut shard = self.shard(key);
-        if shard.contains_key(key) {
-            return false;
+        match shard.entry(key.to_owned()) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(free) => {
+                free.insert(Slot { holder: Some(token.clone()), waiters: 0, released: None });
+                self.held.fetch_add(1, Ordering::AcqRel);
+                true
+            }
         }
-        shard.insert(key.to_owned(), Slot { holder: Some(token.clone()), waiters: 0, released: None });
-        self.held.fetch_add(1, Ordering::AcqRel);
-        true
     }
 
     /// Waits until `want` is satisfied or `deadline` passes. Returns whether
@@ -137,7 +148,7 @@ impl LockTable {
     }
 
     /// After a caller left a free key: wake the next waiter, or drop the entry if none.
-    fn leave_free(shard: &mut HashMap<String, Slot>, key: &str) {
+    fn leave_free(shard: &mut Shard, key: &str) {
         if let Some(slot) = shard.get(key) {
             if slot.waiters == 0 {
                 shard.remove(key);
