@@ -46,7 +46,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use rusqlite::{ErrorCode, OpenFlags, OptionalExtension, params};
+use rusqlite::{OpenFlags, OptionalExtension, params};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use config::SqliteConfig;
@@ -349,7 +349,13 @@ async fn checkpointer(conn: tokio_rusqlite::Connection, cancel: CancellationToke
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
         }
-        let done = conn.call(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))).await;
+        // A failed checkpoint is logged there; only a closed connection is left here.
+        let done = conn
+            .call(|c| {
+                writer::checkpoint(c);
+                Ok::<_, rusqlite::Error>(())
+            })
+            .await;
         if let Err(e) = done {
             tracing::warn!(error = %e, "sqlite checkpoint failed; retrying");
         }
@@ -406,11 +412,7 @@ impl<V: Value> Shared<V> {
         for j in 0..n {
             let Ok(conn) = self.inline[(start + j) % n].try_lock() else { continue };
             return match f(&conn, &self.sql) {
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
-                {
-                    None
-                }
+                Err(e) if writer::is_busy(&e) => None,
                 result => Some(
                     result
                         .map_err(|e| Error::backend_msg("sqlite", format!("read from {}: {e}", self.label))),

@@ -350,7 +350,7 @@ impl Writer {
         if how == Inline::Async {
             let _ = conn.busy_timeout(core.busy_timeout);
         }
-        let (results, pages) = match result {
+        let (mut results, pages) = match result {
             Ok(done) => done,
             Err(e) if how == Inline::Async && is_busy(&e) => return None,
             Err(e) => {
@@ -369,7 +369,6 @@ impl Writer {
                 }
             }
         }
-        let mut results = results;
         Some(match results.pop() {
             Some(result) => {
                 result.map_err(|e| Error::backend("sqlite", format!("write to {}", core.label), e))
@@ -547,16 +546,17 @@ fn commit(
     Ok((results, WAL_PAGES.with(Cell::get)))
 }
 
-/// A `PASSIVE` checkpoint on the writer connection (it waits for no reader
-/// or writer); a failure is logged, the next one retries.
-fn checkpoint(conn: &Connection) {
+/// A `PASSIVE` checkpoint (it waits for no reader or writer), on the writer
+/// connection or the backend's checkpointer; a failure is logged, the next
+/// one retries.
+pub(super) fn checkpoint(conn: &Connection) {
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
         tracing::warn!(error = %e, "sqlite checkpoint failed; retrying later");
     }
 }
 
 /// Whether `e` says another connection holds a lock this one needs.
-fn is_busy(e: &rusqlite::Error) -> bool {
+pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
