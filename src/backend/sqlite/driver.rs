@@ -19,12 +19,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::writer::{WriteOp, WriteOutcome, Writer};
+use super::writer::{Applied, WriteOp, WriteOutcome, Writer};
 use crate::Value;
 use crate::backend::receipts::Receipts;
 
 /// Rows claimed per transaction.
 const CLAIM_BATCH: usize = 1000;
+
+/// How long a queued claim waits before the driver looks whether the writer
+/// connection is checkpointing (and then claims on its own connection).
+const ASIDE_AFTER: Duration = Duration::from_millis(1);
 
 /// What writers tell the driver: the earliest deadline they wrote.
 #[derive(Default)]
@@ -80,34 +84,82 @@ pub(super) async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: Can
 /// Claims every due row (in batches) and reports each as expired.
 async fn claim_due<V: Value>(shared: &Shared<V>) {
     loop {
-        match shared.writer.write(WriteOp::ClaimDue { limit: CLAIM_BATCH }).await {
-            Ok(applied) => {
-                let full = match applied.outcome {
-                    WriteOutcome::Claimed(rows) => {
-                        let full = rows.len() == CLAIM_BATCH;
-                        for (key, bytes) in rows {
-                            shared.report_expired(&key, &bytes);
-                        }
-                        full
-                    }
-                    WriteOutcome::Leased { leased, abandoned, full } => {
-                        shared.sink.abandoned(abandoned);
-                        for lease in leased {
-                            shared.report_leased(lease);
-                        }
-                        full
-                    }
-                    _ => return,
-                };
-                if !full {
+        let aside = if shared.writer.checkpointing() { claim_aside(shared).await } else { None };
+        let outcome = match aside {
+            Some(outcome) => outcome,
+            None => match queued_claim(shared).await {
+                Ok(applied) => applied.outcome,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sqlite expiry driver could not claim due rows");
                     return;
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "sqlite expiry driver could not claim due rows");
-                return;
+            },
+        };
+        if !report_claimed(shared, outcome) {
+            return;
+        }
+    }
+}
+
+/// A claim through the writer's queue. While it waits behind a checkpoint of
+/// the writer connection, the driver claims on its own connection meanwhile
+/// (every [`ASIDE_AFTER`]); the queued claim still runs and is reported.
+async fn queued_claim<V: Value>(shared: &Shared<V>) -> crate::Result<Applied> {
+    let queued = shared.writer.write(WriteOp::ClaimDue { limit: CLAIM_BATCH });
+    tokio::pin!(queued);
+    loop {
+        tokio::select! {
+            biased;
+            applied = &mut queued => return applied,
+            _ = tokio::time::sleep(ASIDE_AFTER) => {
+                if shared.writer.checkpointing()
+                    && let Some(outcome) = claim_aside(shared).await
+                {
+                    report_claimed(shared, outcome);
+                }
             }
         }
+    }
+}
+
+/// One claim on the driver's own connection while the writer connection
+/// checkpoints (see [`Writer::claim_aside`]), on a blocking thread; `None`
+/// if nothing was claimed there (no checkpoint, no such connection, another
+/// connection holds the write lock) or the claim failed (logged).
+async fn claim_aside<V: Value>(shared: &Shared<V>) -> Option<WriteOutcome> {
+    let writer = Arc::clone(&shared.writer);
+    match tokio::task::spawn_blocking(move || writer.claim_aside(CLAIM_BATCH)).await {
+        Ok(Some(Ok(outcome))) => Some(outcome),
+        Ok(None) => None,
+        Ok(Some(Err(e))) => {
+            tracing::warn!(error = %e, "sqlite expiry driver could not claim due rows");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "sqlite expiry driver's claim did not finish");
+            None
+        }
+    }
+}
+
+/// Reports what a claim took; whether it was full (more may be due).
+fn report_claimed<V: Value>(shared: &Shared<V>, outcome: WriteOutcome) -> bool {
+    match outcome {
+        WriteOutcome::Claimed(rows) => {
+            let full = rows.len() == CLAIM_BATCH;
+            for (key, bytes) in rows {
+                shared.report_expired(&key, &bytes);
+            }
+            full
+        }
+        WriteOutcome::Leased { leased, abandoned, full } => {
+            shared.sink.abandoned(abandoned);
+            for lease in leased {
+                shared.report_leased(lease);
+            }
+            full
+        }
+        _ => false,
     }
 }
 

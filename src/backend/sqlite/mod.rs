@@ -241,6 +241,23 @@ impl<V: Value> SqliteBackend<V> {
                 inline.push(Mutex::new(c));
             }
         }
+        // The expiry driver's own connection, for claims while the writer
+        // connection checkpoints (see `Writer::claim_aside`); none in memory.
+        let aside = if config.in_memory() {
+            None
+        } else {
+            let c = rusqlite::Connection::open_with_flags(&target, flags)
+                .and_then(|c| {
+                    schema::configure(&c, &config)?;
+                    // Never wait for the write lock (the queued claim does), and never
+                    // checkpoint inside a claim's commit.
+                    c.busy_timeout(Duration::ZERO)?;
+                    c.pragma_update(None, "wal_autocheckpoint", 0)?;
+                    Ok(c)
+                })
+                .map_err(|e| open_error(&label, "configuring the expiry driver's connection", e))?;
+            Some(c)
+        };
         let sql = Arc::new(Sql::new(&config.table, &config.delivery));
         // Async callers write inline only where a commit does not fsync.
         let inline_async = !config.synchronous_full || config.in_memory();
@@ -251,6 +268,7 @@ impl<V: Value> SqliteBackend<V> {
         };
         let writer = Writer::spawn(
             conn,
+            aside,
             Arc::clone(&sql),
             Arc::clone(&label),
             inline_async,
