@@ -281,3 +281,28 @@ async fn capacity_eviction_fires_evict_events() {
     assert!(d.len().await.unwrap() <= 20);
     assert!(d.stats().evictions > 0);
 }
+
+/// The memory expiry driver waits for room in a full callback queue in real
+/// time: under a paused clock, with the test polling for the events (so the
+/// runtime never idles and virtual time never moves), a burst larger than
+/// the queue still reaches a slow callback in full (the driver used to wait
+/// on a Tokio timer there, which never fired: 1 run in 5 on a loaded machine).
+#[tokio::test(start_paused = true)]
+async fn a_burst_larger_than_the_callback_queue_reaches_a_slow_callback_under_a_paused_clock() {
+    let d =
+        livedict::LiveDict::<u32>::builder().memory().callback_queue_capacity(2048).build().await.unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = Arc::clone(&seen);
+    let slow = Callback::new(move |_: &Event<u32>| {
+        std::thread::sleep(Duration::from_micros(50));
+        s.fetch_add(1, Ordering::Relaxed);
+    });
+    d.register_callback(EventKind::Expire, slow).unwrap();
+    let n = 6000;
+    for i in 0..n {
+        d.set_with_ttl(format!("k{i}"), i, Duration::from_secs(1)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually("every expiration", || seen.load(Ordering::Relaxed) == n as usize).await;
+    assert_eq!(d.stats().events_dropped, 0);
+}
