@@ -198,7 +198,8 @@ impl<V: Value> LiveDict<V> {
     /// task doing nothing but memory writes (always ready) then still yields
     /// now and then, so an async callback's worker gets to run.
     async fn spend_budget_if_reported(&self) {
-        if self.inner.direct.is_some() && self.inner.dispatcher.wants(EventKind::Set) {
+        let memory = self.inner.direct.as_ref().is_some_and(Direct::is_memory);
+        if memory && self.inner.dispatcher.wants(EventKind::Set) {
             tokio::task::coop::consume_budget().await;
         }
     }
