@@ -306,3 +306,39 @@ async fn a_burst_larger_than_the_callback_queue_reaches_a_slow_callback_under_a_
     eventually("every expiration", || seen.load(Ordering::Relaxed) == n as usize).await;
     assert_eq!(d.stats().events_dropped, 0);
 }
+
+/// On memory a `set` with a `Set` listener takes the handle's direct path,
+/// whose event shares the stored entry's key and value: each event still
+/// carries the value of its own write (a later write or delete of the key
+/// does not change it), sync and async callbacks and watches all get it,
+/// and `sets` counts every write.
+#[tokio::test(start_paused = true)]
+async fn memory_set_events_keep_the_value_of_their_write() {
+    use futures::StreamExt;
+    let d = livedict::LiveDict::<String>::open("memory://").await.unwrap();
+    let (sync_seen, async_seen) = (Collector::new(), Collector::new());
+    d.register_callback(EventKind::Set, sync_seen.callback()).unwrap();
+    d.register_callback(EventKind::Set, async_seen.async_callback()).unwrap();
+    let mut watch = d.watch(livedict::WatchFilter::kinds([EventKind::Set])).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..300 {
+        let (key, value) = (format!("k{}", i % 3), format!("v{i}"));
+        if i % 2 == 0 {
+            d.set(&key, value.clone()).await.unwrap();
+        } else {
+            d.set_with_ttl(&key, value.clone(), Duration::from_secs(60)).await.unwrap();
+        }
+        expected.push((EventKind::Set, key, Some(value)));
+    }
+    d.delete("k0").await.unwrap();
+    eventually("every set event", || sync_seen.len() == 300 && async_seen.len() == 300).await;
+    assert_eq!(sync_seen.events(), expected);
+    assert_eq!(async_seen.events(), expected);
+    for (kind, key, value) in &expected {
+        let item = watch.next().await.expect("a watched event");
+        let ev = item.event().expect("an event, not a gap");
+        assert_eq!((ev.kind(), ev.key(), ev.value()), (*kind, key.as_str(), value.as_ref()));
+    }
+    let s = d.stats();
+    assert_eq!((s.sets, s.events_dropped), (300, 0));
+}

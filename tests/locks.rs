@@ -251,3 +251,91 @@ async fn lock_table_is_empty_after_all_guards_drop() {
     }
     assert_eq!(probe.locked_keys(), 0);
 }
+
+/// The default memory stack takes an uncontended lock in the lock table
+/// without a request (its direct path); a held key makes `lock` wait in the
+/// stack, which times out and counts as before.
+#[tokio::test(start_paused = true)]
+async fn memory_direct_lock_times_out_while_held_and_counts_it() {
+    let d = livedict::LiveDict::<u32>::open("memory://").await.unwrap();
+    let g = d.lock("k", Duration::from_secs(1)).await.unwrap();
+    assert_eq!((g.key(), g.fence(), g.lease()), ("k", 0, None));
+    let err = d.lock("k", Duration::from_millis(50)).await.unwrap_err();
+    assert!(matches!(err, Error::LockTimeout { ref key } if key == "k"), "{err:?}");
+    assert_eq!((d.stats().lock_waits, d.stats().lock_timeouts), (1, 1));
+    let err = d.lock("k", Duration::ZERO).await.unwrap_err();
+    assert!(matches!(err, Error::LockTimeout { .. }), "{err:?}");
+    assert_eq!((d.stats().lock_waits, d.stats().lock_timeouts), (2, 2));
+    g.unlock().await.unwrap();
+    // Free again: taken at once, even with a zero timeout, and nothing counted.
+    let g = d.lock("k", Duration::ZERO).await.unwrap();
+    g.unlock().await.unwrap();
+    assert_eq!((d.stats().lock_waits, d.stats().lock_timeouts), (2, 2));
+}
+
+/// A guard taken on the direct path releases its lock when dropped: at
+/// once, and a waiter in the stack is woken.
+#[tokio::test(start_paused = true)]
+async fn memory_direct_guard_drop_releases_and_wakes_a_waiter() {
+    let d = livedict::LiveDict::<u32>::open("memory://").await.unwrap();
+    {
+        let g = d.lock("k", Duration::from_secs(1)).await.unwrap();
+        g.set(1).await.unwrap();
+        assert_eq!(g.get().await.unwrap(), Some(1));
+    }
+    let g = d.lock("k", Duration::ZERO).await.expect("released at drop");
+    let waiter = {
+        let d = d.clone();
+        tokio::spawn(async move {
+            let g = d.lock("k", Duration::from_secs(5)).await?;
+            g.set(2).await?;
+            Ok::<_, Error>(())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "the waiter passed a held lock");
+    // A plain write from another handle waits for the holder too.
+    let writer = {
+        let d = d.clone();
+        tokio::spawn(async move { d.set("k", 9).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!writer.is_finished(), "a write passed a held lock");
+    assert!(g.delete().await.unwrap());
+    drop(g);
+    waiter.await.unwrap().unwrap();
+    writer.await.unwrap().unwrap();
+    assert!(d.get("k").await.unwrap().is_some());
+    assert!(d.stats().lock_waits >= 2);
+    let g = d.lock("k", Duration::ZERO).await.expect("the waiter's guard released at drop");
+    g.unlock().await.unwrap();
+}
+
+/// On a closed store `lock` is `Closed` (the direct path is not taken); a
+/// guard taken before the shutdown still releases.
+#[tokio::test(start_paused = true)]
+async fn memory_direct_lock_on_a_closed_store_is_closed() {
+    let d = livedict::LiveDict::<u32>::open("memory://").await.unwrap();
+    let g = d.lock("held", Duration::from_secs(1)).await.unwrap();
+    let dropped = d.lock("dropped", Duration::from_secs(1)).await.unwrap();
+    d.shutdown().await.unwrap();
+    assert!(matches!(d.lock("k", Duration::from_secs(1)).await, Err(Error::Closed)));
+    assert!(matches!(d.lock("held", Duration::ZERO).await, Err(Error::Closed)));
+    assert!(matches!(g.set(1).await, Err(Error::Closed)));
+    assert!(matches!(g.get().await, Err(Error::Closed)));
+    g.unlock().await.unwrap();
+    drop(dropped);
+}
+
+/// The blocking facade's `lock` takes the same direct path.
+#[test]
+fn memory_direct_lock_through_the_blocking_facade() {
+    let d = livedict::blocking::LiveDict::<u32>::open("memory://").unwrap();
+    let g = d.lock("k", Duration::from_secs(1)).unwrap();
+    g.set(1).unwrap();
+    assert!(matches!(d.lock("k", Duration::from_millis(10)), Err(Error::LockTimeout { .. })));
+    drop(g);
+    let g = d.lock("k", Duration::ZERO).unwrap();
+    assert_eq!(g.get().unwrap(), Some(1));
+    g.unlock().unwrap();
+}

@@ -13,6 +13,7 @@ pub(crate) mod sandbox;
 pub(crate) mod watch;
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -84,8 +85,10 @@ pub struct Event<V> {
 
 struct EventData<V> {
     kind: EventKind,
-    key: String,
-    value: Option<V>,
+    /// Shared with the memory backend's entry when it reports a `Set` (a
+    /// reference count instead of a copy of the key).
+    key: Arc<str>,
+    value: Payload<V>,
     at: SystemTime,
     /// 1 on a first delivery, n on the n-th (leased expirations only).
     attempt: u32,
@@ -96,33 +99,58 @@ struct EventData<V> {
     receipt: Option<Box<Receipt>>,
 }
 
+/// A stored value an event reads in place instead of holding a clone of it:
+/// the memory backend's entry (see [`Event::shared`]).
+pub(crate) trait SharedValue<V>: Send + Sync {
+    /// The value.
+    fn value(&self) -> &V;
+}
+
+/// The value of an event: its own, or one it shares with the store.
+enum Payload<V> {
+    Owned(Option<V>),
+    /// `AssertUnwindSafe`: the value is only ever read through `&V`, and
+    /// `Event` keeps the unwind-safety it had with an owned value (the trait
+    /// object alone would lose it whatever `V`).
+    Shared(AssertUnwindSafe<Arc<dyn SharedValue<V>>>),
+}
+
 impl<V> Event<V> {
     /// A new event stamped with the current wall-clock time.
     pub fn new(kind: EventKind, key: impl Into<String>, value: Option<V>) -> Self {
-        Event {
-            inner: Arc::new(EventData {
-                kind,
-                key: key.into(),
-                value,
-                at: SystemTime::now(),
-                attempt: 1,
-                receipt: None,
-            }),
-        }
+        Self::keyed(kind, Arc::from(key.into()), value)
+    }
+
+    /// A new event on a key already in an `Arc<str>` (no copy of the key).
+    pub(crate) fn keyed(kind: EventKind, key: Arc<str>, value: Option<V>) -> Self {
+        Self::build(kind, key, Payload::Owned(value), 1, None)
+    }
+
+    /// A new event that shares its key and its value with the store (the
+    /// memory backend's `Set`): neither is copied.
+    pub(crate) fn shared(kind: EventKind, key: Arc<str>, value: Arc<dyn SharedValue<V>>) -> Self {
+        Self::build(kind, key, Payload::Shared(AssertUnwindSafe(value)), 1, None)
+    }
+
+    fn build(
+        kind: EventKind,
+        key: Arc<str>,
+        value: Payload<V>,
+        attempt: u32,
+        receipt: Option<Box<Receipt>>,
+    ) -> Self {
+        Event { inner: Arc::new(EventData { kind, key, value, at: SystemTime::now(), attempt, receipt }) }
     }
 
     /// An `Expire` event of delivery `attempt` that settles `receipt` once delivered.
     fn leased(key: &str, value: Option<V>, attempt: u32, receipt: Receipt) -> Self {
-        Event {
-            inner: Arc::new(EventData {
-                kind: EventKind::Expire,
-                key: key.to_owned(),
-                value,
-                at: SystemTime::now(),
-                attempt,
-                receipt: Some(Box::new(receipt)),
-            }),
-        }
+        Self::build(
+            EventKind::Expire,
+            Arc::from(key),
+            Payload::Owned(value),
+            attempt,
+            Some(Box::new(receipt)),
+        )
     }
 
     /// Which delivery of this event this is: 1 on a first delivery, `n` on
@@ -179,7 +207,10 @@ impl<V> Event<V> {
     /// `Expire` whose value Redis dropped after `grace_ms` or evicted after
     /// its deadline.
     pub fn value(&self) -> Option<&V> {
-        self.inner.value.as_ref()
+        match &self.inner.value {
+            Payload::Owned(value) => value.as_ref(),
+            Payload::Shared(shared) => Some(shared.value()),
+        }
     }
 
     /// When it happened (wall clock).
@@ -293,7 +324,7 @@ impl<V: 'static> EventSink<V> {
         if let Some(target) = &self.target
             && target.wants(kind)
         {
-            target.emit(Event::new(kind, key, value()));
+            target.emit(Event::keyed(kind, Arc::from(key), value()));
         }
     }
 

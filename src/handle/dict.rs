@@ -9,8 +9,8 @@ use super::flights::Flights;
 use crate::Value;
 use crate::callback::{Callback, CallbackId};
 use crate::error::{Error, Result};
-use crate::event::EventKind;
 use crate::event::dispatch::Dispatcher;
+use crate::event::{EventKind, EventTarget};
 use crate::request::{LockToken, Request, Response, validate_key, validate_ttl};
 use crate::stack::Stack;
 use crate::stats::Stats;
@@ -132,7 +132,7 @@ impl<V: Value> LiveDict<V> {
     }
 
     /// The direct path, unless the store is closed (then the stack answers `Closed`).
-    fn direct(&self) -> Option<&Direct<V>> {
+    pub(crate) fn direct(&self) -> Option<&Direct<V>> {
         let direct = self.inner.direct.as_ref()?;
         (!self.inner.closed.load(Ordering::Acquire)).then_some(direct)
     }
@@ -173,6 +173,7 @@ impl<V: Value> LiveDict<V> {
     /// TTL), replacing any earlier value and deadline.
     pub async fn set(&self, key: impl AsRef<str>, value: V) -> Result<()> {
         let key = key.as_ref();
+        self.spend_budget_if_reported().await;
         match self.set_now(key, value, self.inner.default_ttl) {
             Ok(done) => done,
             Err(value) => self.write_set(key, value, self.inner.default_ttl, None).await,
@@ -185,9 +186,21 @@ impl<V: Value> LiveDict<V> {
     pub async fn set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Duration) -> Result<()> {
         validate_ttl(ttl)?;
         let key = key.as_ref();
+        self.spend_budget_if_reported().await;
         match self.set_now(key, value, Some(ttl)) {
             Ok(done) => done,
             Err(value) => self.write_set(key, value, Some(ttl), None).await,
+        }
+    }
+
+    /// A `set` that hands an event to listeners spends Tokio's cooperative
+    /// budget, as the callback layer does on the stack (see its future): a
+    /// task doing nothing but memory writes (always ready) then still yields
+    /// now and then, so an async callback's worker gets to run.
+    async fn spend_budget_if_reported(&self) {
+        let memory = self.inner.direct.as_ref().is_some_and(Direct::is_memory);
+        if memory && self.inner.dispatcher.wants(EventKind::Set) {
+            tokio::task::coop::consume_budget().await;
         }
     }
 

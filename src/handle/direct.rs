@@ -1,7 +1,7 @@
-//! The direct path: `get` and `set` on the default memory stack (and `get`
-//! on the default SQLite stack), answered without building a
-//! [`Request`](crate::Request) when no layer of the stack has anything to do
-//! for them.
+//! The direct path: `get`, `set` and uncontended `lock` / unlock on the
+//! default memory stack (and `get` on the default SQLite stack), answered
+//! without building a [`Request`](crate::Request) when no layer of the stack
+//! has anything to do for them that this path does not do itself.
 //!
 //! The default stack over the memory backend does, for a `get` or a plain
 //! `set`: open a span (only if a subscriber enables `DEBUG`), bound the call
@@ -11,7 +11,11 @@
 //! locked and nothing listens, what is left is the backend call and the
 //! counter: this path does exactly that, without copying the key into a
 //! request (a `get` allocates nothing) and without driving the stack's
-//! futures (measured: see CHANGELOG, issue 18). Otherwise it declines and the
+//! futures (measured: see CHANGELOG, issue 18). A `set` that a callback or
+//! watch listens to also emits its `Set` event here, as the callback layer
+//! would, with the key and the value shared with the stored entry. An
+//! uncontended `lock` is taken in the lock layer's table and released there
+//! (the memory backend keeps no lock state). Otherwise it declines and the
 //! caller takes the stack, so every behaviour of the layers is kept.
 //!
 //! On SQLite a `get` that an inline read connection answers at once (it never
@@ -31,10 +35,12 @@ use crate::event::dispatch::Dispatcher;
 use crate::event::{EventKind, EventTarget};
 use crate::layer::LockLayer;
 use crate::layer::trace::{request_span, spans_enabled, spans_may_log};
+use crate::request::LockToken;
 
 /// The backend under a default stack that has a direct path.
 pub(crate) enum Engine<V> {
-    /// `get` and plain `set`.
+    /// `get`, plain `set` (with its `Set` event), and an uncontended `lock`
+    /// and its release.
     Memory(MemoryBackend<V>),
     /// `get` (a read on the calling thread).
     #[cfg(feature = "sqlite")]
@@ -51,6 +57,11 @@ pub(crate) struct Direct<V> {
 impl<V: Value> Direct<V> {
     pub(crate) fn new(engine: Engine<V>, locks: LockLayer) -> Self {
         Direct { engine, locks }
+    }
+
+    /// Whether this is the memory stack's path (the one that emits `Set` events itself).
+    pub(crate) fn is_memory(&self) -> bool {
+        matches!(self.engine, Engine::Memory(_))
     }
 
     /// The live value of a valid `key`, or `None` if the stack must answer.
@@ -94,14 +105,43 @@ impl<V: Value> Direct<V> {
         let Engine::Memory(memory) = &self.engine else {
             return Err(value);
         };
-        if spans_enabled() || dispatcher.wants(EventKind::Set) || !self.locks.may_write(key) {
+        if spans_enabled() || !self.locks.may_write(key) {
             return Err(value);
         }
         let _span = spans_may_log().then(|| request_span("set", "memory"));
-        let done = memory.set_value(key, value, ttl);
-        if done.is_ok() {
-            dispatcher.counters().sets.incr();
+        if !dispatcher.wants(EventKind::Set) {
+            let done = memory.set_value(key, value, ttl);
+            if done.is_ok() {
+                dispatcher.counters().sets.incr();
+            }
+            return Ok(done);
         }
-        Ok(done)
+        // What the CallbackLayer does after the backend's set: count it, then
+        // the `Set` event, here sharing the entry's key and value.
+        Ok(memory.set_reported(key, value, ttl).map(|event| {
+            dispatcher.counters().sets.incr();
+            dispatcher.emit(event);
+        }))
+    }
+
+    /// On the memory stack, with spans disabled: takes the lock of a valid
+    /// `key` for `token` at once if nobody holds or waits for it, and
+    /// returns the lock table to release it in. `None` if the stack must
+    /// take it (spans on, another backend, or the key is held: waiting and
+    /// its timeout are the stack's).
+    ///
+    /// The stack does nothing else for an uncontended lock on memory: the
+    /// backend grants it at once ([`LockGrant::local`](crate::request::LockGrant::local)),
+    /// nothing is counted (only waits and timeouts are) and no event is fired.
+    pub(crate) fn try_lock(&self, key: &str, token: &LockToken) -> Option<&LockLayer> {
+        #[allow(irrefutable_let_patterns)]
+        let Engine::Memory(_) = &self.engine else {
+            return None;
+        };
+        if spans_enabled() {
+            return None;
+        }
+        let _span = spans_may_log().then(|| request_span("lock", "memory"));
+        self.locks.try_acquire(key, token).then_some(&self.locks)
     }
 }

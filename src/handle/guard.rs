@@ -8,6 +8,7 @@ use tokio::runtime::Handle;
 use super::dict::LiveDict;
 use crate::Value;
 use crate::error::Result;
+use crate::layer::LockLayer;
 use crate::request::{LockGrant, LockToken, Request, Response, validate_key};
 
 /// A held lock on one key. Writes through the guard pass the lock; dropping
@@ -34,8 +35,17 @@ pub struct KeyGuard<V> {
     key: String,
     token: LockToken,
     grant: LockGrant,
-    release_on_drop: ReleaseFn,
+    release: Release,
     released: bool,
+}
+
+/// How a guard gives its lock back.
+enum Release {
+    /// Taken on the direct path (memory): released in the lock table, at
+    /// once, without a request (see `direct.rs`).
+    Table(LockLayer),
+    /// Taken through the stack: an `Unlock` request through it.
+    Stack(ReleaseFn),
 }
 
 impl<V> std::fmt::Debug for KeyGuard<V> {
@@ -46,8 +56,20 @@ impl<V> std::fmt::Debug for KeyGuard<V> {
 
 impl<V: Value> KeyGuard<V> {
     pub(crate) fn new(dict: LiveDict<V>, key: String, token: LockToken, grant: LockGrant) -> Self {
-        let release_on_drop = release_on_drop(&dict, &key, &token);
-        KeyGuard { dict, key, token, grant, release_on_drop, released: false }
+        let release = Release::Stack(release_on_drop(&dict, &key, &token));
+        KeyGuard { dict, key, token, grant, release, released: false }
+    }
+
+    /// A guard for a lock the direct path took in `locks` (memory: a local grant).
+    fn direct(dict: LiveDict<V>, key: String, token: LockToken, locks: LockLayer) -> Self {
+        KeyGuard {
+            dict,
+            key,
+            token,
+            grant: LockGrant::local(),
+            release: Release::Table(locks),
+            released: false,
+        }
     }
 
     /// The locked key.
@@ -104,6 +126,10 @@ impl<V: Value> KeyGuard<V> {
     /// Releases the lock now and reports a backend error, which dropping cannot.
     pub async fn unlock(mut self) -> Result<()> {
         self.released = true;
+        if let Release::Table(locks) = &self.release {
+            locks.release(&self.key, &self.token);
+            return Ok(());
+        }
         let req = Request::Unlock { key: self.key.clone(), token: self.token.clone() };
         self.dict.inner.service.call(req).await.map(|_| ())
     }
@@ -113,7 +139,10 @@ impl<V> Drop for KeyGuard<V> {
     fn drop(&mut self) {
         if !self.released {
             self.released = true;
-            (self.release_on_drop)();
+            match &mut self.release {
+                Release::Table(locks) => locks.release(&self.key, &self.token),
+                Release::Stack(release) => release(),
+            }
         }
     }
 }
@@ -177,6 +206,10 @@ impl<V: Value> LiveDict<V> {
         let key = key.as_ref();
         validate_key(key)?;
         let token = LockToken::new();
+        // Uncontended on memory: taken in the lock table, without the stack.
+        if let Some(locks) = self.direct().and_then(|direct| direct.try_lock(key, &token)) {
+            return Ok(KeyGuard::direct(self.clone(), key.to_owned(), token, locks.clone()));
+        }
         match self.call(Request::Lock { key: key.to_owned(), timeout, token: token.clone() }).await? {
             Response::Locked(grant) => Ok(KeyGuard::new(self.clone(), key.to_owned(), token, grant)),
             _ => Err(Response::<V>::mismatch("lock")),

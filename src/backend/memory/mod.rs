@@ -23,7 +23,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::Value;
 use crate::error::{Error, Result};
-use crate::event::{EventKind, EventSink};
+use crate::event::{Event, EventKind, EventSink, SharedValue};
 use crate::request::{LockGrant, Request, Response};
 use timers::{DeadlineTable, Micros, NO_DEADLINE, Row, Timed};
 
@@ -129,6 +129,13 @@ impl<V> Entry<V> {
     /// Whether it is live at `now` (see [`DeadlineTable::micros`]).
     fn is_live(&self, now: Micros) -> bool {
         self.deadline > now
+    }
+}
+
+/// A `Set` event reads the stored value in its entry (no clone of `V`).
+impl<V: Send + Sync> SharedValue<V> for Entry<V> {
+    fn value(&self) -> &V {
+        &self.value
     }
 }
 
@@ -301,7 +308,18 @@ impl<V: Value> MemoryBackend<V> {
 
     /// What `Request::Set` does, without building a request.
     pub(crate) fn set_value(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<()> {
-        self.shared.set(Arc::from(key), value, ttl)
+        self.shared.set(Arc::from(key), value, ttl, false).map(drop)
+    }
+
+    /// [`set_value`](Self::set_value), and the `Set` event reporting it,
+    /// which shares the key and the value with the new entry (a reference
+    /// count each instead of a copy of the key and a clone of the value).
+    pub(crate) fn set_reported(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<Event<V>> {
+        let kept = self.shared.set(Arc::from(key), value, ttl, true)?;
+        // `set` with `keep` always returns them.
+        let (key, entry) =
+            kept.ok_or_else(|| Error::backend_msg("memory", "a reported set kept no entry"))?;
+        Ok(Event::shared(EventKind::Set, key, entry))
     }
 
     /// Number of pending deadlines in the timer table (for resource checks).
@@ -489,8 +507,16 @@ impl<V: Value> Shared<V> {
         }
     }
 
-    /// Stores `value` under `key` (what `Request::Set` does).
-    fn set(&self, key: Arc<str>, value: V, ttl: Option<Duration>) -> Result<()> {
+    /// Stores `value` under `key` (what `Request::Set` does); with `keep`,
+    /// returns the key and the new entry (for the event reporting it).
+    #[allow(clippy::type_complexity)]
+    fn set(
+        &self,
+        key: Arc<str>,
+        value: V,
+        ttl: Option<Duration>,
+        keep: bool,
+    ) -> Result<Option<(Arc<str>, Arc<Entry<V>>)>> {
         let deadline = self.deadline_for(Instant::now(), ttl)?;
         let entry = Arc::new(Entry::new(value, deadline));
         let hash = self.deadlines.hash(&key);
@@ -501,9 +527,10 @@ impl<V: Value> Shared<V> {
         let any_timed = self.timed.as_ref().is_none_or(|t| t.load(Ordering::Acquire) > 0);
         let old = if any_timed { self.cache.get(&*key).filter(|e| e.has_deadline()) } else { None };
         self.count_timed(deadline);
+        let kept = keep.then(|| (Arc::clone(&key), Arc::clone(&entry)));
         if deadline == NO_DEADLINE && old.is_none() {
             self.cache.insert(key, entry);
-            return Ok(());
+            return Ok(kept);
         }
         self.cache.insert(Arc::clone(&key), Arc::clone(&entry));
         // The row is written after the entry is in moka (the driver removes
@@ -515,7 +542,7 @@ impl<V: Value> Shared<V> {
         if let Some(old) = old {
             self.ended(&key, hash, &old, row_removed);
         }
-        Ok(())
+        Ok(kept)
     }
 
     fn handle(&self, req: Request<V>) -> Result<Response<V>> {
@@ -531,7 +558,7 @@ impl<V: Value> Shared<V> {
                 ))
             }
             Request::Set { key, value, ttl, lock: _ } => {
-                self.set(Arc::from(key), value, ttl)?;
+                self.set(Arc::from(key), value, ttl, false)?;
                 Ok(Response::Done)
             }
             Request::Delete { key, lock: _ } => {

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project::pin_project;
@@ -13,11 +14,11 @@ use crate::request::Response;
 
 /// What to report when the response arrives; `Some` carries what the event needs.
 pub(super) enum Plan<V> {
-    Get(Option<String>),
-    Set(Option<(String, V)>),
-    Delete(Option<String>),
+    Get(Option<Arc<str>>),
+    Set(Option<(Arc<str>, V)>),
+    Delete(Option<Arc<str>>),
     /// A `CompareAndSet` or `Incr`: a `Set` event if it wrote.
-    Written(Option<String>),
+    Written(Option<Arc<str>>),
     Other,
 }
 
@@ -82,26 +83,26 @@ fn report<V: Clone + Send + Sync + 'static>(d: &Dispatcher<V>, plan: Plan<V>, re
         (Plan::Get(key), Response::Value(Some(v))) => {
             counters.hits.incr();
             if let Some(key) = key {
-                d.emit(Event::new(EventKind::Get, key, Some(v.clone())));
+                d.emit(Event::keyed(EventKind::Get, key, Some(v.clone())));
             }
         }
         (Plan::Get(_), Response::Value(None)) => counters.misses.incr(),
         (Plan::Set(seed), Response::Done) => {
             counters.sets.incr();
             if let Some((key, value)) = seed {
-                d.emit(Event::new(EventKind::Set, key, Some(value)));
+                d.emit(Event::keyed(EventKind::Set, key, Some(value)));
             }
         }
         (Plan::Written(key), Response::Written(Some(value))) => {
             counters.sets.incr();
             if let Some(key) = key {
-                d.emit(Event::new(EventKind::Set, key, Some(value.clone())));
+                d.emit(Event::keyed(EventKind::Set, key, Some(value.clone())));
             }
         }
         (Plan::Delete(key), Response::Deleted { removed: true, value }) => {
             counters.deletes.incr();
             if let Some(key) = key {
-                d.emit(Event::new(EventKind::Delete, key, value.clone()));
+                d.emit(Event::keyed(EventKind::Delete, key, value.clone()));
             }
         }
         _ => {}

@@ -5,6 +5,7 @@
 mod future;
 mod layer;
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 pub use crate::event::dispatch::{DispatchConfig, Dispatcher};
@@ -50,13 +51,15 @@ where
     fn call(&mut self, req: Request<V>) -> Self::Future {
         let d = &self.dispatcher;
         let plan = match &req {
-            Request::Get { key } => Plan::Get(d.wants(EventKind::Get).then(|| key.clone())),
+            Request::Get { key } => Plan::Get(d.wants(EventKind::Get).then(|| Arc::from(key.as_str()))),
             Request::Set { key, value, .. } => {
-                Plan::Set(d.wants(EventKind::Set).then(|| (key.clone(), value.clone())))
+                Plan::Set(d.wants(EventKind::Set).then(|| (Arc::from(key.as_str()), value.clone())))
             }
-            Request::Delete { key, .. } => Plan::Delete(d.wants(EventKind::Delete).then(|| key.clone())),
+            Request::Delete { key, .. } => {
+                Plan::Delete(d.wants(EventKind::Delete).then(|| Arc::from(key.as_str())))
+            }
             Request::CompareAndSet { key, .. } | Request::Incr { key, .. } => {
-                Plan::Written(d.wants(EventKind::Set).then(|| key.clone()))
+                Plan::Written(d.wants(EventKind::Set).then(|| Arc::from(key.as_str())))
             }
             _ => Plan::Other,
         };

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{Lock, LockShared};
+use crate::request::LockToken;
 
 /// A `tower::Layer` adding enforced per-key locks. All services built from
 /// one layer share one lock table, so build the stack once and clone it.
@@ -47,6 +48,17 @@ impl LockLayer {
     /// (nobody holds the key): one atomic load while no key is locked.
     pub(crate) fn may_write(&self, key: &str) -> bool {
         self.shared.table.may_write(key, None)
+    }
+
+    /// Takes `key` for `token` if nobody holds or waits for it (what the
+    /// layer does first for a `Lock` request); false otherwise.
+    pub(crate) fn try_acquire(&self, key: &str, token: &LockToken) -> bool {
+        self.shared.table.try_acquire(key, token)
+    }
+
+    /// Releases `key` if `token` holds it (what the layer does for an `Unlock`).
+    pub(crate) fn release(&self, key: &str, token: &LockToken) {
+        self.shared.table.release(key, token)
     }
 }
 
