@@ -247,14 +247,7 @@ impl<V: Value> SqliteBackend<V> {
             None
         } else {
             let c = rusqlite::Connection::open_with_flags(&target, flags)
-                .and_then(|c| {
-                    schema::configure(&c, &config)?;
-                    // Never wait for the write lock (the queued claim does), and never
-                    // checkpoint inside a claim's commit.
-                    c.busy_timeout(Duration::ZERO)?;
-                    c.pragma_update(None, "wal_autocheckpoint", 0)?;
-                    Ok(c)
-                })
+                .and_then(|c| writer::configure_aside(&c, &config).map(|()| c))
                 .map_err(|e| open_error(&label, "configuring the expiry driver's connection", e))?;
             Some(c)
         };

@@ -631,11 +631,7 @@ fn commit(
     let mut seen = Seen::new(&tx, sql, now)?;
     let mut found = Vec::new();
     if claim && seen.due && sql.pending.is_none() {
-        let mut stmt = tx.prepare_cached(&sql.claim_due)?;
-        let rows = stmt.query_map(params![now, CLAIM_IN_BATCH as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        for row in rows {
-            found.push(row?);
-        }
+        found = take_due(&tx, sql, now, CLAIM_IN_BATCH)?;
         // Every row due at `now` is taken unless the limit stopped the claim.
         seen.due = found.len() == CLAIM_IN_BATCH;
     }
@@ -772,11 +768,7 @@ fn apply(
         WriteOp::Clear => {
             // Entries already past their deadline expired before this clear: claim
             // them first so their Expire events are not lost to a late driver.
-            let mut claim = tx.prepare_cached(&sql.claim_due)?;
-            let due = claim.query_map(params![now, i64::MAX], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            for row in due {
-                expired.push(row?);
-            }
+            expired.append(&mut take_due(tx, sql, now, usize::MAX)?);
             tx.prepare_cached(&sql.clear)?.execute([])?;
             WriteOutcome::Done
         }
@@ -829,6 +821,15 @@ fn apply(
     Ok(Applied { outcome, held })
 }
 
+/// Configures `conn` as the `aside` connection of [`Writer::spawn`]: the
+/// store's pragmas, and it never waits for the write lock (the queued claim
+/// does) and never checkpoints inside a claim's commit.
+pub(super) fn configure_aside(conn: &Connection, config: &super::SqliteConfig) -> rusqlite::Result<()> {
+    super::schema::configure(conn, config)?;
+    conn.busy_timeout(Duration::ZERO)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+}
+
 /// Claims up to `limit` due rows in a transaction of its own on `conn` (see
 /// [`Writer::claim_aside`]).
 fn claim_in(conn: &mut Connection, sql: &Sql, limit: usize) -> rusqlite::Result<WriteOutcome> {
@@ -842,13 +843,23 @@ fn claim_in(conn: &mut Connection, sql: &Sql, limit: usize) -> rusqlite::Result<
 /// or leases them (`at_least_once`, see [`lease_due`]).
 fn claim_due(tx: &Transaction<'_>, sql: &Sql, now: i64, limit: usize) -> rusqlite::Result<WriteOutcome> {
     Ok(match &sql.pending {
-        None => {
-            let mut stmt = tx.prepare_cached(&sql.claim_due)?;
-            let rows = stmt.query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            WriteOutcome::Claimed(rows.collect::<rusqlite::Result<_>>()?)
-        }
+        None => WriteOutcome::Claimed(take_due(tx, sql, now, limit)?),
         Some(pending) => lease_due(tx, sql, pending, now, limit)?,
     })
+}
+
+/// Deletes up to `limit` rows due at `now` and returns them (key, stored
+/// bytes): the one `DELETE … RETURNING` every claim runs.
+fn take_due(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    now: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut claim = tx.prepare_cached(&sql.claim_due)?;
+    let rows = claim.query_map(params![now, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }
 
 /// The `at_least_once` claim: drops expirations out of attempts, moves up to
@@ -869,10 +880,7 @@ fn lease_due(
         tracing::warn!(key, attempts = pending.max_attempts, "expiration dropped: never acknowledged");
         abandoned += 1;
     }
-    let mut claim = tx.prepare_cached(&sql.claim_due)?;
-    let due: Vec<(String, Vec<u8>)> = claim
-        .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let due = take_due(tx, sql, now, limit)?;
     let moved = due.len();
     let mut hold = tx.prepare_cached(&pending.hold)?;
     for (key, value) in due {
@@ -918,9 +926,7 @@ mod tests {
         schema::configure(&conn, &config).unwrap();
         schema::create(&mut conn, &config).unwrap();
         let aside = Connection::open(path).unwrap();
-        schema::configure(&aside, &config).unwrap();
-        aside.busy_timeout(Duration::ZERO).unwrap();
-        aside.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        configure_aside(&aside, &config).unwrap();
         let sql = Arc::new(Sql::new(&config.table, &ExpireDelivery::default()));
         Writer::spawn(
             conn,
