@@ -1,19 +1,20 @@
-//! The in-process backend: moka holds the entries, a deadline table and one
+//! The in-process backend: a sharded map of its own (or moka, with a
+//! capacity bound) holds the entries (`entries.rs`), a deadline table and one
 //! driver task expire them on time.
 //!
-//! moka is keyed by `Arc<str>` and the deadline table's rows hold a clone of
-//! that key and of the entry (`timers.rs`): a `set_with_ttl` copies its key
+//! Entries are keyed by `Arc<str>` and the deadline table's rows hold a clone
+//! of that key and of the entry (`timers.rs`): a `set_with_ttl` copies its key
 //! once, takes the old entry's row out by the position the entry records, and
-//! the driver reports an expiry from the row alone, reading moka only to
-//! remove the entry under its key's write lock. moka and the table hash keys
-//! with foldhash (seeded per store) instead of SipHash (~160 instructions a
-//! hash, three per write). Measured with callgrind: see CHANGELOG (issue 18).
+//! the driver reports an expiry from the row alone, reading the entries only
+//! to remove the entry under its key's write lock. Keys are hashed with
+//! foldhash (seeded per store) instead of SipHash (~160 instructions a hash).
+//! Measured with callgrind: see CHANGELOG (issue 18).
 
+mod entries;
 mod timers;
 
 use std::future::{Ready, ready};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,9 +24,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::Value;
 use crate::error::{Error, Result};
-use crate::event::{Event, EventKind, EventSink, SharedValue};
+use crate::event::{Event, EventKind, EventSink};
 use crate::request::{LockGrant, Request, Response};
-use timers::{DeadlineTable, Micros, NO_DEADLINE, Row, Timed};
+use entries::{Entries, Entry, Hasher};
+use timers::{DeadlineTable, Micros, NO_DEADLINE, Row};
 
 /// How many expired entries the driver reports (or removes) before yielding.
 const EXPIRE_BATCH: usize = 1024;
@@ -37,9 +39,6 @@ const REMOVE_BATCH: usize = 64;
 /// How many milliseconds in a row without progress of the `Expire` callbacks
 /// the driver waits for room in their queues (see [`wait_for_room`]).
 const ROOM_PATIENCE: u32 = 5;
-
-/// The hasher of moka and of the deadline table.
-type Hasher = foldhash::fast::RandomState;
 
 /// Settings of the memory backend.
 ///
@@ -91,73 +90,10 @@ const OPTIONS: &[crate::url::UrlOption<MemoryConfig>] = &[crate::url::UrlOption 
     apply: |c, v| crate::url::set(&mut c.max_capacity, Some(crate::url::parse(v)?)),
 }];
 
-/// One stored value with its deadline.
-///
-/// Kept behind an `Arc` in moka, so moka's internal copies (reads, eviction
-/// notifications) cost a reference count, not a clone of `V`. The `Arc` is
-/// also the entry's identity (it replaces the per-write generation): a
-/// deadline row holds a clone of it, so a row can only ever end the entry it
-/// was written for (a re-set key has a new entry). 16 bytes beside `V`
-/// (measured: 56-byte entries with a `String` value, as before).
-struct Entry<V> {
-    value: V,
-    /// When it expires ([`NO_DEADLINE`]: never), see [`DeadlineTable::micros`].
-    deadline: Micros,
-    /// Set by whoever ends this entry first: the driver that reports its
-    /// expiry, the writer that replaced or removed it (reporting it as expired
-    /// if it was past its deadline), or the eviction listener. So its end is
-    /// reported exactly once, and its deadline row is known to be dead.
-    ended: AtomicBool,
-    /// Where its deadline row is in the table (see [`Timed::row_pos`]).
-    row: AtomicU32,
-}
-
-impl<V> Entry<V> {
-    fn new(value: V, deadline: Micros) -> Self {
-        Entry { value, deadline, ended: AtomicBool::new(false), row: AtomicU32::new(0) }
-    }
-
-    fn has_deadline(&self) -> bool {
-        self.deadline != NO_DEADLINE
-    }
-
-    /// Claims the end of this entry (and its one report); false if it already ended.
-    fn claim_end(&self) -> bool {
-        !self.ended.swap(true, Ordering::AcqRel)
-    }
-
-    /// Whether it is live at `now` (see [`DeadlineTable::micros`]).
-    fn is_live(&self, now: Micros) -> bool {
-        self.deadline > now
-    }
-}
-
-/// A `Set` event reads the stored value in its entry (no clone of `V`).
-impl<V: Send + Sync> SharedValue<V> for Entry<V> {
-    fn value(&self) -> &V {
-        &self.value
-    }
-}
-
-impl<V> Timed for Entry<V> {
-    fn ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
-    }
-
-    fn row_pos(&self) -> &AtomicU32 {
-        &self.row
-    }
-}
-
 struct Shared<V> {
-    cache: moka::sync::Cache<Arc<str>, Arc<Entry<V>>, Hasher>,
+    entries: Entries<V>,
     deadlines: Arc<DeadlineTable<Entry<V>>>,
     sink: EventSink<V>,
-    writes: WriteLocks,
-    /// Entries in the cache that have a deadline, at least (counted before
-    /// they are written, uncounted after they are gone); `None` with a
-    /// capacity bound, where moka may evict entries behind the writers' back.
-    timed: Option<AtomicUsize>,
     /// Cancels the driver when the last backend clone (and so this) goes.
     _driver: DropGuard,
 }
@@ -208,33 +144,8 @@ fn on_eviction<V: Value>(
     }
 }
 
-const WRITE_STRIPES: usize = 64;
-
-/// Serializes the writes to one key (striped over [`WRITE_STRIPES`] mutexes),
-/// so each write knows exactly the entry it replaced or removed.
-///
-/// moka would tell through an eviction listener, but a listener makes every
-/// moka write take a per-key lock from a concurrent map (measured: raw moka
-/// `insert` 1.3M/s -> 0.7M/s); a striped `std::sync::Mutex` (never held
-/// across an `.await`, only for a read and a write of moka) costs far less.
-struct WriteLocks {
-    stripes: Box<[Mutex<()>]>,
-}
-
-impl WriteLocks {
-    fn new() -> Self {
-        WriteLocks { stripes: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect() }
-    }
-
-    /// Locks the stripe of the key whose [`DeadlineTable::hash`] is `hash`.
-    fn lock(&self, hash: u64) -> MutexGuard<'_, ()> {
-        let i = hash as usize % WRITE_STRIPES;
-        // The guarded data is `()`: a panic while held leaves nothing inconsistent.
-        self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The in-process backend: a `tower::Service<Request<V>>` over a moka cache.
+/// The in-process backend: a `tower::Service<Request<V>>` over a sharded map
+/// (or a moka cache, with a capacity bound).
 ///
 /// Values are stored as `V` (never serialized). Each entry with a TTL is
 /// removed by the backend's own driver task within a few milliseconds of its
@@ -265,7 +176,7 @@ impl<V> Clone for MemoryBackend<V> {
 
 impl<V> std::fmt::Debug for MemoryBackend<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryBackend").field("entries", &self.shared.cache.entry_count()).finish()
+        f.debug_struct("MemoryBackend").field("entries", &self.shared.entries.count()).finish()
     }
 }
 
@@ -278,22 +189,25 @@ impl<V: Value> MemoryBackend<V> {
             .map_err(|e| Error::backend("memory", "the memory backend needs a Tokio runtime", e))?;
         let sink = sink.retrying(config.delivery);
         let deadlines = Arc::new(DeadlineTable::new());
-        let mut builder = moka::sync::Cache::builder();
-        if let Some(cap) = config.max_capacity {
-            let table = Arc::clone(&deadlines);
-            let listener_sink = sink.clone();
-            builder = builder.max_capacity(cap).eviction_listener(move |key: Arc<Arc<str>>, old, cause| {
-                on_eviction(&table, &listener_sink, &key, old, cause)
-            });
-        }
-        let cache = builder.build_with_hasher(Hasher::default());
+        let entries = match config.max_capacity {
+            None => Entries::map(),
+            Some(cap) => {
+                let table = Arc::clone(&deadlines);
+                let listener_sink = sink.clone();
+                let cache = moka::sync::Cache::builder()
+                    .max_capacity(cap)
+                    .eviction_listener(move |key: Arc<Arc<str>>, old, cause| {
+                        on_eviction(&table, &listener_sink, &key, old, cause)
+                    })
+                    .build_with_hasher(Hasher::default());
+                Entries::moka(cache)
+            }
+        };
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
-            cache,
+            entries,
             deadlines,
             sink,
-            writes: WriteLocks::new(),
-            timed: config.max_capacity.is_none().then(|| AtomicUsize::new(0)),
             _driver: cancel.clone().drop_guard(),
         });
         runtime.spawn(expiry_driver(Arc::downgrade(&shared), cancel));
@@ -303,7 +217,9 @@ impl<V: Value> MemoryBackend<V> {
     /// What `Request::Get` answers, without building a request (the handle's
     /// direct path: the key is not copied).
     pub(crate) fn get_value(&self, key: &str) -> Option<V> {
-        self.shared.get_live(key).map(|e| e.value.clone())
+        let now = Instant::now();
+        let hash = self.shared.deadlines.hash(key);
+        self.shared.entries.read(key, hash, |e| self.shared.live_at(e, now).then(|| e.value.clone())).flatten()
     }
 
     /// What `Request::Set` does, without building a request.
@@ -416,46 +332,18 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 impl<V: Value> Shared<V> {
-    /// Removes the expired (and reported) `entry` of `key` if moka still
+    /// Removes the expired (and reported) `entry` of `key` if the store still
     /// holds it: checked under the key's write lock, so a newer value is
     /// never removed by an old deadline.
     fn remove_expired(&self, key: &str, entry: &Arc<Entry<V>>) {
-        let write = self.writes.lock(self.deadlines.hash(key));
-        let removed = match self.cache.get(key) {
-            Some(e) if Arc::ptr_eq(&e, entry) => self.cache.remove(key),
-            _ => None,
-        };
-        drop(write);
-        if removed.is_some() {
-            self.uncount_timed(entry);
-        }
-    }
-
-    /// Counts an entry about to be written with `deadline` (see `timed`).
-    fn count_timed(&self, deadline: Micros) {
-        if let (Some(timed), true) = (&self.timed, deadline != NO_DEADLINE) {
-            timed.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Uncounts an entry that is gone (see `timed`).
-    fn uncount_timed(&self, old: &Entry<V>) {
-        if let (Some(timed), true) = (&self.timed, old.has_deadline()) {
-            timed.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// See [`ended`] (`hash`: the key's).
-    fn ended(&self, key: &str, hash: u64, old: &Entry<V>, row_removed: bool) {
-        self.uncount_timed(old);
-        ended(&self.deadlines, &self.sink, key, hash, old, row_removed)
+        self.entries.write(self.deadlines.hash(key)).remove_if(key, entry);
     }
 
     /// Removes the deadline row of `old` (if it has one and the table holds
-    /// it) and reports its end: what a remover does after taking it out of moka.
+    /// it) and reports its end: what a remover does after taking it out.
     fn removed(&self, key: &str, hash: u64, old: &Arc<Entry<V>>) {
         let row_removed = old.has_deadline() && self.deadlines.replace(hash, Some(old), None);
-        self.ended(key, hash, old, row_removed);
+        ended(&self.deadlines, &self.sink, key, hash, old, row_removed);
     }
 
     /// Gives a live entry a new deadline (`NO_DEADLINE`: none) atomically under the
@@ -464,37 +352,43 @@ impl<V: Value> Shared<V> {
     fn redeadline(&self, key: &str, deadline: Micros, only_if_deadline: bool) -> bool {
         let now = self.deadlines.micros(Instant::now());
         let hash = self.deadlines.hash(key);
-        let write = self.writes.lock(hash);
-        let Some(old) = self.cache.get(key).filter(|e| e.is_live(now)) else {
+        let mut write = self.entries.write(hash);
+        let Some(old) = write.get(key).filter(|e| e.is_live(now)) else {
             return false;
         };
         if only_if_deadline && !old.has_deadline() {
             return false;
         }
-        self.count_timed(deadline);
         let key: Arc<str> = Arc::from(key);
         let entry = Arc::new(Entry::new(old.value.clone(), deadline));
-        self.cache.insert(Arc::clone(&key), Arc::clone(&entry));
+        write.insert(Arc::clone(&key), Arc::clone(&entry));
         let old_row = old.has_deadline().then_some(&old);
         let new_row = (deadline != NO_DEADLINE).then(|| (Arc::clone(&key), deadline, &entry));
         let row_removed = self.deadlines.replace(hash, old_row, new_row);
         drop(write);
-        self.ended(&key, hash, &old, row_removed);
+        ended(&self.deadlines, &self.sink, &key, hash, &old, row_removed);
         true
     }
 
-    fn get_live(&self, key: &str) -> Option<Arc<Entry<V>>> {
-        let entry = self.cache.get(key)?;
-        // Only entries with a deadline need the clock.
-        if entry.has_deadline() && !entry.is_live(self.deadlines.micros(Instant::now())) {
-            return None;
-        }
-        Some(entry)
+    /// Whether `entry` is live at `now` (only entries with a deadline need the clock).
+    fn live_at(&self, entry: &Entry<V>, now: Instant) -> bool {
+        !entry.has_deadline() || entry.is_live(self.deadlines.micros(now))
     }
 
-    fn live_entries(&self) -> impl Iterator<Item = (Arc<Arc<str>>, Arc<Entry<V>>)> + '_ {
+    fn get_live(&self, key: &str) -> Option<Arc<Entry<V>>> {
+        let now = Instant::now();
+        let hash = self.deadlines.hash(key);
+        self.entries.read(key, hash, |e| self.live_at(e, now).then(|| Arc::clone(e))).flatten()
+    }
+
+    /// Calls `f` on every live entry (under a read lock: `f` only collects).
+    fn for_each_live(&self, mut f: impl FnMut(&Arc<str>, &Arc<Entry<V>>)) {
         let now = self.deadlines.micros(Instant::now());
-        self.cache.iter().filter(move |(_, e)| e.is_live(now))
+        self.entries.for_each(|k, e| {
+            if e.is_live(now) {
+                f(k, e)
+            }
+        });
     }
 
     fn deadline_for(&self, now: Instant, ttl: Option<Duration>) -> Result<Micros> {
@@ -520,27 +414,21 @@ impl<V: Value> Shared<V> {
         let deadline = self.deadline_for(Instant::now(), ttl)?;
         let entry = Arc::new(Entry::new(value, deadline));
         let hash = self.deadlines.hash(&key);
-        let write = self.writes.lock(hash);
-        // The replaced entry matters only if it has a deadline row to end
-        // or an expiry to report; with no such entry anywhere it is not even
-        // read (measured: a moka read is ~20% of a plain set).
-        let any_timed = self.timed.as_ref().is_none_or(|t| t.load(Ordering::Acquire) > 0);
-        let old = if any_timed { self.cache.get(&*key).filter(|e| e.has_deadline()) } else { None };
-        self.count_timed(deadline);
         let kept = keep.then(|| (Arc::clone(&key), Arc::clone(&entry)));
+        let mut write = self.entries.write(hash);
+        // Only an entry with a deadline has a row to end or an expiry to report.
+        let old = write.insert(Arc::clone(&key), Arc::clone(&entry)).filter(|e| e.has_deadline());
         if deadline == NO_DEADLINE && old.is_none() {
-            self.cache.insert(key, entry);
             return Ok(kept);
         }
-        self.cache.insert(Arc::clone(&key), Arc::clone(&entry));
-        // The row is written after the entry is in moka (the driver removes
-        // an expired entry only if moka holds it), sharing moka's key; the old
-        // entry's row goes in the same lock of the shard.
+        // The row is written after the entry is stored (the driver removes
+        // an expired entry only if the store holds it), sharing the entry's
+        // key; the old entry's row goes in the same lock of the shard.
         let new_row = (deadline != NO_DEADLINE).then(|| (Arc::clone(&key), deadline, &entry));
         let row_removed = self.deadlines.replace(hash, old.as_ref(), new_row);
         drop(write);
         if let Some(old) = old {
-            self.ended(&key, hash, &old, row_removed);
+            ended(&self.deadlines, &self.sink, &key, hash, &old, row_removed);
         }
         Ok(kept)
     }
@@ -563,9 +451,7 @@ impl<V: Value> Shared<V> {
             }
             Request::Delete { key, lock: _ } => {
                 let hash = self.deadlines.hash(&key);
-                let write = self.writes.lock(hash);
-                let removed = self.cache.remove(key.as_str());
-                drop(write);
+                let removed = self.entries.write(hash).remove(&key);
                 // Ends its deadline row and reports an entry that had already expired.
                 if let Some(old) = &removed {
                     self.removed(&key, hash, old);
@@ -578,22 +464,23 @@ impl<V: Value> Shared<V> {
                 Ok(Response::Bool(self.redeadline(&key, deadline, false)))
             }
             Request::Persist { key, lock: _ } => Ok(Response::Bool(self.redeadline(&key, NO_DEADLINE, true))),
-            Request::Keys => Ok(Response::Keys(self.live_entries().map(|(k, _)| k.to_string()).collect())),
-            Request::Items => Ok(Response::Items(
-                self.live_entries().map(|(k, e)| (k.to_string(), e.value.clone())).collect(),
-            )),
-            Request::Len => Ok(Response::Len(self.live_entries().count())),
+            Request::Keys => {
+                let mut keys = Vec::new();
+                self.for_each_live(|k, _| keys.push(k.to_string()));
+                Ok(Response::Keys(keys))
+            }
+            Request::Items => {
+                let mut items = Vec::new();
+                self.for_each_live(|k, e| items.push((k.to_string(), e.value.clone())));
+                Ok(Response::Items(items))
+            }
+            Request::Len => {
+                let mut len = 0;
+                self.for_each_live(|_, _| len += 1);
+                Ok(Response::Len(len))
+            }
             Request::Clear => {
-                let keys: Vec<Arc<Arc<str>>> = self.cache.iter().map(|(k, _)| k).collect();
-                for key in keys {
-                    let hash = self.deadlines.hash(&key);
-                    let write = self.writes.lock(hash);
-                    let removed = self.cache.remove(&**key);
-                    drop(write);
-                    if let Some(old) = removed {
-                        self.removed(&key, hash, &old);
-                    }
-                }
+                self.entries.clear(|key| self.deadlines.hash(key), |key, hash, old| self.removed(key, hash, &old));
                 self.deadlines.clear();
                 Ok(Response::Done)
             }
