@@ -342,6 +342,26 @@ impl<V: 'static> EventSink<V> {
         }
     }
 
+    /// [`expired`](Self::expired) for an entry the store shares (the memory
+    /// backend's): the event holds its key and its value, neither copied
+    /// (an at-least-once sink clones the value, which it may deliver again).
+    pub(crate) fn expired_shared(&self, key: Arc<str>, value: Arc<dyn SharedValue<V>>)
+    where
+        V: Clone + Send + Sync,
+    {
+        match self.retry {
+            Some(delivery) => self.expired_retrying(&key, Some(value.value().clone()), 1, delivery),
+            None => {
+                self.counters.expirations.incr();
+                if let Some(target) = &self.target
+                    && target.wants(EventKind::Expire)
+                {
+                    target.emit(Event::shared(EventKind::Expire, key, value));
+                }
+            }
+        }
+    }
+
     /// Reports delivery `attempt` of a leased expiration: `settle` is called
     /// once, with `true` when every `Expire` callback returned for it in time
     /// without panicking (at once if none listens), else `false`.

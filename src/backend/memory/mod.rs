@@ -24,7 +24,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::Value;
 use crate::error::{Error, Result};
-use crate::event::{Event, EventKind, EventSink};
+use crate::event::{Event, EventKind, EventSink, SharedValue};
 use crate::request::{LockGrant, Request, Response};
 use entries::{Entries, Entry, Hasher};
 use timers::{DeadlineTable, Micros, NO_DEADLINE, Row};
@@ -276,7 +276,9 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
             wait_for_room(&shared.sink, due.len()).await;
             for row in due.drain(..) {
                 if row.entry.claim_end() {
-                    shared.sink.expired(&row.key, || Some(row.entry.value.clone()));
+                    // The event shares the row's key and the entry's value.
+                    let entry: Arc<dyn SharedValue<V>> = row.entry.clone();
+                    shared.sink.expired_shared(Arc::clone(&row.key), entry);
                     reported.push((row.key, row.entry));
                 } else {
                     deadlines.dropped_dead(deadlines.hash(&row.key), 1);
