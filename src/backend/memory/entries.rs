@@ -285,3 +285,32 @@ impl WriteLocks {
         self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    /// A map that emptied gives its memory back; one that holds its size keeps it.
+    #[test]
+    fn a_sparse_map_shrinks() {
+        let entries = Entries::<u32>::map();
+        let keys: Vec<Arc<str>> = (0..150_000).map(|i| Arc::from(format!("k{i}"))).collect();
+        let hash = |k: &str| foldhash::fast::FixedState::default().hash_one(k);
+        for k in &keys {
+            entries.write(hash(k)).insert(Arc::clone(k), Arc::new(Entry::new(1, NO_DEADLINE)));
+        }
+        let Entries::Map(shards) = &entries else { unreachable!() };
+        let capacity = || shards.iter().map(|s| read(&s.0).capacity()).sum::<usize>();
+        let full = capacity();
+        assert!(full >= 150_000);
+        for k in &keys[..149_000] {
+            assert!(entries.write(hash(k)).remove(k).is_some());
+        }
+        assert_eq!(entries.count(), 1000);
+        assert!(capacity() * 4 < full, "capacity {} of {full}", capacity());
+        for k in &keys[149_000..] {
+            assert!(entries.read(k, hash(k), |e| e.value == 1).expect("kept"));
+        }
+    }
+}
