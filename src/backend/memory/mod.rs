@@ -204,12 +204,7 @@ impl<V: Value> MemoryBackend<V> {
             }
         };
         let cancel = CancellationToken::new();
-        let shared = Arc::new(Shared {
-            entries,
-            deadlines,
-            sink,
-            _driver: cancel.clone().drop_guard(),
-        });
+        let shared = Arc::new(Shared { entries, deadlines, sink, _driver: cancel.clone().drop_guard() });
         runtime.spawn(expiry_driver(Arc::downgrade(&shared), cancel));
         Ok(MemoryBackend { shared })
     }
@@ -219,7 +214,10 @@ impl<V: Value> MemoryBackend<V> {
     pub(crate) fn get_value(&self, key: &str) -> Option<V> {
         let now = Instant::now();
         let hash = self.shared.deadlines.hash(key);
-        self.shared.entries.read(key, hash, |e| self.shared.live_at(e, now).then(|| e.value.clone())).flatten()
+        self.shared
+            .entries
+            .read(key, hash, |e| self.shared.live_at(e, now).then(|| e.value.clone()))
+            .flatten()
     }
 
     /// What `Request::Set` does, without building a request.
@@ -482,7 +480,8 @@ impl<V: Value> Shared<V> {
                 Ok(Response::Len(len))
             }
             Request::Clear => {
-                self.entries.clear(|key| self.deadlines.hash(key), |key, hash, old| self.removed(key, hash, &old));
+                self.entries
+                    .clear(|key| self.deadlines.hash(key), |key, hash, old| self.removed(key, hash, &old));
                 self.deadlines.clear();
                 Ok(Response::Done)
             }
