@@ -321,10 +321,15 @@ impl<V: 'static> EventSink<V> {
 
     /// Builds and delivers an event, if anything listens to its kind.
     pub fn emit_with(&self, kind: EventKind, key: &str, value: impl FnOnce() -> Option<V>) {
+        self.emit_built(kind, || Event::keyed(kind, Arc::from(key), value()));
+    }
+
+    /// Delivers the event `build` makes, built only if anything listens to `kind`.
+    fn emit_built(&self, kind: EventKind, build: impl FnOnce() -> Event<V>) {
         if let Some(target) = &self.target
             && target.wants(kind)
         {
-            target.emit(Event::keyed(kind, Arc::from(key), value()));
+            target.emit(build());
         }
     }
 
@@ -353,11 +358,7 @@ impl<V: 'static> EventSink<V> {
             Some(delivery) => self.expired_retrying(&key, Some(value.value().clone()), 1, delivery),
             None => {
                 self.counters.expirations.incr();
-                if let Some(target) = &self.target
-                    && target.wants(EventKind::Expire)
-                {
-                    target.emit(Event::shared(EventKind::Expire, key, value));
-                }
+                self.emit_built(EventKind::Expire, || Event::shared(EventKind::Expire, key, value));
             }
         }
     }

@@ -212,12 +212,7 @@ impl<V: Value> MemoryBackend<V> {
     /// What `Request::Get` answers, without building a request (the handle's
     /// direct path: the key is not copied).
     pub(crate) fn get_value(&self, key: &str) -> Option<V> {
-        let now = Instant::now();
-        let hash = self.shared.deadlines.hash(key);
-        self.shared
-            .entries
-            .read(key, hash, |e| self.shared.live_at(e, now).then(|| e.value.clone()))
-            .flatten()
+        self.shared.read_live(key, |e| e.value.clone())
     }
 
     /// What `Request::Set` does, without building a request.
@@ -370,15 +365,13 @@ impl<V: Value> Shared<V> {
         true
     }
 
-    /// Whether `entry` is live at `now` (only entries with a deadline need the clock).
-    fn live_at(&self, entry: &Entry<V>, now: Instant) -> bool {
-        !entry.has_deadline() || entry.is_live(self.deadlines.micros(now))
-    }
-
-    fn get_live(&self, key: &str) -> Option<Arc<Entry<V>>> {
+    /// Runs `f` on the live entry of `key`, under its read lock (`f` only
+    /// copies out of it); only entries with a deadline need the clock.
+    fn read_live<R>(&self, key: &str, f: impl FnOnce(&Arc<Entry<V>>) -> R) -> Option<R> {
         let now = Instant::now();
         let hash = self.deadlines.hash(key);
-        self.entries.read(key, hash, |e| self.live_at(e, now).then(|| Arc::clone(e))).flatten()
+        let live = |e: &Entry<V>| !e.has_deadline() || e.is_live(self.deadlines.micros(now));
+        self.entries.read(key, hash, |e| live(e).then(|| f(e))).flatten()
     }
 
     /// Calls `f` on every live entry (under a read lock: `f` only collects).
@@ -435,13 +428,13 @@ impl<V: Value> Shared<V> {
 
     fn handle(&self, req: Request<V>) -> Result<Response<V>> {
         match req {
-            Request::Get { key } => Ok(Response::Value(self.get_live(&key).map(|e| e.value.clone()))),
-            Request::Exists { key } => Ok(Response::Bool(self.get_live(&key).is_some())),
+            Request::Get { key } => Ok(Response::Value(self.read_live(&key, |e| e.value.clone()))),
+            Request::Exists { key } => Ok(Response::Bool(self.read_live(&key, |_| ()).is_some())),
             Request::Ttl { key } => {
                 let now = Instant::now();
                 Ok(Response::Ttl(
-                    self.get_live(&key)
-                        .and_then(|e| e.has_deadline().then(|| self.deadlines.instant(e.deadline)))
+                    self.read_live(&key, |e| e.has_deadline().then(|| self.deadlines.instant(e.deadline)))
+                        .flatten()
                         .map(|d| d.saturating_duration_since(now)),
                 ))
             }
