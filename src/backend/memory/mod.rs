@@ -36,6 +36,9 @@ const EXPIRE_BATCH: usize = 1024;
 /// checks for newly due deadlines (~1 ms of moka conditional removals).
 const REMOVE_BATCH: usize = 64;
 
+/// How many deadline rows the driver stages ahead between batches (~0.3 ms).
+const STAGE_BATCH: usize = 8192;
+
 /// How many milliseconds in a row without progress of the `Expire` callbacks
 /// the driver waits for room in their queues (see [`wait_for_room`]).
 const ROOM_PATIENCE: u32 = 5;
@@ -260,12 +263,11 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
         loop {
             deadlines.take_due(Instant::now(), EXPIRE_BATCH, &mut due);
             let full = due.len() >= EXPIRE_BATCH;
-            // Report first, remove later: removing from moka costs several
-            // times a report, so a burst is reported on time and removed
-            // when nothing else is due (measured, 10k keys due at once:
-            // p99 lateness ~40 ms -> ~8-25 ms). A row whose entry has not
-            // ended is the entry moka holds for its key (every writer,
-            // remover and eviction ends the entry it takes out).
+            // Report first, remove later: a burst is reported on time and
+            // removed when nothing else is due (measured with moka's removals,
+            // 10k keys due at once: p99 lateness ~40 ms -> ~8-25 ms). A row
+            // whose entry has not ended is the entry the store holds for its
+            // key (every writer, remover and eviction ends the entry it takes out).
             wait_for_room(&shared.sink, due.len()).await;
             for row in due.drain(..) {
                 if row.entry.claim_end() {
@@ -281,7 +283,13 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
                 tokio::task::yield_now().await;
                 continue;
             }
+            // Between batches, large slots that start soon are split ahead.
+            let staging = deadlines.stage(Instant::now(), STAGE_BATCH);
             if reported.is_empty() {
+                if staging {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 break;
             }
             let rest = reported.len().saturating_sub(REMOVE_BATCH);
