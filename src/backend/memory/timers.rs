@@ -23,6 +23,12 @@
 //! when they come due and compacts a shard whose dead rows outnumber its live
 //! ones by 1,024, so the table stays bounded by the live entries.
 //!
+//! A large slot below the top level is split into the slots of the level
+//! below ahead of its start, a chunk at a time between the driver's batches
+//! ([`Staged`]), so that when it starts nothing is due behind a cascade of
+//! all its rows at once (measured, 1M deadlines over 1 s: the one-shot
+//! cascade of ~900k rows made 18-41 ms of lateness at the slot's start).
+//!
 //! Deadlines are whole microseconds since the table's `base` (an `u64`, not an
 //! `Instant`); rows are due by millisecond ticks rounded up, so a row is never
 //! taken before its deadline and at most 1 ms after it. The wheel is tokio's
