@@ -162,7 +162,15 @@ impl<V: Value> LiveDict<V> {
         }
     }
 
+    /// Sends `req` through the stack after spending one unit of Tokio's
+    /// cooperative budget (see [`yield_point`](Self::yield_point)).
     pub(crate) async fn call(&self, req: Request<V>) -> Result<Response<V>> {
+        Self::yield_point().await;
+        self.call_spent(req).await
+    }
+
+    /// [`call`](Self::call) for a caller that already spent the budget of this operation.
+    pub(crate) async fn call_spent(&self, req: Request<V>) -> Result<Response<V>> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -173,10 +181,10 @@ impl<V: Value> LiveDict<V> {
     /// TTL), replacing any earlier value and deadline.
     pub async fn set(&self, key: impl AsRef<str>, value: V) -> Result<()> {
         let key = key.as_ref();
-        self.spend_budget_if_reported().await;
+        Self::yield_point().await;
         match self.set_now(key, value, self.inner.default_ttl) {
             Ok(done) => done,
-            Err(value) => self.write_set(key, value, self.inner.default_ttl, None).await,
+            Err(value) => self.write_set_spent(key, value, self.inner.default_ttl, None).await,
         }
     }
 
@@ -186,22 +194,26 @@ impl<V: Value> LiveDict<V> {
     pub async fn set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Duration) -> Result<()> {
         validate_ttl(ttl)?;
         let key = key.as_ref();
-        self.spend_budget_if_reported().await;
+        Self::yield_point().await;
         match self.set_now(key, value, Some(ttl)) {
             Ok(done) => done,
-            Err(value) => self.write_set(key, value, Some(ttl), None).await,
+            Err(value) => self.write_set_spent(key, value, Some(ttl), None).await,
         }
     }
 
-    /// A `set` that hands an event to listeners spends Tokio's cooperative
-    /// budget, as the callback layer does on the stack (see its future): a
-    /// task doing nothing but memory writes (always ready) then still yields
-    /// now and then, so an async callback's worker gets to run.
-    async fn spend_budget_if_reported(&self) {
-        let memory = self.inner.direct.as_ref().is_some_and(Direct::is_memory);
-        if memory && self.inner.dispatcher.wants(EventKind::Set) {
-            tokio::task::coop::consume_budget().await;
-        }
+    /// Spends one unit of Tokio's cooperative budget
+    /// ([`tokio::task::coop`]), yielding first when the task has none left.
+    ///
+    /// Every operation of the handle calls this exactly once, before its
+    /// work, whether or not it then waits: an answer that is ready at once
+    /// (a memory `get`, an uncontended lock, an SQLite read on the calling
+    /// thread, a near-cache hit) would otherwise never give the worker back,
+    /// and a loop of them would starve every other task on it (lock waiters,
+    /// the store's own expiry driver, the application's handlers). Outside a
+    /// Tokio task (the blocking facade's `block_on` gives each call a fresh
+    /// budget) it costs a thread-local read and never yields.
+    pub(crate) async fn yield_point() {
+        tokio::task::coop::consume_budget().await;
     }
 
     pub(crate) async fn write_set(
@@ -211,8 +223,20 @@ impl<V: Value> LiveDict<V> {
         ttl: Option<Duration>,
         lock: Option<LockToken>,
     ) -> Result<()> {
+        Self::yield_point().await;
+        self.write_set_spent(key, value, ttl, lock).await
+    }
+
+    /// [`write_set`](Self::write_set) once the budget was spent.
+    async fn write_set_spent(
+        &self,
+        key: &str,
+        value: V,
+        ttl: Option<Duration>,
+        lock: Option<LockToken>,
+    ) -> Result<()> {
         validate_key(key)?;
-        match self.call(Request::Set { key: key.to_owned(), value, ttl, lock }).await? {
+        match self.call_spent(Request::Set { key: key.to_owned(), value, ttl, lock }).await? {
             Response::Done => Ok(()),
             _ => Err(Response::<V>::mismatch("set")),
         }
@@ -221,11 +245,12 @@ impl<V: Value> LiveDict<V> {
     /// The live value of `key`; never a value past its deadline.
     pub async fn get(&self, key: impl AsRef<str>) -> Result<Option<V>> {
         let key = key.as_ref();
+        Self::yield_point().await;
         if let Some(got) = self.get_now(key) {
             return got;
         }
         validate_key(key)?;
-        match self.call(Request::Get { key: key.to_owned() }).await? {
+        match self.call_spent(Request::Get { key: key.to_owned() }).await? {
             Response::Value(v) => Ok(v),
             _ => Err(Response::<V>::mismatch("get")),
         }

@@ -59,11 +59,6 @@ impl<V: Value> Direct<V> {
         Direct { engine, locks }
     }
 
-    /// Whether this is the memory stack's path (the one that emits `Set` events itself).
-    pub(crate) fn is_memory(&self) -> bool {
-        matches!(self.engine, Engine::Memory(_))
-    }
-
     /// The live value of a valid `key`, or `None` if the stack must answer.
     pub(crate) fn get(&self, dispatcher: &Dispatcher<V>, key: &str) -> Option<Result<Option<V>>> {
         if spans_enabled() || dispatcher.wants(EventKind::Get) {

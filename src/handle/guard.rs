@@ -125,6 +125,7 @@ impl<V: Value> KeyGuard<V> {
 
     /// Releases the lock now and reports a backend error, which dropping cannot.
     pub async fn unlock(mut self) -> Result<()> {
+        LiveDict::<V>::yield_point().await;
         self.released = true;
         if let Release::Table(locks) = &self.release {
             locks.release(&self.key, &self.token);
@@ -205,12 +206,13 @@ impl<V: Value> LiveDict<V> {
     pub async fn lock(&self, key: impl AsRef<str>, timeout: Duration) -> Result<KeyGuard<V>> {
         let key = key.as_ref();
         validate_key(key)?;
+        Self::yield_point().await;
         let token = LockToken::new();
         // Uncontended on memory: taken in the lock table, without the stack.
         if let Some(locks) = self.direct().and_then(|direct| direct.try_lock(key, &token)) {
             return Ok(KeyGuard::direct(self.clone(), key.to_owned(), token, locks.clone()));
         }
-        match self.call(Request::Lock { key: key.to_owned(), timeout, token: token.clone() }).await? {
+        match self.call_spent(Request::Lock { key: key.to_owned(), timeout, token: token.clone() }).await? {
             Response::Locked(grant) => Ok(KeyGuard::new(self.clone(), key.to_owned(), token, grant)),
             _ => Err(Response::<V>::mismatch("lock")),
         }
