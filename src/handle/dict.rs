@@ -10,7 +10,7 @@ use crate::Value;
 use crate::callback::{Callback, CallbackId};
 use crate::error::{Error, Result};
 use crate::event::dispatch::Dispatcher;
-use crate::event::{EventKind, EventTarget};
+use crate::event::EventKind;
 use crate::request::{LockToken, Request, Response, validate_key, validate_ttl};
 use crate::stack::Stack;
 use crate::stats::Stats;
