@@ -1,5 +1,5 @@
-//! Batches on Redis: `GetMany` is one `MGET` (one per shard touched on a
-//! cluster, pipelined on one connection); `SetMany` is one call of the
+//! Batches on Redis: `GetMany` is one round trip of pipelined `MGET`s (one
+//! per shard touched on a cluster, one per 250 keys on a single server); `SetMany` is one call of the
 //! `SET_MANY` script and `DeleteMany` one of `DELETE_MANY` (one per shard
 //! touched on a cluster, concurrently: a script stays in one slot).
 //!
@@ -21,6 +21,9 @@ use super::{Shared, Status, into_bytes, layout, ms};
 use crate::Value;
 use crate::error::{Error, Result};
 
+/// Keys per `MGET` of a `get_many` on a single server.
+const GET_CHUNK: usize = 250;
+
 /// The positions of a batch's keys, by shard, for one call (each shard's
 /// positions in the order given).
 type Call = Vec<(usize, Vec<usize>)>;
@@ -41,17 +44,35 @@ impl<V: Value> Shared<V> {
     }
 
     /// `Request::GetMany`: one live value per key, in order.
+    ///
+    /// The `MGET`s of a batch (one per shard touched on a cluster; on a
+    /// single server one per [`GET_CHUNK`] keys) are all sent at once on one
+    /// connection (pipelined: one round trip), and each answer is decoded as
+    /// it arrives, while the connection's task still reads the next ones.
+    /// Measured (1,000 keys, 100-byte JSON strings, 1 task): one `MGET`
+    /// decoded after the whole answer, 0.64x raw fred `MGET`.
     pub(super) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<V>>> {
+        use futures::StreamExt;
         let client = self.pool.next();
-        let calls = self.calls(keys.iter().map(String::as_str).enumerate());
-        let reads = calls.iter().map(|call| async move {
-            let at: Vec<usize> = call.iter().flat_map(|(_, group)| group.iter().copied()).collect();
-            let full: Vec<String> = at.iter().map(|&i| self.layout.shard(&keys[i]).value(&keys[i])).collect();
-            let stored: Vec<Option<Bytes>> = client.mget(full).await.map_err(|e| self.backend_error("mget", e))?;
-            Ok::<_, Error>((at, stored))
-        });
+        let calls: Vec<Vec<usize>> = if self.clustered {
+            let calls = self.calls(keys.iter().map(String::as_str).enumerate());
+            calls.into_iter().flatten().map(|(_, at)| at).collect()
+        } else {
+            let all: Vec<usize> = (0..keys.len()).collect();
+            all.chunks(GET_CHUNK).map(<[usize]>::to_vec).collect()
+        };
+        let mut reads: futures::stream::FuturesUnordered<_> = calls
+            .into_iter()
+            .map(|at| async move {
+                let full: Vec<String> = at.iter().map(|&i| self.layout.shard(&keys[i]).value(&keys[i])).collect();
+                let stored: Vec<Option<Bytes>> =
+                    client.mget(full).await.map_err(|e| self.backend_error("mget", e))?;
+                Ok::<_, Error>((at, stored))
+            })
+            .collect();
         let mut out = vec![None; keys.len()];
-        for (at, stored) in try_join_all(reads).await? {
+        while let Some(read) = reads.next().await {
+            let (at, stored) = read?;
             for (i, stored) in at.into_iter().zip(stored) {
                 if let Some((_, body)) = self.live(&keys[i], stored)? {
                     out[i] = Some(self.config.codec.decode(&keys[i], &body)?);
