@@ -19,7 +19,8 @@ fn keys(n: usize) -> Vec<String> {
 async fn answers_in_order_with_none_for_missing_keys(h: &Harness) {
     let d = h.open::<u32>().await;
     let all = keys(300);
-    let entries: Vec<(String, u32)> = all.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(i, k)| (k.clone(), i as u32)).collect();
+    let entries: Vec<(String, u32)> =
+        all.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(i, k)| (k.clone(), i as u32)).collect();
     d.set_many(entries, None).await.unwrap();
     let got = d.get_many(&all).await.unwrap();
     assert_eq!(got.len(), all.len());
@@ -103,7 +104,9 @@ async fn a_batch_waits_for_a_locked_key_and_holds_no_lock_meanwhile(h: &Harness)
     for (i, w) in writers.into_iter().enumerate() {
         let done = Arc::clone(&done);
         tasks.push(tokio::spawn(async move {
-            w.set_many(vec![("a", 10 + i as u32), ("b", 10 + i as u32), ("c", 10 + i as u32)], None).await.unwrap();
+            w.set_many(vec![("a", 10 + i as u32), ("b", 10 + i as u32), ("c", 10 + i as u32)], None)
+                .await
+                .unwrap();
             w.delete_many(&["c", "b"]).await.unwrap();
             done.store(true, Ordering::SeqCst);
         }));

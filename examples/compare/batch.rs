@@ -68,7 +68,16 @@ fn singles(rep: &mut Report, o: &Opts, backend: &str, url: &str) {
         };
         let note = format!("1 task, {n} keys a batch; raw: {n} single `set` calls of livedict");
         let (s, m) = best_pair(o.rounds(), rounds * n, single_set, many_set);
-        rep.ops("batch", backend, &format!("set_many({n}) vs single set"), 1, m, Some(s), target(backend), &note);
+        rep.ops(
+            "batch",
+            backend,
+            &format!("set_many({n}) vs single set"),
+            1,
+            m,
+            Some(s),
+            target(backend),
+            &note,
+        );
         let single_get = || {
             on_tasks(&rt, 1, |_| {
                 let (d, keys) = (d.clone(), Arc::clone(&keys));
@@ -94,7 +103,16 @@ fn singles(rep: &mut Report, o: &Opts, backend: &str, url: &str) {
         };
         let note = format!("1 task, {n} keys a batch; raw: {n} single `get` calls of livedict");
         let (s, m) = best_pair(o.rounds(), rounds * n, single_get, many_get);
-        rep.ops("batch", backend, &format!("get_many({n}) vs single get"), 1, m, Some(s), target(backend), &note);
+        rep.ops(
+            "batch",
+            backend,
+            &format!("get_many({n}) vs single get"),
+            1,
+            m,
+            Some(s),
+            target(backend),
+            &note,
+        );
     }
     rt.block_on(d.shutdown()).expect("shutdown");
 }
@@ -129,7 +147,8 @@ fn raw(rep: &mut Report, o: &Opts, server: &Server) {
                 async move {
                     for _ in 0..rounds {
                         // Pipelined: every SET sent before the first reply is awaited.
-                        let sets = keys.iter().map(|k| c.set::<(), _, _>(k.as_str(), v.clone(), None, None, false));
+                        let sets =
+                            keys.iter().map(|k| c.set::<(), _, _>(k.as_str(), v.clone(), None, None, false));
                         futures::future::try_join_all(sets).await.expect("SET");
                     }
                 }
@@ -147,7 +166,16 @@ fn raw(rep: &mut Report, o: &Opts, server: &Server) {
         };
         let note = format!("1 task, {n} keys a batch; raw: fred, {n} pipelined `SET`s");
         let (r, m) = best_pair(o.rounds(), rounds * n, raw_set, many_set);
-        rep.ops("batch", "redis", &format!("set_many({n}) vs pipelined SET"), 1, m, Some(r), Target::Ratio(0.8), &note);
+        rep.ops(
+            "batch",
+            "redis",
+            &format!("set_many({n}) vs pipelined SET"),
+            1,
+            m,
+            Some(r),
+            Target::Ratio(0.8),
+            &note,
+        );
         let raw_get = || {
             on_tasks(&rt, 1, |_| {
                 let (c, keys) = (raw.clone(), Arc::clone(&keys));
@@ -172,7 +200,16 @@ fn raw(rep: &mut Report, o: &Opts, server: &Server) {
         };
         let note = format!("1 task, {n} keys a batch; raw: fred `MGET` of the {n} keys");
         let (r, m) = best_pair(o.rounds(), rounds * n, raw_get, many_get);
-        rep.ops("batch", "redis", &format!("get_many({n}) vs MGET"), 1, m, Some(r), Target::Ratio(0.8), &note);
+        rep.ops(
+            "batch",
+            "redis",
+            &format!("get_many({n}) vs MGET"),
+            1,
+            m,
+            Some(r),
+            Target::Ratio(0.8),
+            &note,
+        );
     }
     rt.block_on(async {
         d.shutdown().await.expect("shutdown");

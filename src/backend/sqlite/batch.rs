@@ -56,7 +56,9 @@ impl<V: Value> Shared<V> {
             if locked.is_empty() {
                 return out
                     .into_iter()
-                    .map(|o| o.ok_or_else(|| Error::backend_msg("sqlite", "a write of a batch had no outcome")))
+                    .map(|o| {
+                        o.ok_or_else(|| Error::backend_msg("sqlite", "a write of a batch had no outcome"))
+                    })
                     .collect();
             }
             pending = locked;

@@ -592,7 +592,8 @@ impl<V: Value> Shared<V> {
             Request::CompareAndSet { .. } | Request::Incr { .. } => Ok(Response::Unsupported),
             Request::GetMany { keys } => {
                 let (keys, rows) = self.get_many(keys).await?;
-                let values = keys.iter().zip(rows).map(|(k, row)| row.map(|b| codec.decode(k, &b)).transpose());
+                let values =
+                    keys.iter().zip(rows).map(|(k, row)| row.map(|b| codec.decode(k, &b)).transpose());
                 Ok(Response::Values(values.collect::<Result<_>>()?))
             }
             Request::SetMany { entries, ttl } => {
