@@ -24,8 +24,8 @@ impl<V: Value> LiveDict<V> {
     ///
     /// One request through the stack, each key read as [`get`](Self::get)
     /// reads it (one `Get` event per hit). Cost: on memory one read lock per
-    /// shard touched; on SQLite one read transaction; on Redis one `MGET`
-    /// round trip (one per shard touched, pipelined, on a cluster). A bad key
+    /// shard touched; on SQLite one read transaction; on Redis one round
+    /// trip of pipelined `MGET`s (one per shard touched on a cluster). A bad key
     /// anywhere is [`Error::InvalidKey`] and nothing is read.
     ///
     /// ```
