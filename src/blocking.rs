@@ -369,6 +369,45 @@ impl<V: Value> LiveDict<V> {
     }
 }
 
+// Batches (`get_many`, `set_many`, `delete_many`): the twins of `handle/batch.rs`.
+impl<V: Value> LiveDict<V> {
+    /// See [`crate::LiveDict::get_many`].
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// d.set("a", 1)?;
+    /// assert_eq!(d.get_many(&["a", "b"])?, [Some(1), None]);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
+        self.runtime.block_on(self.inner.get_many(keys))?
+    }
+
+    /// See [`crate::LiveDict::set_many`].
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// d.set_many(vec![("a", 1), ("b", 2)], None)?;
+    /// assert_eq!(d.len()?, 2);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn set_many<K: AsRef<str>>(&self, entries: Vec<(K, V)>, ttl: Option<Duration>) -> Result<()> {
+        self.runtime.block_on(self.inner.set_many(entries, ttl))?
+    }
+
+    /// See [`crate::LiveDict::delete_many`].
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// d.set_many(vec![("a", 1), ("b", 2)], None)?;
+    /// assert_eq!(d.delete_many(&["a", "b", "c"])?, 2);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn delete_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<usize> {
+        self.runtime.block_on(self.inner.delete_many(keys))?
+    }
+}
+
 /// The blocking twin of [`crate::Watch`]: a live event stream read without `.await`.
 ///
 /// As an [`Iterator`] it yields items until the store is shut down (and,

@@ -239,6 +239,27 @@ pub enum Request<V> {
         /// The new integer as a value.
         value_of: fn(i64) -> Option<V>,
     },
+    /// Read the live values of many keys (a batch; answered with
+    /// [`Response::Values`], one per key in order).
+    GetMany {
+        /// The keys, each checked by [`validate_key`].
+        keys: Vec<String>,
+    },
+    /// Store many values with one TTL (`None`: no expiry, dropping any old
+    /// deadline); atomic per key, not across keys. Answered with
+    /// [`Response::Done`]. Waits for every key locked by another holder.
+    SetMany {
+        /// The entries, in order (a key given twice ends with its last value).
+        entries: Vec<(String, V)>,
+        /// Time to live of every entry, or `None` for no expiry.
+        ttl: Option<Duration>,
+    },
+    /// Remove many keys (answered with [`Response::DeletedMany`], one per key
+    /// in order). Waits for every key locked by another holder.
+    DeleteMany {
+        /// The keys.
+        keys: Vec<String>,
+    },
 }
 
 impl<V> Request<V> {
@@ -262,6 +283,9 @@ impl<V> Request<V> {
             Request::Shutdown => "shutdown",
             Request::CompareAndSet { .. } => "compare_and_set",
             Request::Incr { .. } => "incr",
+            Request::GetMany { .. } => "get_many",
+            Request::SetMany { .. } => "set_many",
+            Request::DeleteMany { .. } => "delete_many",
         }
     }
 
@@ -280,7 +304,14 @@ impl<V> Request<V> {
             | Request::Unlock { key, .. }
             | Request::CompareAndSet { key, .. }
             | Request::Incr { key, .. } => Some(key),
-            Request::Keys | Request::Items | Request::Len | Request::Clear | Request::Shutdown => None,
+            Request::Keys
+            | Request::Items
+            | Request::Len
+            | Request::Clear
+            | Request::Shutdown
+            | Request::GetMany { .. }
+            | Request::SetMany { .. }
+            | Request::DeleteMany { .. } => None,
         }
     }
 
@@ -292,6 +323,16 @@ impl<V> Request<V> {
             | Request::Expire { key, lock, .. }
             | Request::Persist { key, lock } => Some((key, lock.as_ref())),
             Request::CompareAndSet { key, .. } | Request::Incr { key, .. } => Some((key, None)),
+            _ => None,
+        }
+    }
+
+    /// For batch writes (`SetMany`, `DeleteMany`): the keys they write, in
+    /// order (they carry no lock token, so they wait for every holder).
+    pub fn batch_write_keys(&self) -> Option<Box<dyn Iterator<Item = &str> + '_>> {
+        match self {
+            Request::SetMany { entries, .. } => Some(Box::new(entries.iter().map(|(k, _)| k.as_str()))),
+            Request::DeleteMany { keys } => Some(Box::new(keys.iter().map(String::as_str))),
             _ => None,
         }
     }
@@ -328,8 +369,14 @@ pub enum Response<V> {
     /// The backend has no single step for this request; the caller falls
     /// back to another way (see [`Request::CompareAndSet`]).
     Unsupported,
-    /// For `Set`, `Clear`, `Renew`, `Unlock`, `Shutdown`.
+    /// For `Set`, `SetMany`, `Clear`, `Renew`, `Unlock`, `Shutdown`.
     Done,
+    /// For `GetMany`: one live value (or `None`) per key, in the order asked.
+    Values(Vec<Option<V>>),
+    /// For `DeleteMany`: one answer per key, in the order asked: whether a
+    /// live entry was removed, and its value when the backend had it (as
+    /// [`Response::Deleted`]).
+    DeletedMany(Vec<(bool, Option<V>)>),
 }
 
 impl<V> Response<V> {

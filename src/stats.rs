@@ -76,6 +76,13 @@ impl Counter {
         self.stripes[stripe()].0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n` (a batch's count).
+    pub(crate) fn add(&self, n: u64) {
+        if n > 0 {
+            self.stripes[stripe()].0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// The current total.
     pub(crate) fn get(&self) -> u64 {
         self.stripes.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()

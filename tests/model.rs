@@ -1,6 +1,7 @@
 //! Model-based test: random operation sequences run against every backend and
 //! against a plain `HashMap` reference model; every response and the exact
 //! multiset of `Set`/`Delete`/`Expire` events (values included) must match.
+//! Batches (`get_many`, `set_many`, `delete_many`) are among the operations.
 //! About a third of the operations go through a second handle: on SQLite and
 //! Redis a separately built store on the same data (its own stack, callbacks
 //! and expiry driver), so both share the one model and, together, must report
@@ -81,6 +82,10 @@ enum Op {
     Locked(&'static str, Write, bool),
     /// Let virtual time pass (ms; a multiple of 10). No-op on real-time backends.
     Advance(u64),
+    /// Batches of three keys (a key may come twice).
+    GetMany([&'static str; 3]),
+    SetMany([(&'static str, u16); 3], Option<Ttl>),
+    DeleteMany([&'static str; 3]),
 }
 
 impl fmt::Debug for Op {
@@ -110,6 +115,9 @@ impl fmt::Debug for Op {
                 }
             }
             Op::Advance(ms) => write!(f, "advance({ms}ms)"),
+            Op::GetMany(keys) => write!(f, "get_many({keys:?})"),
+            Op::SetMany(entries, ttl) => write!(f, "set_many({entries:?}, {ttl:?})"),
+            Op::DeleteMany(keys) => write!(f, "delete_many({keys:?})"),
         }
     }
 }
@@ -170,6 +178,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Clear),
         2 => (key(), write(), any::<bool>()).prop_map(|(k, w, u)| Op::Locked(k, w, u)),
         3 => (1u64..=10).prop_map(|i| Op::Advance(i * 10)),
+        2 => prop::array::uniform3(key()).prop_map(Op::GetMany),
+        2 => (prop::array::uniform3((key(), value())), prop::option::of(ttl())).prop_map(|(e, t)| Op::SetMany(e, t)),
+        1 => prop::array::uniform3(key()).prop_map(Op::DeleteMany),
     ]
 }
 
@@ -370,6 +381,23 @@ async fn apply(d: &LiveDict<u16>, op: Op, clock: &mut Clock, model: &mut Model) 
             } else {
                 drop(guard);
             }
+        }
+        Op::GetMany(keys) => {
+            check("get_many", d.get_many(&keys).await.map_err(err)?, keys.map(|k| model.get(k)).to_vec())?
+        }
+        Op::SetMany(entries, ttl) => {
+            let ttls = ttl.map(|t| clock.ttls(t));
+            d.set_many(entries.to_vec(), ttls.map(|(real, _)| real)).await.map_err(err)?;
+            if let Some(t) = ttl {
+                clock.wrote(t);
+            }
+            for (k, v) in entries {
+                model.set(k, v, ttls.map(|(_, modelled)| modelled));
+            }
+        }
+        Op::DeleteMany(keys) => {
+            let removed = keys.iter().filter(|k| model.delete(k)).count();
+            check("delete_many", d.delete_many(&keys).await.map_err(err)?, removed)?
         }
         Op::Advance(ms) => {
             if !clock.real {

@@ -3,7 +3,7 @@
 //! ratios.
 //!
 //! ```text
-//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale] [--json] [--svg DIR]
+//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,batch] [--json] [--svg DIR]
 //! ```
 //!
 //! - `memory`: `get` / `set` / `set_with_ttl` through the full default stack
@@ -30,6 +30,9 @@
 //! - `memory-rss`: resident memory per TTL'd entry at 1M keys: the RSS growth
 //!   (`/proc/self/statm`) while filling `memory://`, next to raw moka, each in
 //!   a fresh child process.
+//! - `batch`: `get_many` / `set_many` of 100 and 1,000 keys (keys/s, 1 task)
+//!   against the same number of single `get` / `set` calls on memory, SQLite
+//!   and Redis, and on Redis against raw fred `MGET` / pipelined `SET`s.
 //! - `expire-scale`: 1M keys on `memory://` with deadlines spread evenly over
 //!   one second (1M expirations/s), one sync `Expire` callback: delivered
 //!   count and lateness (p99 goal 50 ms).
@@ -43,6 +46,7 @@
 //! expire lateness per backend and scenario).
 
 mod alloc;
+mod batch;
 mod callback;
 mod expire;
 mod memory;
@@ -102,7 +106,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale] [--json] [--svg DIR]\n\n\
+                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,batch] [--json] [--svg DIR]\n\n\
                          --quick        fewer keys and rounds (~1 min instead of ~7)\n\
                          --only LIST    run only these suites (comma-separated)\n\
                          --json         print only the JSON rows, no table\n\
@@ -139,8 +143,18 @@ impl Opts {
     }
 }
 
-const SUITES: [&str; 9] =
-    ["memory", "sqlite", "redis", "expire", "callback", "lock", "memory-size", "memory-rss", "expire-scale"];
+const SUITES: [&str; 10] = [
+    "memory",
+    "sqlite",
+    "redis",
+    "expire",
+    "callback",
+    "lock",
+    "memory-size",
+    "memory-rss",
+    "expire-scale",
+    "batch",
+];
 
 fn die(msg: &str) -> ! {
     eprintln!("compare: {msg}");
@@ -253,7 +267,8 @@ fn main() {
     if o.wants("expire-scale") {
         expire::scale(&mut rep, &o);
     }
-    let server = if o.wants("redis") || o.wants("expire") { redis::Server::start() } else { None };
+    let server =
+        if o.wants("redis") || o.wants("expire") || o.wants("batch") { redis::Server::start() } else { None };
     if o.wants("sqlite") {
         sqlite::run(&mut rep, &o);
     }
@@ -262,6 +277,9 @@ fn main() {
     }
     if o.wants("expire") {
         expire::run(&mut rep, &o, server.as_ref());
+    }
+    if o.wants("batch") {
+        batch::run(&mut rep, &o, server.as_ref());
     }
     drop(server);
     rep.table(started.elapsed());

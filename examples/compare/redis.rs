@@ -31,7 +31,7 @@ impl Server {
         )
     }
 
-    fn raw_url(&self) -> String {
+    pub fn raw_url(&self) -> String {
         self.inner.url()
     }
 }

@@ -4,12 +4,13 @@
 //! every other file here adds to it and depends on `dict.rs` only (never the
 //! other way): `builder.rs` (the default stack, `open`, `builder`),
 //! `guard.rs` (per-key locks, `lock`), `atomic.rs` (`update`, `incr`,
-//! `compare_and_set`), `single_flight.rs` with `flights.rs`
+//! `compare_and_set`), `batch.rs` (`get_many`, `set_many`, `delete_many`), `single_flight.rs` with `flights.rs`
 //! (`get_or_insert_with`), `watch.rs` (`watch`) and `metrics.rs`.
 //! `direct.rs` is the one piece `dict.rs` uses: `get` and `set` on the
 //! default memory stack without a request when no layer has work to do.
 
 pub(crate) mod atomic;
+mod batch;
 pub(crate) mod builder;
 pub(crate) mod dict;
 mod direct;

@@ -140,6 +140,32 @@ impl<V: Send + Sync + 'static> Entries<V> {
         }
     }
 
+    /// Which lock guards the key whose `DeadlineTable::hash` is `hash` (a
+    /// shard of the map; a stripe of moka's writes): a batch takes each once
+    /// for all its keys that share it.
+    pub(super) fn lock_of(&self, hash: u64) -> usize {
+        match self {
+            Entries::Map(_) => shard_of(hash),
+            Entries::Moka { .. } => stripe_of(hash),
+        }
+    }
+
+    /// Runs `f` with a lookup of the entries of the shard of `hash`, under one
+    /// read lock (moka: none); `f` must only look up keys of that shard.
+    pub(super) fn read_shard<R>(
+        &self,
+        hash: u64,
+        f: impl FnOnce(&dyn Fn(&str) -> Option<Arc<Entry<V>>>) -> R,
+    ) -> R {
+        match self {
+            Entries::Map(shards) => {
+                let map = read(&shards[shard_of(hash)].0);
+                f(&|key| map.get(key).cloned())
+            }
+            Entries::Moka { cache, .. } => f(&|key| cache.get(key)),
+        }
+    }
+
     /// Calls `f` on every entry (one shard's read lock at a time for the map):
     /// `f` must not call back into the store.
     pub(super) fn for_each(&self, mut f: impl FnMut(&Arc<str>, &Arc<Entry<V>>)) {
@@ -262,6 +288,10 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 const WRITE_STRIPES: usize = 64;
 
+fn stripe_of(hash: u64) -> usize {
+    hash as usize % WRITE_STRIPES
+}
+
 /// Serializes the writes to one key of moka (striped over [`WRITE_STRIPES`]
 /// mutexes), so each write knows exactly the entry it replaced or removed.
 ///
@@ -280,7 +310,7 @@ impl WriteLocks {
 
     /// Locks the stripe of the key whose `DeadlineTable::hash` is `hash`.
     fn lock(&self, hash: u64) -> MutexGuard<'_, ()> {
-        let i = hash as usize % WRITE_STRIPES;
+        let i = stripe_of(hash);
         // The guarded data is `()`: a panic while held leaves nothing inconsistent.
         self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
     }

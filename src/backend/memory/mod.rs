@@ -10,6 +10,7 @@
 //! foldhash (seeded per store) instead of SipHash (~160 instructions a hash).
 //! Measured with callgrind: see CHANGELOG (issue 18).
 
+mod batch;
 mod entries;
 mod timers;
 
@@ -509,6 +510,9 @@ impl<V: Value> Shared<V> {
             Request::Renew { .. } | Request::Unlock { .. } | Request::Shutdown => Ok(Response::Done),
             // Atomic through the lock layer (see `atomic.rs`): no step of its own needed.
             Request::CompareAndSet { .. } | Request::Incr { .. } => Ok(Response::Unsupported),
+            Request::GetMany { keys } => Ok(Response::Values(self.get_many(&keys))),
+            Request::SetMany { entries, ttl } => self.set_many(entries, ttl).map(|()| Response::Done),
+            Request::DeleteMany { keys } => Ok(Response::DeletedMany(self.delete_many(&keys))),
         }
     }
 }

@@ -162,7 +162,7 @@ impl<V: Value> Shared<V> {
 
     /// `SET_MANY` over `ops`: one reply per op, in order. One `EVALSHA` on a
     /// single server; on a cluster one per shard (a script stays in one slot), concurrently.
-    async fn run_sets(&self, ops: &[SetOp]) -> Vec<SetReply> {
+    pub(super) async fn run_sets(&self, ops: &[SetOp]) -> Vec<SetReply> {
         if !self.clustered || ops.len() == 1 {
             let all: Vec<&SetOp> = ops.iter().collect();
             return self.run_group(&all).await;

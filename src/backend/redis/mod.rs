@@ -49,6 +49,7 @@ mod config;
 mod eviction;
 mod feed;
 mod layout;
+mod many;
 mod near;
 mod routers;
 mod scripts;
@@ -666,6 +667,9 @@ impl<V: Value> Shared<V> {
             Request::Incr { key, delta, ttl, range, value_of } => {
                 self.incr(key, delta, ttl, range, value_of).await
             }
+            Request::GetMany { keys } => Ok(Response::Values(self.get_many(&keys).await?)),
+            Request::SetMany { entries, ttl } => self.set_many(entries, ttl).await.map(|()| Response::Done),
+            Request::DeleteMany { keys } => Ok(Response::DeletedMany(self.delete_many(&keys).await?)),
             Request::Keys => {
                 let found = self.scan_namespace().await?;
                 let due = try_join_all(shards.iter().map(|s| self.due_in(s))).await?;

@@ -158,6 +158,7 @@ impl<V: Value> Shared<V> {
         let Some(near) = &self.near else { return self.handle(req).await };
         enum Touch {
             Key(String),
+            Keys(Vec<String>),
             All,
             Nothing,
         }
@@ -170,12 +171,15 @@ impl<V: Value> Shared<V> {
             | Request::CompareAndSet { key, .. }
             | Request::Incr { key, .. }
             | Request::Lock { key, .. } => Touch::Key(key.clone()),
+            Request::SetMany { entries, .. } => Touch::Keys(entries.iter().map(|(k, _)| k.clone()).collect()),
+            Request::DeleteMany { keys } => Touch::Keys(keys.clone()),
             Request::Clear | Request::Shutdown => Touch::All,
             _ => Touch::Nothing,
         };
         let out = self.handle(req).await;
         match touch {
             Touch::Key(key) => near.invalidate(&key),
+            Touch::Keys(keys) => keys.iter().for_each(|key| near.invalidate(key)),
             Touch::All => near.invalidate_all(),
             Touch::Nothing => {}
         }

@@ -234,6 +234,52 @@ end
 return {'OK', false, payload(old, od)}
 "#;
 
+/// Unguarded deletes of many keys (`delete_many`), grouped by shard as in
+/// [`SET_MANY`]: for each shard, `KEYS` its index, its count, then the value
+/// key of each delete; `ARGV[1]` the grace mode, then per shard how many
+/// deletes follow → `{status, expired, removed value}` for every delete, in
+/// call order. Each is checked and applied on its own, as [`DELETE`] does it:
+/// `LOCKED` (another owner holds its lock: nothing done), `MISSING` or `OK`.
+const DELETE_MANY: &str = r#"
+local grace, notified, durable = grace_mode(ARGV[1])
+local now = false
+local out = {}
+local k = 1
+for a = 2, #ARGV do
+  local idx, cnt, n = KEYS[k], KEYS[k + 1], tonumber(ARGV[a])
+  local prefix = string.sub(idx, 1, -2)
+  local plen = #prefix + 3
+  for j = 0, n - 1 do
+    local vkey = KEYS[k + 2 + j]
+    local member = string.sub(vkey, plen)
+    local st, expired, removed = 'OK', false, false
+    if redis.call('EXISTS', prefix .. 'l:' .. member) == 1 then
+      st = 'LOCKED'
+    else
+      local old = redis.call('GET', vkey)
+      if not old then
+        st, expired = 'MISSING', claim_dropped(idx, cnt, member, grace, notified, durable)
+      else
+        redis.call('DEL', vkey)
+        redis.call('DECR', cnt)
+        local od = deadline_of(old)
+        if od then
+          redis.call('ZREM', idx, member)
+          now = now or now_ms()
+          if od <= now then st, expired = 'MISSING', handover(idx, member, payload(old, od), durable) end
+        end
+        if st == 'OK' then removed = payload(old, od) end
+      end
+    end
+    out[#out + 1] = st
+    out[#out + 1] = expired
+    out[#out + 1] = removed
+  end
+  k = k + 2 + n
+end
+return out
+"#;
+
 /// `ARGV`: owner, member, ttl_ms, grace mode, wake channel, shard → `{status, expired}`.
 const EXPIRE: &str = r#"
 local st = lock_state(KEYS[4], ARGV[1])
@@ -483,6 +529,7 @@ return {'OK'}
 pub(super) struct Scripts {
     pub(super) set_many: Script,
     pub(super) delete: Script,
+    pub(super) delete_many: Script,
     pub(super) expire: Script,
     pub(super) persist: Script,
     pub(super) write_if: Script,
@@ -503,6 +550,7 @@ impl Scripts {
         Scripts {
             set_many: Script::from_lua(format!("{LUA_HEADER}{SET_MANY}")),
             delete: with_prelude(DELETE),
+            delete_many: with_prelude(DELETE_MANY),
             expire: with_prelude(EXPIRE),
             persist: with_prelude(PERSIST),
             write_if: with_prelude(WRITE_IF),

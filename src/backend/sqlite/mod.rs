@@ -34,6 +34,7 @@
 //!   are claimed at the next open).
 //! - A value that does not decode is [`Error::Decode`] and stays in the file.
 
+mod batch;
 mod config;
 mod driver;
 mod feed;
@@ -589,6 +590,36 @@ impl<V: Value> Shared<V> {
             }
             // Atomic through the cross-process lock (see `atomic.rs`).
             Request::CompareAndSet { .. } | Request::Incr { .. } => Ok(Response::Unsupported),
+            Request::GetMany { keys } => {
+                let (keys, rows) = self.get_many(keys).await?;
+                let values =
+                    keys.iter().zip(rows).map(|(k, row)| row.map(|b| codec.decode(k, &b)).transpose());
+                Ok(Response::Values(values.collect::<Result<_>>()?))
+            }
+            Request::SetMany { entries, ttl } => {
+                // Every value is encoded before anything is written.
+                let encoder = self.config.encoder();
+                let encoded = entries
+                    .into_iter()
+                    .map(|(key, value)| encoder.encode(&key, &value).map(|value| (key, value)))
+                    .collect::<Result<Vec<_>>>()?;
+                let expires_at = ttl.map(|t| self.deadline(t));
+                let ops = encoded
+                    .into_iter()
+                    .map(|(key, value)| WriteOp::Set { key, value, expires_at, owner: None })
+                    .collect();
+                self.write_many(ops).await?;
+                Ok(Response::Done)
+            }
+            Request::DeleteMany { keys } => {
+                let ops = keys.iter().map(|key| WriteOp::Delete { key: key.clone(), owner: None }).collect();
+                let outcomes = self.write_many(ops).await?;
+                let removed = keys.iter().zip(outcomes).map(|(key, outcome)| match outcome {
+                    WriteOutcome::Deleted(Some(bytes)) => (true, codec.decode(key, &bytes).ok()),
+                    _ => (false, None),
+                });
+                Ok(Response::DeletedMany(removed.collect()))
+            }
             Request::Shutdown => {
                 // Every acknowledged write is already committed; stop the driver.
                 self.closed.store(true, Ordering::Release);

@@ -148,6 +148,10 @@ pub(super) enum WriteOp {
     Settle {
         receipts: Vec<(i64, u32, bool)>,
     },
+    /// A batch (`set_many`, `delete_many`): plain `Set`s and `Delete`s applied
+    /// one after another in one transaction, each checked on its own, exactly
+    /// as if it came alone; answered with [`WriteOutcome::Many`].
+    Many(Vec<WriteOp>),
 }
 
 /// An expiration leased to this process (`at_least_once`): delivery number
@@ -183,6 +187,8 @@ pub(super) enum WriteOutcome {
         abandoned: usize,
         full: bool,
     },
+    /// `Many`: one outcome per write, in order.
+    Many(Vec<WriteOutcome>),
 }
 
 /// What a write did. The expirations it found on the way (an expired row a
@@ -360,8 +366,9 @@ impl Writer {
     /// 8.9k/s queued, 36k/s inline; async set 13k/s queued).
     pub(super) fn write_inline(&self, op: &WriteOp, how: Inline) -> Option<Result<Applied>> {
         let core = &self.core;
-        if how == Inline::Async && (!core.inline_async || matches!(op, WriteOp::Clear)) {
-            // Clear deletes every row: no one-row write, so it goes to the writer thread.
+        if how == Inline::Async && (!core.inline_async || matches!(op, WriteOp::Clear | WriteOp::Many(_))) {
+            // Clear deletes every row and a batch writes many: no one-row
+            // write, so they go to the writer thread (a batch joins its group commit).
             return None;
         }
         if core.queued.load(Ordering::Acquire) > 0 || core.batching.load(Ordering::Acquire) {
@@ -721,6 +728,8 @@ fn apply(
     found: &mut Vec<(String, Vec<u8>)>,
 ) -> rusqlite::Result<Applied> {
     let mut expired: Vec<(String, Vec<u8>)> = Vec::new();
+    // Whether a write of a `Many` held an expiration it found (see `held` below).
+    let mut held_by_many = false;
     let guarded = match &op {
         WriteOp::Set { key, owner, .. }
         | WriteOp::Delete { key, owner }
@@ -791,6 +800,15 @@ fn apply(
             WriteOutcome::Done
         }
         WriteOp::ClaimDue { limit } => claim_due(tx, sql, now, limit)?,
+        WriteOp::Many(ops) => {
+            let mut outcomes = Vec::with_capacity(ops.len());
+            for op in ops {
+                let applied = apply(tx, sql, now, seen, op, found)?;
+                held_by_many |= applied.held;
+                outcomes.push(applied.outcome);
+            }
+            WriteOutcome::Many(outcomes)
+        }
         WriteOp::Settle { receipts } => {
             if let Some(pending) = &sql.pending {
                 let mut ack = tx.prepare_cached(&pending.ack)?;
@@ -818,7 +836,7 @@ fn apply(
         _ => false,
     };
     found.append(&mut expired);
-    Ok(Applied { outcome, held })
+    Ok(Applied { outcome, held: held || held_by_many })
 }
 
 /// Configures `conn` as the `aside` connection of [`Writer::spawn`]: the

@@ -19,6 +19,10 @@ pub(super) enum Plan<V> {
     Delete(Option<Arc<str>>),
     /// A `CompareAndSet` or `Incr`: a `Set` event if it wrote.
     Written(Option<Arc<str>>),
+    /// A batch: one event per key (per hit, per removal), in order.
+    GetMany(Option<Vec<Arc<str>>>),
+    SetMany(usize, Option<Vec<(Arc<str>, V)>>),
+    DeleteMany(Option<Vec<Arc<str>>>),
     Other,
 }
 
@@ -27,7 +31,13 @@ impl<V> Plan<V> {
     fn emits(&self) -> bool {
         matches!(
             self,
-            Plan::Get(Some(_)) | Plan::Set(Some(_)) | Plan::Delete(Some(_)) | Plan::Written(Some(_))
+            Plan::Get(Some(_))
+                | Plan::Set(Some(_))
+                | Plan::Delete(Some(_))
+                | Plan::Written(Some(_))
+                | Plan::GetMany(Some(_))
+                | Plan::SetMany(_, Some(_))
+                | Plan::DeleteMany(Some(_))
         )
     }
 }
@@ -103,6 +113,30 @@ fn report<V: Clone + Send + Sync + 'static>(d: &Dispatcher<V>, plan: Plan<V>, re
             counters.deletes.incr();
             if let Some(key) = key {
                 d.emit(Event::keyed(EventKind::Delete, key, value.clone()));
+            }
+        }
+        (Plan::GetMany(keys), Response::Values(values)) => {
+            let hits = values.iter().filter(|v| v.is_some()).count();
+            counters.hits.add(hits as u64);
+            counters.misses.add((values.len() - hits) as u64);
+            for (key, value) in keys.into_iter().flatten().zip(values) {
+                if let Some(v) = value {
+                    d.emit(Event::keyed(EventKind::Get, key, Some(v.clone())));
+                }
+            }
+        }
+        (Plan::SetMany(n, seeds), Response::Done) => {
+            counters.sets.add(n as u64);
+            for (key, value) in seeds.into_iter().flatten() {
+                d.emit(Event::keyed(EventKind::Set, key, Some(value)));
+            }
+        }
+        (Plan::DeleteMany(keys), Response::DeletedMany(removed)) => {
+            counters.deletes.add(removed.iter().filter(|(r, _)| *r).count() as u64);
+            for (key, (removed, value)) in keys.into_iter().flatten().zip(removed) {
+                if *removed {
+                    d.emit(Event::keyed(EventKind::Delete, key, value.clone()));
+                }
             }
         }
         _ => {}

@@ -19,7 +19,8 @@ use crate::request::{Request, Response};
 use future::Plan;
 
 /// Emits `Set`, `Get` (hits) and `Delete` (removals) events for the requests
-/// that pass through it, and counts hits, misses, sets and deletes.
+/// that pass through it, and counts hits, misses, sets and deletes; a batch
+/// (`GetMany`, `SetMany`, `DeleteMany`) reports one event per entry, in order.
 ///
 /// Events are only built when a callback listens to their kind.
 #[derive(Debug, Clone)]
@@ -61,6 +62,17 @@ where
             Request::CompareAndSet { key, .. } | Request::Incr { key, .. } => {
                 Plan::Written(d.wants(EventKind::Set).then(|| Arc::from(key.as_str())))
             }
+            Request::GetMany { keys } => Plan::GetMany(
+                d.wants(EventKind::Get).then(|| keys.iter().map(|k| Arc::from(k.as_str())).collect()),
+            ),
+            Request::SetMany { entries, .. } => Plan::SetMany(
+                entries.len(),
+                d.wants(EventKind::Set)
+                    .then(|| entries.iter().map(|(k, v)| (Arc::from(k.as_str()), v.clone())).collect()),
+            ),
+            Request::DeleteMany { keys } => Plan::DeleteMany(
+                d.wants(EventKind::Delete).then(|| keys.iter().map(|k| Arc::from(k.as_str())).collect()),
+            ),
             _ => Plan::Other,
         };
         CallbacksFuture::new(self.inner.call(req), plan, self.dispatcher.clone())

@@ -137,6 +137,18 @@ where
             table.release(&key, &token);
             result
         }
+        batch @ (Request::SetMany { .. } | Request::DeleteMany { .. }) => {
+            // Wait for each held key in turn (no lock taken, so none held
+            // meanwhile), until a check of every key finds them all free;
+            // the backend call follows in the same poll.
+            loop {
+                let held = batch.batch_write_keys().into_iter().flatten().find(|k| !table.may_write(k, None));
+                let Some(key) = held.map(str::to_owned) else { break };
+                counters.lock_waits.incr();
+                table.wait(&key, &LockToken::new(), Want::Pass, None).await;
+            }
+            inner.oneshot(batch).await
+        }
         write => {
             // A write to a key held by another holder: wait (no deadline here;
             // the TimeoutLayer above bounds it), then pass without taking the lock.

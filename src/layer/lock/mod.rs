@@ -18,6 +18,10 @@ use table::LockTable;
 /// Grants per-key locks and makes writes to a key locked by another holder
 /// wait until it is released; reads never wait.
 ///
+/// A batch write (`SetMany`, `DeleteMany`) waits, one key after another, for
+/// every key of it that another holder has, then goes to the backend at once;
+/// it never takes a lock, so it holds none while it waits.
+///
 /// `Lock` requests wait here (FIFO) up to their timeout, then go to the
 /// backend, which for SQLite and Redis takes the cross-process lock. Writes
 /// carrying the holder's token pass. The table holds only keys that are locked
@@ -81,7 +85,13 @@ where
         }
         let needs_table = match &req {
             Request::Lock { .. } | Request::Unlock { .. } => true,
-            _ => req.write_target().is_some_and(|(key, token)| !self.shared.table.may_write(key, token)),
+            _ => match req.batch_write_keys() {
+                // A batch carries no token: it waits for every key another holder has.
+                Some(mut keys) => keys.any(|key| !self.shared.table.may_write(key, None)),
+                None => {
+                    req.write_target().is_some_and(|(key, token)| !self.shared.table.may_write(key, token))
+                }
+            },
         };
         if !needs_table {
             // Fast path: no lock involved (measured: the common case costs one atomic load).
