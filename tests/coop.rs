@@ -57,6 +57,13 @@ async fn memory_gets_yield() {
         }
     })
     .await;
+    other_task_runs_during("get_many", |_| {
+        let d = d.clone();
+        async move {
+            assert_eq!(d.get_many(&["k1", "absent"]).await.unwrap(), [Some(1), None]);
+        }
+    })
+    .await;
     other_task_runs_during("get (misses)", |_| {
         let d = d.clone();
         async move {
