@@ -49,7 +49,7 @@ use futures::future::BoxFuture;
 use rusqlite::{OpenFlags, OptionalExtension, params};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub use config::SqliteConfig;
+pub use config::{EvictionPolicy, SqliteConfig};
 
 use crate::Value;
 use crate::backend::receipts::Receipts;
@@ -251,13 +251,22 @@ impl<V: Value> SqliteBackend<V> {
                 .map_err(|e| open_error(&label, "configuring the expiry driver's connection", e))?;
             Some(c)
         };
-        let sql = Arc::new(Sql::new(&config.table, &config.delivery));
+        let mut sql = Sql::new(&config.table, &config.delivery);
+        sql.bound = config.bounded().then(|| schema::Bound {
+            entries: config.max_capacity.unwrap_or(u64::MAX),
+            bytes: config.max_bytes.unwrap_or(u64::MAX),
+            lru: config.eviction_policy == EvictionPolicy::LeastRecentlyUsed,
+        });
+        let sql = Arc::new(sql);
         // Async callers write inline only where a commit does not fsync.
         let inline_async = !config.synchronous_full || config.in_memory();
-        // Expirations a write transaction took are reported by the writer (see `Reporter`).
+        // Expirations and evictions a write transaction took are reported by the writer (see `Reporter`).
         let report: writer::Reporter = {
             let (sink, codec) = (sink.clone(), config.codec);
-            Arc::new(move |key, bytes| sink.expired(key, || codec.decode_expired(key, bytes)))
+            Arc::new(move |removal, key, bytes| match removal {
+                writer::Removal::Expired => sink.expired(key, || codec.decode_expired(key, bytes)),
+                writer::Removal::Evicted => sink.evicted(key, || codec.decode_expired(key, bytes)),
+            })
         };
         let writer = Writer::spawn(
             conn,
@@ -443,7 +452,19 @@ impl<V: Value> Shared<V> {
                 .query_row(params![key, now_ms()], |r| r.get::<_, Vec<u8>>(0))
                 .optional()
         })?;
+        if let Ok(Some(_)) = &row {
+            self.touch(key);
+        }
         Some(row.and_then(|row| row.map(|b| self.config.codec.decode(key, &b)).transpose()))
+    }
+
+    /// A `get` hit under `eviction_policy=least_recently_used`: queues the
+    /// entry's move to the back of the eviction order into the next group
+    /// commit, without waiting for it.
+    fn touch(&self, key: &str) {
+        if self.sql.bound.is_some_and(|b| b.lru) {
+            self.writer.write_detached(WriteOp::Touch { key: key.to_owned() });
+        }
     }
 
     /// Sends a write, waiting (with backoff) while another owner holds the key's lock.
@@ -520,6 +541,9 @@ impl<V: Value> Shared<V> {
                         c.prepare_cached(&sql.get)?.query_row(params![k, now_ms()], |r| r.get(0)).optional()
                     })
                     .await?;
+                if row.is_some() {
+                    self.touch(&key);
+                }
                 Ok(Response::Value(row.map(|b| codec.decode(&key, &b)).transpose()?))
             }
             Request::Exists { key } => Ok(Response::Bool(self.read_deadline(key).await?.is_some())),
