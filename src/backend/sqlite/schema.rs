@@ -332,4 +332,32 @@ mod tests {
             }
         }
     }
+
+    /// The size bound's walk and eviction read the `seq` index, and the
+    /// triggers keep the size row exact through inserts, upserts and deletes.
+    #[test]
+    fn a_sized_store_evicts_by_the_seq_index_and_counts_exactly() {
+        let config = SqliteConfig::new(":memory:").max_capacity(10);
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        create(&mut conn, &config).unwrap();
+        let sql = Sql::new(&config.table, &ExpireDelivery::default());
+        for (query, args) in [(&sql.sized.oldest, 0), (&sql.sized.evict, 2), (&sql.sized.max_seq, 0)] {
+            let plan = plan(&conn, query, args);
+            assert!(plan.contains("_seq"), "{query}: {plan}");
+        }
+        let upsert = |k: &str, v: &[u8], seq: i64| {
+            conn.execute(&sql.sized.upsert_seq, rusqlite::params![k, v, Option::<i64>::None, seq]).unwrap();
+        };
+        upsert("a", b"12345", 1);
+        upsert("bb", b"1", 2);
+        upsert("a", b"123", 3);
+        let size = |c: &rusqlite::Connection| -> (i64, i64) {
+            c.query_row(&sql.sized.size, [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
+        };
+        assert_eq!(size(&conn), (2, 1 + 3 + 2 + 1));
+        conn.query_row(&sql.delete, ["bb"], |_| Ok(())).unwrap();
+        assert_eq!(size(&conn), (1, 4));
+        conn.execute(&sql.clear, []).unwrap();
+        assert_eq!(size(&conn), (0, 0));
+    }
 }

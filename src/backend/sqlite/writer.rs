@@ -1073,7 +1073,7 @@ mod tests {
         let table = &SqliteConfig::new(&path).table;
         let due = super::super::now_ms() - 1;
         other
-            .execute(&format!("INSERT INTO \"{table}\" VALUES ('a', x'00', ?1), ('b', x'00', ?1)"), [due])
+            .execute(&format!("INSERT INTO \"{table}\" (key, value, expires_at) VALUES ('a', x'00', ?1), ('b', x'00', ?1)"), [due])
             .unwrap();
         assert!(writer.claim_aside(10).is_none(), "no checkpoint under way");
 
