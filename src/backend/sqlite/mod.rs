@@ -13,6 +13,11 @@
 //! With `share_events=true`, `<table>_events` is the change feed
 //! ([`SqliteBackend::share_events`]).
 //!
+//! Each row also has a `seq` (schema version 2): its place in the size
+//! bound's eviction order. A store opened with a bound (`max_capacity`,
+//! `max_bytes`) is *sized* from then on: an index on `seq`, and
+//! `<table>_size` holding its entries and bytes, kept exact by triggers.
+//!
 //! # Guarantees
 //!
 //! - A write is acknowledged after the transaction holding it committed
@@ -33,6 +38,10 @@
 //!   their transaction committed; rows that came due while no process ran
 //!   are claimed at the next open).
 //! - A value that does not decode is [`Error::Decode`] and stays in the file.
+//! - With a size bound, the write transaction that went over it deletes the
+//!   oldest rows (`DELETE … RETURNING`) before it commits: no reader sees more
+//!   than the bound once a write was acknowledged, and each eviction is
+//!   reported once across every process using the file.
 
 mod config;
 mod driver;
