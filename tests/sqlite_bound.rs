@@ -76,7 +76,8 @@ async fn a_byte_bound_counts_keys_and_stored_values() {
     d.set("k4", "z".repeat(30)).await.unwrap();
     assert_eq!(sorted(d.keys().await.unwrap()), ["k4"], "2 + 32 bytes");
     eventually("five evictions", || seen.len() == 5).await;
-    let evicted: Vec<_> = seen.events().into_iter().map(|(kind, key, value)| (kind, key, value.map(|v| v.len()))).collect();
+    let evicted: Vec<_> =
+        seen.events().into_iter().map(|(kind, key, value)| (kind, key, value.map(|v| v.len()))).collect();
     let expected: Vec<_> = ["k0", "k1", "k2", "k3", "big"]
         .into_iter()
         .map(|k| (EventKind::Evict, k.to_string(), Some(if k == "big" { 20 } else { 8 })))
@@ -218,7 +219,10 @@ async fn a_version_1_file_is_migrated_when_opened() {
     d.set("e", 5).await.unwrap();
     assert_eq!(sorted(d.keys().await.unwrap()), ["c", "d", "e"]);
     eventually("two evictions", || seen.len() == 2).await;
-    assert_eq!(seen.events(), [(EventKind::Evict, "a".into(), Some(1)), (EventKind::Evict, "b".into(), Some(2))]);
+    assert_eq!(
+        seen.events(),
+        [(EventKind::Evict, "a".into(), Some(1)), (EventKind::Evict, "b".into(), Some(2))]
+    );
     d.shutdown().await.unwrap();
 
     // Another store's table in the same file, opened later, is migrated too.
@@ -229,8 +233,9 @@ async fn a_version_1_file_is_migrated_when_opened() {
     other.shutdown().await.unwrap();
 
     let raw = rusqlite::Connection::open(&path).unwrap();
-    let version: i64 =
-        raw.query_row("SELECT value FROM livedict_meta WHERE name = 'schema_version'", [], |r| r.get(0)).unwrap();
+    let version: i64 = raw
+        .query_row("SELECT value FROM livedict_meta WHERE name = 'schema_version'", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(version, 2);
     for table in ["livedict", "other"] {
         let has_seq: bool = raw

@@ -256,8 +256,16 @@ pub(super) const OPTIONS: &[UrlOption<SqliteConfig>] = &[
         apply: |c, v| set(&mut c.poll_interval, millis(v)?.max(Duration::from_millis(1))),
     },
     UrlOption { name: "readers", default: "2", apply: |c, v| set(&mut c.readers, parse::<usize>(v)?.max(1)) },
-    UrlOption { name: "max_capacity", default: "none", apply: |c, v| set(&mut c.max_capacity, Some(at_least_one(v)?)) },
-    UrlOption { name: "max_bytes", default: "none", apply: |c, v| set(&mut c.max_bytes, Some(at_least_one(v)?)) },
+    UrlOption {
+        name: "max_capacity",
+        default: "none",
+        apply: |c, v| set(&mut c.max_capacity, Some(at_least_one(v)?)),
+    },
+    UrlOption {
+        name: "max_bytes",
+        default: "none",
+        apply: |c, v| set(&mut c.max_bytes, Some(at_least_one(v)?)),
+    },
     UrlOption {
         name: "eviction_policy",
         default: "`least_recently_stored`",

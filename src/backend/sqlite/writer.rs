@@ -657,7 +657,8 @@ fn commit(
         // Every row due at `now` is taken unless the limit stopped the claim.
         seen.due = found.len() == CLAIM_IN_BATCH;
     }
-    let mut results: Vec<_> = ops.into_iter().map(|op| apply(&tx, sql, now, &mut seen, op, &mut found)).collect();
+    let mut results: Vec<_> =
+        ops.into_iter().map(|op| apply(&tx, sql, now, &mut seen, op, &mut found)).collect();
     let mut evicted = Vec::new();
     if let Some(bound) = &sql.bound
         && seen.seq.is_some()
@@ -857,7 +858,9 @@ fn apply(
             }
             match seen.next_seq() {
                 None => tx.prepare_cached(&sql.upsert)?.execute(params![key, value, expires_at])?,
-                Some(seq) => tx.prepare_cached(&sql.sized.upsert_seq)?.execute(params![key, value, expires_at, seq])?,
+                Some(seq) => {
+                    tx.prepare_cached(&sql.sized.upsert_seq)?.execute(params![key, value, expires_at, seq])?
+                }
             };
             WriteOutcome::Done
         }
