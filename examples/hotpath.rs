@@ -45,6 +45,12 @@ fn main() {
     if op.starts_with('a') {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         let d = rt.block_on(livedict::LiveDict::<String>::open("memory://")).expect("store");
+        // The same keys as the blocking store: `aget` measures hits.
+        rt.block_on(async {
+            for k in &keys {
+                d.set(k, v.clone()).await.expect("set");
+            }
+        });
         let started = Instant::now();
         rt.block_on(async {
             for i in 0..n {

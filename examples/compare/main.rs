@@ -19,7 +19,9 @@
 //!   raw rusqlite WAL autocommit one at a time, each round half new keys and
 //!   half updates, at `synchronous=NORMAL` and `FULL`; blocking `set` vs
 //!   Python diskcache on the same workload (`$COMPARE_PYTHON`, when it has
-//!   diskcache); `get` (1 and 8 tasks) vs a raw prepared `SELECT`.
+//!   diskcache); `get` (1 and 8 tasks) vs a raw prepared `SELECT`; async
+//!   `set` with `max_capacity` (every round evicting half its writes) vs
+//!   without (1 and 32 tasks).
 //! - `redis`: `get`/`set` with 1 and 50 tasks vs raw fred, same server, same
 //!   tasks. A private `redis-server` is started on a free loopback port (and
 //!   killed at the end) when one is on `PATH`; otherwise the rows are skipped.

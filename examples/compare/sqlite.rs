@@ -140,12 +140,81 @@ pub fn run(rep: &mut Report, o: &Opts) {
             }
             started.elapsed().as_secs_f64()
         };
+        // With a size bound of n/2 entries every round evicts n/2 of its n writes
+        // (round 0 fills the store twice over; each later round inserts n/2 new keys).
+        let bounded = (!full).then(|| {
+            let url = |name: &str| {
+                format!("sqlite://{}?max_capacity={}", dir.path().join(format!("{name}.db")).display(), n / 2)
+            };
+            let open =
+                |name| rt.block_on(LiveDict::<String>::open(&url(name))).expect("bounded sqlite store");
+            (open("bound-async"), open("bound-tasks"))
+        });
+        // A bound the store never reaches: the cost of keeping the order and the size alone.
+        let roomy = (!full).then(|| {
+            let url = |name: &str| {
+                format!(
+                    "sqlite://{}?max_capacity=1000000000",
+                    dir.path().join(format!("{name}.db")).display()
+                )
+            };
+            let open =
+                |name| rt.block_on(LiveDict::<String>::open(&url(name))).expect("bounded sqlite store");
+            (open("roomy-async"), open("roomy-tasks"))
+        });
         let (mut raw_w, mut one, mut blocking, mut many) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        let (mut bound_one, mut bound_many, mut roomy_one, mut roomy_many) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
         for r in 0..rounds {
             raw_w = raw_w.max(n as f64 / raw_set(r));
             one = one.max(n as f64 / live_set(&d, 1, r));
             blocking = blocking.max(n as f64 / blocking_set(r));
             many = many.max(n as f64 / live_set(&d32, 32, r));
+            if let Some((b1, b32)) = &bounded {
+                bound_one = bound_one.max(n as f64 / live_set(b1, 1, r));
+                bound_many = bound_many.max(n as f64 / live_set(b32, 32, r));
+            }
+            if let Some((r1, r32)) = &roomy {
+                roomy_one = roomy_one.max(n as f64 / live_set(r1, 1, r));
+                roomy_many = roomy_many.max(n as f64 / live_set(r32, 32, r));
+            }
+        }
+        if let Some((b1, b32)) = bounded {
+            let note = "raw: the same livedict set without a bound, same run; bound max_capacity = n/2, so every round evicts half its writes";
+            for (tasks, rate, unbounded) in [(1, bound_one, one), (32, bound_many, many)] {
+                rep.ops(
+                    "sqlite",
+                    "sqlite",
+                    "async set, max_capacity",
+                    tasks,
+                    rate,
+                    Some(unbounded),
+                    Target::Ratio(0.8),
+                    note,
+                );
+            }
+            rt.block_on(async {
+                b1.shutdown().await.expect("shutdown");
+                b32.shutdown().await.expect("shutdown");
+            });
+        }
+        if let Some((r1, r32)) = roomy {
+            let note = "raw: the same livedict set without a bound, same run; a bound never reached (the order and size kept, nothing evicted)";
+            for (tasks, rate, unbounded) in [(1, roomy_one, one), (32, roomy_many, many)] {
+                rep.ops(
+                    "sqlite",
+                    "sqlite",
+                    "async set, bound not reached",
+                    tasks,
+                    rate,
+                    Some(unbounded),
+                    Target::Ratio(0.8),
+                    note,
+                );
+            }
+            rt.block_on(async {
+                r1.shutdown().await.expect("shutdown");
+                r32.shutdown().await.expect("shutdown");
+            });
         }
         let note = format!(
             "raw: rusqlite WAL synchronous={sync}, prepared upsert, autocommit, 1 thread; each round half new keys, half updates"

@@ -40,7 +40,7 @@ pub use memory::{MemoryBackend, MemoryConfig};
 pub use redis::{Eviction, RedisBackend, RedisConfig};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use sqlite::{SqliteBackend, SqliteConfig};
+pub use sqlite::{EvictionPolicy, SqliteBackend, SqliteConfig};
 
 use std::future::{Future, Ready};
 use std::pin::Pin;

@@ -57,6 +57,8 @@ pub struct Builder<V> {
     request_timeout: Duration,
     dispatch: DispatchConfig,
     max_capacity: Option<u64>,
+    #[cfg(feature = "sqlite")]
+    sqlite_bound: SqliteBound,
     namespace: Option<String>,
     table: Option<String>,
     lock_lease: Option<Duration>,
@@ -66,6 +68,14 @@ pub struct Builder<V> {
     expire_lease: Option<Duration>,
     expire_max_attempts: Option<u32>,
     _value: PhantomData<fn() -> V>,
+}
+
+/// The builder's SQLite size-bound settings besides `max_capacity`.
+#[cfg(feature = "sqlite")]
+#[derive(Default)]
+struct SqliteBound {
+    max_bytes: Option<u64>,
+    policy: Option<crate::backend::EvictionPolicy>,
 }
 
 impl<V> std::fmt::Debug for Builder<V> {
@@ -104,6 +114,8 @@ impl<V: Value> Builder<V> {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             dispatch: DispatchConfig::default(),
             max_capacity: None,
+            #[cfg(feature = "sqlite")]
+            sqlite_bound: SqliteBound::default(),
             namespace: None,
             table: None,
             lock_lease: None,
@@ -157,9 +169,33 @@ impl<V: Value> Builder<V> {
         self
     }
 
-    /// Bounds the memory backend's entries (evictions fire `Evict` events).
+    /// Bounds the entries of a memory or SQLite store (evictions fire `Evict`
+    /// events; on SQLite see [`SqliteConfig::max_capacity`](crate::backend::SqliteConfig::max_capacity)).
     pub fn max_capacity(mut self, entries: u64) -> Self {
         self.max_capacity = Some(entries);
+        self
+    }
+
+    /// Bounds the bytes of an SQLite store's keys and values (see
+    /// [`SqliteConfig::max_bytes`](crate::backend::SqliteConfig::max_bytes); URL option `max_bytes`).
+    ///
+    /// ```
+    /// let builder = livedict::LiveDict::<String>::builder().url("sqlite::memory:").max_bytes(1 << 20);
+    /// # let _ = builder;
+    /// ```
+    #[cfg(feature = "sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.sqlite_bound.max_bytes = Some(bytes);
+        self
+    }
+
+    /// Which entries an SQLite store with a bound evicts first (see
+    /// [`EvictionPolicy`](crate::backend::EvictionPolicy); URL option `eviction_policy`).
+    #[cfg(feature = "sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+    pub fn eviction_policy(mut self, policy: crate::backend::EvictionPolicy) -> Self {
+        self.sqlite_bound.policy = Some(policy);
         self
     }
 
@@ -294,6 +330,15 @@ impl<V: Value> Builder<V> {
             Target::Sqlite(mut config) => {
                 if let Some(table) = &self.table {
                     config = config.table(table);
+                }
+                if let Some(cap) = self.max_capacity {
+                    config = config.max_capacity(cap);
+                }
+                if let Some(bytes) = self.sqlite_bound.max_bytes {
+                    config = config.max_bytes(bytes);
+                }
+                if let Some(policy) = self.sqlite_bound.policy {
+                    config = config.eviction_policy(policy);
                 }
                 apply_delivery!(self, config);
                 if let Some(lease) = self.lock_lease {

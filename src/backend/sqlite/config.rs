@@ -20,6 +20,9 @@ use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 /// | `lock_lease_ms` | 30000 | lease of per-key locks |
 /// | `poll_ms` | 100 | how often the expiry driver looks for other processes' deadlines |
 /// | `readers` | 2 | read connections (reads never queue behind writes) |
+/// | `max_capacity` | none | most entries; beyond it the oldest are evicted, each an `Evict` event (see [`SqliteConfig::max_capacity`]) |
+/// | `max_bytes` | none | most bytes of keys and values as stored; beyond it the oldest are evicted (see [`SqliteConfig::max_bytes`]) |
+/// | `eviction_policy` | `least_recently_stored` | which entries go first beyond the bound: `least_recently_stored` or `least_recently_used` (see [`EvictionPolicy`]) |
 /// | `codec` | `json` | value encoding |
 /// | `verify_codec` | `false` | decode every encoded value once before writing it; one that does not decode back is refused (see [`SqliteConfig::verify_codec`]) |
 /// | `share_events` | `false` | append events to, and stream events from, the change feed shared by the processes on this file and table (see [`SqliteBackend::share_events`](super::SqliteBackend::share_events)) |
@@ -48,6 +51,31 @@ pub struct SqliteConfig {
     pub(super) readers: usize,
     pub(super) share_events: bool,
     pub(super) delivery: crate::delivery::ExpireDelivery,
+    pub(super) max_capacity: Option<u64>,
+    pub(super) max_bytes: Option<u64>,
+    pub(super) eviction_policy: EvictionPolicy,
+}
+
+/// Which entries an SQLite store with a size bound
+/// ([`SqliteConfig::max_capacity`], [`SqliteConfig::max_bytes`]) evicts first.
+///
+/// ```
+/// use livedict::backend::{EvictionPolicy, SqliteConfig};
+/// let config = SqliteConfig::new("cache.db").max_capacity(10_000).eviction_policy(EvictionPolicy::LeastRecentlyUsed);
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum EvictionPolicy {
+    /// The default (URL `least_recently_stored`): the entries written longest
+    /// ago go first, whatever was read since. A read writes nothing.
+    #[default]
+    LeastRecentlyStored,
+    /// URL `least_recently_used`: the entries neither written nor read for
+    /// the longest go first. Each `get` hit queues a small write (the entry's
+    /// place in line) into the writer's next group commit, without waiting
+    /// for it.
+    LeastRecentlyUsed,
 }
 
 impl SqliteConfig {
@@ -66,7 +94,63 @@ impl SqliteConfig {
             readers: 2,
             share_events: false,
             delivery: Default::default(),
+            max_capacity: None,
+            max_bytes: None,
+            eviction_policy: EvictionPolicy::LeastRecentlyStored,
         }
+    }
+
+    /// Bounds the store's entries (URL option `max_capacity`; default none).
+    /// Beyond it, the writer's transaction that went over removes the
+    /// least recently stored entries (or used, see
+    /// [`eviction_policy`](Self::eviction_policy)) before it commits, so no
+    /// reader sees more than the bound once a write was acknowledged. Each
+    /// removal is one `Evict` event with its value, reported exactly once
+    /// across the processes sharing the file (an entry past its deadline is
+    /// reported as `Expire` instead). Every process writing to the file
+    /// should open it with the same bound: one without a bound does not evict.
+    /// `0` is [`Error::InvalidConfig`] when the store opens.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use livedict::{backend::{SqliteBackend, SqliteConfig}, EventSink};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let config = SqliteConfig::new(dir.path().join("cache.db")).max_capacity(10_000);
+    /// let store = SqliteBackend::<u32>::open(config, EventSink::none()).await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub fn max_capacity(mut self, entries: u64) -> Self {
+        self.max_capacity = Some(entries);
+        self
+    }
+
+    /// Bounds the bytes of the store's keys and values as stored (encoded),
+    /// summed (URL option `max_bytes`; default none), like diskcache's
+    /// `size_limit`; SQLite's own overhead per row is not counted. Beyond it
+    /// the oldest entries are evicted as with
+    /// [`max_capacity`](Self::max_capacity) (both may be set: each is kept).
+    /// `0` is [`Error::InvalidConfig`] when the store opens.
+    ///
+    /// ```
+    /// let config = livedict::backend::SqliteConfig::new("cache.db").max_bytes(64 << 20);
+    /// # let _ = config;
+    /// ```
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+
+    /// Which entries go first beyond the bound (URL option
+    /// `eviction_policy`; default [`EvictionPolicy::LeastRecentlyStored`]).
+    pub fn eviction_policy(mut self, policy: EvictionPolicy) -> Self {
+        self.eviction_policy = policy;
+        self
+    }
+
+    /// Whether a size bound is set.
+    pub(super) fn bounded(&self) -> bool {
+        self.max_capacity.is_some() || self.max_bytes.is_some()
     }
 
     /// The table holding this store's entries (letters, digits and `_` only).
@@ -103,8 +187,11 @@ impl SqliteConfig {
         self.path.as_os_str() == ":memory:"
     }
 
-    /// Checks what cannot be checked while building (the table name).
+    /// Checks what cannot be checked while building (the table name, the bound).
     pub(super) fn validate(&self) -> Result<()> {
+        if self.max_capacity == Some(0) || self.max_bytes == Some(0) {
+            return Err(Error::InvalidConfig("sqlite max_capacity and max_bytes must be at least 1".into()));
+        }
         let ok = !self.table.is_empty()
             && self.table.len() <= 64
             && self.table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -169,7 +256,36 @@ pub(super) const OPTIONS: &[UrlOption<SqliteConfig>] = &[
         apply: |c, v| set(&mut c.poll_interval, millis(v)?.max(Duration::from_millis(1))),
     },
     UrlOption { name: "readers", default: "2", apply: |c, v| set(&mut c.readers, parse::<usize>(v)?.max(1)) },
+    UrlOption {
+        name: "max_capacity",
+        default: "none",
+        apply: |c, v| set(&mut c.max_capacity, Some(at_least_one(v)?)),
+    },
+    UrlOption {
+        name: "max_bytes",
+        default: "none",
+        apply: |c, v| set(&mut c.max_bytes, Some(at_least_one(v)?)),
+    },
+    UrlOption {
+        name: "eviction_policy",
+        default: "`least_recently_stored`",
+        apply: |c, v| match v {
+            "least_recently_stored" => set(&mut c.eviction_policy, EvictionPolicy::LeastRecentlyStored),
+            "least_recently_used" => set(&mut c.eviction_policy, EvictionPolicy::LeastRecentlyUsed),
+            other => Err(Invalid::because(format!(
+                "eviction_policy must be least_recently_stored or least_recently_used, not `{other}`"
+            ))),
+        },
+    },
 ];
+
+/// A bound: a whole number of at least 1 (0, negative or not a number: refused).
+fn at_least_one(v: &str) -> std::result::Result<u64, Invalid> {
+    match parse::<u64>(v)? {
+        0 => Err(Invalid::Value),
+        n => Ok(n),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,11 @@
 //! With `share_events=true`, `<table>_events` is the change feed
 //! ([`SqliteBackend::share_events`]).
 //!
+//! Each row also has a `seq` (schema version 2): its place in the size
+//! bound's eviction order. A store opened with a bound (`max_capacity`,
+//! `max_bytes`) is *sized* from then on: an index on `seq`, and
+//! `<table>_size` holding its entries and bytes, kept exact by triggers.
+//!
 //! # Guarantees
 //!
 //! - A write is acknowledged after the transaction holding it committed
@@ -33,6 +38,10 @@
 //!   their transaction committed; rows that came due while no process ran
 //!   are claimed at the next open).
 //! - A value that does not decode is [`Error::Decode`] and stays in the file.
+//! - With a size bound, the write transaction that went over it deletes the
+//!   oldest rows (`DELETE … RETURNING`) before it commits: no reader sees more
+//!   than the bound once a write was acknowledged, and each eviction is
+//!   reported once across every process using the file.
 
 mod batch;
 mod config;
@@ -50,7 +59,7 @@ use futures::future::BoxFuture;
 use rusqlite::{OpenFlags, OptionalExtension, params};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub use config::SqliteConfig;
+pub use config::{EvictionPolicy, SqliteConfig};
 
 use crate::Value;
 use crate::backend::receipts::Receipts;
@@ -252,13 +261,22 @@ impl<V: Value> SqliteBackend<V> {
                 .map_err(|e| open_error(&label, "configuring the expiry driver's connection", e))?;
             Some(c)
         };
-        let sql = Arc::new(Sql::new(&config.table, &config.delivery));
+        let mut sql = Sql::new(&config.table, &config.delivery);
+        sql.bound = config.bounded().then(|| schema::Bound {
+            entries: config.max_capacity.unwrap_or(u64::MAX),
+            bytes: config.max_bytes.unwrap_or(u64::MAX),
+            lru: config.eviction_policy == EvictionPolicy::LeastRecentlyUsed,
+        });
+        let sql = Arc::new(sql);
         // Async callers write inline only where a commit does not fsync.
         let inline_async = !config.synchronous_full || config.in_memory();
-        // Expirations a write transaction took are reported by the writer (see `Reporter`).
+        // Expirations and evictions a write transaction took are reported by the writer (see `Reporter`).
         let report: writer::Reporter = {
             let (sink, codec) = (sink.clone(), config.codec);
-            Arc::new(move |key, bytes| sink.expired(key, || codec.decode_expired(key, bytes)))
+            Arc::new(move |removal, key, bytes| match removal {
+                writer::Removal::Expired => sink.expired(key, || codec.decode_expired(key, bytes)),
+                writer::Removal::Evicted => sink.evicted(key, || codec.decode_expired(key, bytes)),
+            })
         };
         let writer = Writer::spawn(
             conn,
@@ -444,7 +462,19 @@ impl<V: Value> Shared<V> {
                 .query_row(params![key, now_ms()], |r| r.get::<_, Vec<u8>>(0))
                 .optional()
         })?;
+        if let Ok(Some(_)) = &row {
+            self.touch(key);
+        }
         Some(row.and_then(|row| row.map(|b| self.config.codec.decode(key, &b)).transpose()))
+    }
+
+    /// A `get` hit under `eviction_policy=least_recently_used`: queues the
+    /// entry's move to the back of the eviction order into the next group
+    /// commit, without waiting for it.
+    fn touch(&self, key: &str) {
+        if self.sql.bound.is_some_and(|b| b.lru) {
+            self.writer.write_detached(WriteOp::Touch { key: key.to_owned() });
+        }
     }
 
     /// Sends a write, waiting (with backoff) while another owner holds the key's lock.
@@ -521,6 +551,9 @@ impl<V: Value> Shared<V> {
                         c.prepare_cached(&sql.get)?.query_row(params![k, now_ms()], |r| r.get(0)).optional()
                     })
                     .await?;
+                if row.is_some() {
+                    self.touch(&key);
+                }
                 Ok(Response::Value(row.map(|b| codec.decode(&key, &b)).transpose()?))
             }
             Request::Exists { key } => Ok(Response::Bool(self.read_deadline(key).await?.is_some())),
@@ -592,6 +625,9 @@ impl<V: Value> Shared<V> {
             Request::CompareAndSet { .. } | Request::Incr { .. } => Ok(Response::Unsupported),
             Request::GetMany { keys } => {
                 let (keys, rows) = self.get_many(keys).await?;
+                for (key, _) in keys.iter().zip(&rows).filter(|(_, row)| row.is_some()) {
+                    self.touch(key);
+                }
                 let values =
                     keys.iter().zip(rows).map(|(k, row)| row.map(|b| codec.decode(k, &b)).transpose());
                 Ok(Response::Values(values.collect::<Result<_>>()?))

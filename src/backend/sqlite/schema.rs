@@ -6,7 +6,10 @@ use super::config::SqliteConfig;
 use crate::delivery::ExpireDelivery;
 
 /// The schema version this release writes and understands.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+///
+/// 1: the first. 2: the size bound (`max_capacity`, `max_bytes`): each
+/// store's table has a `seq` column (see [`migrate_v2`]).
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// Every statement of one store, with its table name filled in.
 #[derive(Debug)]
@@ -35,6 +38,44 @@ pub(super) struct Sql {
     pub(super) fence_name: String,
     /// Leased expirations (`expire_delivery=at_least_once`), see [`Pending`].
     pub(super) pending: Option<Pending>,
+    /// The size bound's statements, see [`SizeSql`].
+    pub(super) sized: SizeSql,
+    /// This process's bound, if it has one (`max_capacity`, `max_bytes`).
+    pub(super) bound: Option<Bound>,
+}
+
+/// The size bound of this process (see [`SqliteConfig::max_capacity`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bound {
+    /// Most entries (`max_capacity`), `u64::MAX` if unbounded.
+    pub(super) entries: u64,
+    /// Most bytes of keys and values (`max_bytes`), `u64::MAX` if unbounded.
+    pub(super) bytes: u64,
+    /// `least_recently_used`: a read moves an entry to the back of the line.
+    pub(super) lru: bool,
+}
+
+/// The statements of the size bound. Once any process opened the store with a
+/// bound, the store is *sized*: `<table>_size` holds its one row (entries, bytes
+/// of keys and values), which triggers keep exact on every insert, update and
+/// delete by any process, and every write stamps the row's `seq` (its place in
+/// the eviction order, from the index `<table>_seq`). A store never opened with
+/// a bound has neither (no cost on its writes).
+#[derive(Debug)]
+pub(super) struct SizeSql {
+    /// → entries, bytes; no row while the store is not sized.
+    pub(super) size: String,
+    /// → the greatest `seq` (0 if none).
+    pub(super) max_seq: String,
+    /// `upsert` that also stamps `?4` as the row's `seq`.
+    pub(super) upsert_seq: String,
+    /// `?1` key, `?2` seq: a read under `least_recently_used`.
+    pub(super) touch: String,
+    /// The rows oldest first: seq, rowid, bytes of key and value.
+    pub(super) oldest: String,
+    /// `?1` seq, `?2` rowid: deletes every row up to that one in the order,
+    /// → key, value, expires_at.
+    pub(super) evict: String,
 }
 
 /// The statements of the pending table `<table>_pending`: expirations claimed
@@ -90,6 +131,23 @@ impl Sql {
         Sql {
             pending,
             earliest,
+            sized: SizeSql {
+                size: format!("SELECT entries, bytes FROM \"{t}_size\" WHERE id = 0"),
+                max_seq: format!("SELECT coalesce(max(seq), 0) FROM \"{t}\""),
+                upsert_seq: format!(
+                    "INSERT INTO \"{t}\" (key, value, expires_at, seq) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, \
+                     seq = excluded.seq"
+                ),
+                touch: format!("UPDATE \"{t}\" SET seq = ?2 WHERE key = ?1"),
+                oldest: format!(
+                    "SELECT seq, rowid, length(CAST(key AS BLOB)) + length(value) FROM \"{t}\" ORDER BY seq, rowid"
+                ),
+                evict: format!(
+                    "DELETE FROM \"{t}\" WHERE seq <= ?1 AND (seq < ?1 OR rowid <= ?2) RETURNING key, value, expires_at"
+                ),
+            },
+            bound: None,
             get: format!("SELECT value, expires_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
             deadline: format!("SELECT expires_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
             upsert: format!(
@@ -150,6 +208,59 @@ pub(super) enum CreateError {
     Version(String),
 }
 
+/// Migration step to schema version 2 (the size bound), for one store's
+/// table: adds the column `seq INTEGER NOT NULL DEFAULT 0` (each row's place
+/// in the eviction order; 0 for rows written before the store was sized,
+/// which so come first) and the table `<table>_size` (empty until a process
+/// opens the store with a bound, see [`make_sized`]). Runs for every table that lacks the
+/// column, whatever the file's recorded version (the version is per file,
+/// the tables per store): a file of version 1 is migrated in place when it is
+/// opened, in the opening transaction. `ALTER TABLE … ADD COLUMN` with a
+/// constant default rewrites no row.
+fn migrate_v2(tx: &rusqlite::Transaction<'_>, t: &str) -> rusqlite::Result<()> {
+    let has_seq: bool = tx.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{t}') WHERE name = 'seq')"),
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_seq {
+        tx.execute_batch(&format!("ALTER TABLE \"{t}\" ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;"))?;
+    }
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS \"{t}_size\" (id INTEGER PRIMARY KEY CHECK (id = 0), \
+           entries INTEGER NOT NULL, bytes INTEGER NOT NULL);"
+    ))
+}
+
+/// Makes the store *sized* (see [`SizeSql`]) if it is not yet: the index on
+/// `seq`, the triggers that keep `<table>_size` exact, and its row, counted
+/// from the table in the same transaction. Once sized, a store stays so (the
+/// triggers then cost every writer, bound or not, one small update per row
+/// written).
+fn make_sized(tx: &rusqlite::Transaction<'_>, t: &str) -> rusqlite::Result<()> {
+    let sized: bool =
+        tx.query_row(&format!("SELECT EXISTS (SELECT 1 FROM \"{t}_size\")"), [], |r| r.get(0))?;
+    if sized {
+        return Ok(());
+    }
+    let bytes = "length(CAST(key AS BLOB)) + length(value)";
+    tx.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS \"{t}_seq\" ON \"{t}\" (seq);
+         CREATE TRIGGER IF NOT EXISTS \"{t}_size_insert\" AFTER INSERT ON \"{t}\" BEGIN
+           UPDATE \"{t}_size\" SET entries = entries + 1,
+             bytes = bytes + length(CAST(NEW.key AS BLOB)) + length(NEW.value) WHERE id = 0;
+         END;
+         CREATE TRIGGER IF NOT EXISTS \"{t}_size_update\" AFTER UPDATE OF value ON \"{t}\" BEGIN
+           UPDATE \"{t}_size\" SET bytes = bytes + length(NEW.value) - length(OLD.value) WHERE id = 0;
+         END;
+         CREATE TRIGGER IF NOT EXISTS \"{t}_size_delete\" AFTER DELETE ON \"{t}\" BEGIN
+           UPDATE \"{t}_size\" SET entries = entries - 1,
+             bytes = bytes - length(CAST(OLD.key AS BLOB)) - length(OLD.value) WHERE id = 0;
+         END;
+         INSERT INTO \"{t}_size\" (id, entries, bytes) SELECT 0, count(*), coalesce(sum({bytes}), 0) FROM \"{t}\";"
+    ))
+}
+
 /// Creates the tables if missing and checks the schema version.
 pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(), CreateError> {
     let t = &config.table;
@@ -175,6 +286,15 @@ pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(),
         return Err(CreateError::Version(format!(
             "schema version {version} is newer than this livedict understands ({SCHEMA_VERSION}); upgrade livedict"
         )));
+    }
+    // Version 1 → 2: the size bound.
+    migrate_v2(&tx, t).map_err(CreateError::Sqlite)?;
+    if config.bounded() {
+        make_sized(&tx, t).map_err(CreateError::Sqlite)?;
+    }
+    if version < SCHEMA_VERSION {
+        tx.execute("UPDATE livedict_meta SET value = ?1 WHERE name = 'schema_version'", [SCHEMA_VERSION])
+            .map_err(CreateError::Sqlite)?;
     }
     tx.commit().map_err(CreateError::Sqlite)
 }
@@ -211,5 +331,33 @@ mod tests {
                 assert!(!plan.contains(&format!("SCAN {}", config.table)), "{query}: {plan}");
             }
         }
+    }
+
+    /// The size bound's walk and eviction read the `seq` index, and the
+    /// triggers keep the size row exact through inserts, upserts and deletes.
+    #[test]
+    fn a_sized_store_evicts_by_the_seq_index_and_counts_exactly() {
+        let config = SqliteConfig::new(":memory:").max_capacity(10);
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        create(&mut conn, &config).unwrap();
+        let sql = Sql::new(&config.table, &ExpireDelivery::default());
+        for (query, args) in [(&sql.sized.oldest, 0), (&sql.sized.evict, 2), (&sql.sized.max_seq, 0)] {
+            let plan = plan(&conn, query, args);
+            assert!(plan.contains("_seq"), "{query}: {plan}");
+        }
+        let upsert = |k: &str, v: &[u8], seq: i64| {
+            conn.execute(&sql.sized.upsert_seq, rusqlite::params![k, v, Option::<i64>::None, seq]).unwrap();
+        };
+        upsert("a", b"12345", 1);
+        upsert("bb", b"1", 2);
+        upsert("a", b"123", 3);
+        let size = |c: &rusqlite::Connection| -> (i64, i64) {
+            c.query_row(&sql.sized.size, [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
+        };
+        assert_eq!(size(&conn), (2, 1 + 3 + 2 + 1));
+        conn.query_row(&sql.delete, ["bb"], |_| Ok(())).unwrap();
+        assert_eq!(size(&conn), (1, 4));
+        conn.execute(&sql.clear, []).unwrap();
+        assert_eq!(size(&conn), (0, 0));
     }
 }

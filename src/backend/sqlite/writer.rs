@@ -72,12 +72,21 @@ fn record_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlit
     Ok(())
 }
 
-/// Reports one expiration (key, stored bytes) as an `Expire` event. The
-/// writer calls it for the expirations a transaction took, right after the
-/// commit and before any caller is acknowledged: on the thread that
-/// committed, so an expiration never depends on a caller still waiting for
-/// its reply (a caller whose future was dropped cannot lose it).
-pub(super) type Reporter = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
+/// Reports one removal (key, stored bytes) as an `Expire` or `Evict` event.
+/// The writer calls it for the expirations and evictions a transaction took,
+/// right after the commit and before any caller is acknowledged: on the
+/// thread that committed, so a removal never depends on a caller still
+/// waiting for its reply (a caller whose future was dropped cannot lose it).
+pub(super) type Reporter = Arc<dyn Fn(Removal, &str, &[u8]) + Send + Sync>;
+
+/// What took a row out of the table, for the [`Reporter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Removal {
+    /// Past its deadline: an `Expire` event.
+    Expired,
+    /// Beyond the size bound (see [`enforce_bound`]): an `Evict` event.
+    Evicted,
+}
 
 /// Due rows a batch of the writer thread claims in its own transaction
 /// (`at_most_once`), besides the expiry driver's claims.
@@ -152,6 +161,11 @@ pub(super) enum WriteOp {
     /// one after another in one transaction, each checked on its own, exactly
     /// as if it came alone; answered with [`WriteOutcome::Many`].
     Many(Vec<WriteOp>),
+    /// A read under `eviction_policy=least_recently_used`: moves `key` to the
+    /// back of the eviction order (nothing if the store is not sized).
+    Touch {
+        key: String,
+    },
 }
 
 /// An expiration leased to this process (`at_least_once`): delivery number
@@ -461,6 +475,14 @@ impl Writer {
         }
     }
 
+    /// Queues `op` for the next group commit without waiting for it (a
+    /// `least_recently_used` read's [`WriteOp::Touch`]); a later write of
+    /// this process is queued behind it. Nothing happens once the writer stopped.
+    pub(super) fn write_detached(&self, op: WriteOp) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.push(Job::Write { op, reply });
+    }
+
     /// Runs `f` on the writer connection, between batches.
     pub(super) async fn call<R, F>(&self, f: F) -> Result<R>
     where
@@ -642,11 +664,24 @@ fn commit(
         // Every row due at `now` is taken unless the limit stopped the claim.
         seen.due = found.len() == CLAIM_IN_BATCH;
     }
-    let results = ops.into_iter().map(|op| apply(&tx, sql, now, &mut seen, op, &mut found)).collect();
+    let mut results: Vec<_> =
+        ops.into_iter().map(|op| apply(&tx, sql, now, &mut seen, op, &mut found)).collect();
+    let mut evicted = Vec::new();
+    if let Some(bound) = &sql.bound
+        && seen.seq.is_some()
+        && enforce_bound(&tx, sql, bound, now, &mut found, &mut evicted)?
+        && let Some(Ok(applied)) = results.iter_mut().find(|r| r.is_ok())
+    {
+        // Expirations the eviction found went to the pending table: the driver leases them now.
+        applied.held = true;
+    }
     WAL_PAGES.with(|p| p.set(0));
     tx.commit()?;
     for (key, value) in &found {
-        report(key, value);
+        report(Removal::Expired, key, value);
+    }
+    for (key, value) in &evicted {
+        report(Removal::Evicted, key, value);
     }
     Ok((results, WAL_PAGES.with(Cell::get)))
 }
@@ -677,14 +712,93 @@ struct Seen {
     locks: bool,
     /// A row past its deadline may exist.
     due: bool,
+    /// The store is sized (see `schema::SizeSql`; some process opened it with
+    /// a bound): the `seq` the next write stamps, counting up from the greatest.
+    seq: Option<i64>,
 }
 
 impl Seen {
     fn new(tx: &Transaction<'_>, sql: &Sql, now: i64) -> rusqlite::Result<Self> {
+        let sized = tx.prepare_cached(&sql.sized.size)?.exists([])?;
+        let seq = if sized {
+            Some(tx.prepare_cached(&sql.sized.max_seq)?.query_row([], |r| r.get::<_, i64>(0))? + 1)
+        } else {
+            None
+        };
         Ok(Seen {
             locks: tx.prepare_cached(&sql.any_lock)?.query_row([], |r| r.get(0))?,
             due: tx.prepare_cached(&sql.any_due)?.query_row([now], |r| r.get(0))?,
+            seq,
         })
+    }
+
+    /// The next `seq` to stamp, if the store is sized.
+    fn next_seq(&mut self) -> Option<i64> {
+        let seq = self.seq.as_mut()?;
+        *seq += 1;
+        Some(*seq - 1)
+    }
+}
+
+/// Keeps the store within `bound` at the end of a write transaction: if the
+/// size row says it is over, walks the rows oldest first (the `seq` index)
+/// until what is left fits, then deletes them all with one
+/// `DELETE … RETURNING` up to the last one. Evicted rows go to `evicted`;
+/// a row already past its deadline goes to `found` as an expiration (under
+/// `at_least_once` into the pending table: then `true`). The transaction
+/// holds the write lock, so each row is taken by exactly one process.
+fn enforce_bound(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    bound: &super::schema::Bound,
+    now: i64,
+    found: &mut Vec<(String, Vec<u8>)>,
+    evicted: &mut Vec<(String, Vec<u8>)>,
+) -> rusqlite::Result<bool> {
+    let (entries, bytes): (i64, i64) =
+        tx.prepare_cached(&sql.sized.size)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (mut entries, mut bytes) = (entries.max(0) as u64, bytes.max(0) as u64);
+    if entries <= bound.entries && bytes <= bound.bytes {
+        return Ok(false);
+    }
+    let mut last = None;
+    {
+        let mut oldest = tx.prepare_cached(&sql.sized.oldest)?;
+        let mut rows = oldest.query([])?;
+        while entries > bound.entries || bytes > bound.bytes {
+            let Some(row) = rows.next()? else { break };
+            let (seq, rowid, size): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            entries -= 1;
+            bytes = bytes.saturating_sub(size.max(0) as u64);
+            last = Some((seq, rowid));
+        }
+    }
+    let Some((seq, rowid)) = last else { return Ok(false) };
+    let mut expired = Vec::new();
+    let mut evict = tx.prepare_cached(&sql.sized.evict)?;
+    let rows = evict.query_map(params![seq, rowid], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Option<i64>>(2)?))
+    })?;
+    for row in rows {
+        let (key, value, at) = row?;
+        if at.is_some_and(|at| at <= now) {
+            expired.push((key, value));
+        } else {
+            evicted.push((key, value));
+        }
+    }
+    match &sql.pending {
+        Some(pending) if !expired.is_empty() => {
+            let mut hold = tx.prepare_cached(&pending.hold)?;
+            for (key, value) in expired {
+                hold.execute(params![key, value, now])?;
+            }
+            Ok(true)
+        }
+        _ => {
+            found.append(&mut expired);
+            Ok(false)
+        }
     }
 }
 
@@ -751,7 +865,12 @@ fn apply(
             if seen.due {
                 take_expired(tx, sql, now, &key, &mut expired)?;
             }
-            tx.prepare_cached(&sql.upsert)?.execute(params![key, value, expires_at])?;
+            match seen.next_seq() {
+                None => tx.prepare_cached(&sql.upsert)?.execute(params![key, value, expires_at])?,
+                Some(seq) => {
+                    tx.prepare_cached(&sql.sized.upsert_seq)?.execute(params![key, value, expires_at, seq])?
+                }
+            };
             WriteOutcome::Done
         }
         WriteOp::Delete { key, .. } => {
@@ -808,6 +927,12 @@ fn apply(
                 outcomes.push(applied.outcome);
             }
             WriteOutcome::Many(outcomes)
+        }
+        WriteOp::Touch { key } => {
+            if let Some(seq) = seen.next_seq() {
+                tx.prepare_cached(&sql.sized.touch)?.execute(params![key, seq])?;
+            }
+            WriteOutcome::Done
         }
         WriteOp::Settle { receipts } => {
             if let Some(pending) = &sql.pending {
@@ -953,7 +1078,7 @@ mod tests {
             "test".into(),
             true,
             Duration::from_secs(5),
-            Arc::new(|_, _| {}),
+            Arc::new(|_, _, _| {}),
         )
         .unwrap()
     }
@@ -969,7 +1094,7 @@ mod tests {
         let table = &SqliteConfig::new(&path).table;
         let due = super::super::now_ms() - 1;
         other
-            .execute(&format!("INSERT INTO \"{table}\" VALUES ('a', x'00', ?1), ('b', x'00', ?1)"), [due])
+            .execute(&format!("INSERT INTO \"{table}\" (key, value, expires_at) VALUES ('a', x'00', ?1), ('b', x'00', ?1)"), [due])
             .unwrap();
         assert!(writer.claim_aside(10).is_none(), "no checkpoint under way");
 
