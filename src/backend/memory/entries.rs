@@ -16,7 +16,7 @@
 //! entry a write replaced without an eviction listener on every write.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::timers::{Micros, NO_DEADLINE, Timed};
@@ -32,11 +32,17 @@ pub(super) type Hasher = foldhash::fast::RandomState;
 /// rows) cost a reference count, not a clone of `V`. The `Arc` is also the
 /// entry's identity (it replaces a per-write generation): a deadline row
 /// holds a clone of it, so a row can only ever end the entry it was written
-/// for (a re-set key has a new entry). 16 bytes beside `V`.
+/// for (a re-set key has a new entry). 24 bytes beside `V`.
 pub(super) struct Entry<V> {
     pub(super) value: V,
     /// When it expires ([`NO_DEADLINE`]: never), see `DeadlineTable::micros`.
-    pub(super) deadline: Micros,
+    /// Fixed at its write without `time_to_idle`; with it, moved later by
+    /// each access ([`touch`](Self::touch)), never past `limit`, and set to
+    /// 0 by the driver that reports its expiry ([`seal_due`](Self::seal_due)).
+    deadline: AtomicU64,
+    /// The deadline of its own TTL ([`NO_DEADLINE`]: none): the latest an
+    /// idle deadline may reach (equal to `deadline` without `time_to_idle`).
+    limit: Micros,
     /// Set by whoever ends this entry first: the driver that reports its
     /// expiry, the writer that replaced or removed it (reporting it as expired
     /// if it was past its deadline), or the eviction listener. So its end is
@@ -47,12 +53,81 @@ pub(super) struct Entry<V> {
 }
 
 impl<V> Entry<V> {
+    #[cfg(test)]
     pub(super) fn new(value: V, deadline: Micros) -> Self {
-        Entry { value, deadline, ended: AtomicBool::new(false), row: AtomicU32::new(0) }
+        Self::idle(value, deadline, deadline)
+    }
+
+    /// An entry whose deadline (`deadline`) may be moved by accesses up to
+    /// the deadline of its own TTL (`limit`, [`NO_DEADLINE`]: none).
+    pub(super) fn idle(value: V, deadline: Micros, limit: Micros) -> Self {
+        Entry {
+            value,
+            deadline: AtomicU64::new(deadline),
+            limit,
+            ended: AtomicBool::new(false),
+            row: AtomicU32::new(0),
+        }
+    }
+
+    /// When it expires now ([`NO_DEADLINE`]: never).
+    pub(super) fn deadline(&self) -> Micros {
+        // Relaxed: without `time_to_idle` it never changes after the entry
+        // is published; with it, `touch` and `seal_due` order themselves by CAS.
+        self.deadline.load(Ordering::Relaxed)
     }
 
     pub(super) fn has_deadline(&self) -> bool {
-        self.deadline != NO_DEADLINE
+        self.deadline() != NO_DEADLINE
+    }
+
+    /// Whether it was stored with a TTL of its own.
+    pub(super) fn has_own_deadline(&self) -> bool {
+        self.limit != NO_DEADLINE
+    }
+
+    /// An access at `now` with time-to-idle `idle`: moves the deadline to
+    /// `now + idle` (never past `limit`) unless that would move it by at
+    /// most `slack`; false if the entry is no longer live (then it is not
+    /// extended).
+    ///
+    /// The driver seals a due entry with a compare-and-swap on the same
+    /// word ([`seal_due`](Self::seal_due)), so a read either extends the
+    /// deadline before the driver looks (the driver then re-arms it) or
+    /// finds it sealed and answers nothing: an entry read in time is never
+    /// reported expired.
+    pub(super) fn touch(&self, now: Micros, idle: Micros, slack: Micros) -> bool {
+        let target = now.saturating_add(idle).min(self.limit);
+        let mut current = self.deadline.load(Ordering::Acquire);
+        loop {
+            if current <= now {
+                return false;
+            }
+            if target <= current.saturating_add(slack) {
+                return true;
+            }
+            match self.deadline.compare_exchange_weak(current, target, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// For the driver, with a row of this entry that came due at `now`:
+    /// `Ok` if the entry is due (its deadline is then sealed: no access can
+    /// extend it any more), else `Err` with its later deadline (an access
+    /// moved it; the row must be written again for it).
+    pub(super) fn seal_due(&self, now: Micros) -> Result<(), Micros> {
+        let mut current = self.deadline.load(Ordering::Acquire);
+        loop {
+            if current > now {
+                return Err(current);
+            }
+            match self.deadline.compare_exchange_weak(current, 0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(seen) => current = seen,
+            }
+        }
     }
 
     /// Claims the end of this entry (and its one report); false if it already ended.
@@ -62,7 +137,7 @@ impl<V> Entry<V> {
 
     /// Whether it is live at `now` (see `DeadlineTable::micros`).
     pub(super) fn is_live(&self, now: Micros) -> bool {
-        self.deadline > now
+        self.deadline() > now
     }
 }
 

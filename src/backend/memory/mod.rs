@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, EventSink, SharedValue};
 use crate::request::{LockGrant, Request, Response};
 use entries::{Entries, Entry, Hasher};
-use timers::{DeadlineTable, Micros, NO_DEADLINE, Row};
+use timers::{DeadlineTable, Micros, NO_DEADLINE, Row, Timed};
 
 /// How many expired entries the driver reports (or removes) before yielding.
 const EXPIRE_BATCH: usize = 1024;
@@ -50,6 +50,7 @@ const ROOM_PATIENCE: u32 = 5;
 /// | option | default | meaning |
 /// | --- | --- | --- |
 /// | `max_capacity` | none | most entries; beyond it moka evicts, each eviction an `Evict` event |
+/// | `time_to_idle_ms` | none | an entry also expires this long after its last access (read or write); see [`MemoryConfig::time_to_idle`] |
 /// | `expire_delivery` | `at_most_once` | `at_least_once`: an expiration whose `Expire` callback failed is delivered again, in-process ([`Delivery`](crate::Delivery)) |
 /// | `expire_lease_ms` | 30000 | read for symmetry with SQLite and Redis (in-process, a failure is known at once) |
 /// | `expire_max_attempts` | 10 | deliveries of one expiration before it is dropped |
@@ -61,6 +62,7 @@ const ROOM_PATIENCE: u32 = 5;
 #[derive(Debug, Clone, Default)]
 pub struct MemoryConfig {
     max_capacity: Option<u64>,
+    time_to_idle: Option<Duration>,
     delivery: crate::delivery::ExpireDelivery,
 }
 
@@ -71,6 +73,27 @@ impl MemoryConfig {
     /// which may also reject a new entry) and each eviction is an `Evict` event.
     pub fn max_capacity(mut self, entries: u64) -> Self {
         self.max_capacity = Some(entries);
+        self
+    }
+
+    /// Idle expiry: an entry also expires `idle` after its last access (a
+    /// write, `get`, `exists`, a guard's `get`; not `ttl`, `keys`, `items`
+    /// or a scan), at the earlier of that and its own TTL's deadline, as an
+    /// ordinary `Expire` event with its value. URL option `time_to_idle_ms`.
+    ///
+    /// An access moves the entry's deadline in place (a compare-and-swap on
+    /// it, under the shard's read lock; skipped when it would move by less
+    /// than 1 ms); the expiry driver finds a moved deadline when the old one
+    /// comes due and files the row again. Without it, reads cost nothing
+    /// more.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = livedict::backend::MemoryConfig::default().time_to_idle(Duration::from_secs(600));
+    /// # let _ = config;
+    /// ```
+    pub fn time_to_idle(mut self, idle: Duration) -> Self {
+        self.time_to_idle = Some(idle);
         self
     }
 
@@ -87,14 +110,40 @@ impl MemoryConfig {
 }
 
 /// The URL options of `memory://`, in the order of the documentation tables.
-const OPTIONS: &[crate::url::UrlOption<MemoryConfig>] = &[crate::url::UrlOption {
-    name: "max_capacity",
-    default: "none",
-    apply: |c, v| crate::url::set(&mut c.max_capacity, Some(crate::url::parse(v)?)),
-}];
+const OPTIONS: &[crate::url::UrlOption<MemoryConfig>] = &[
+    crate::url::UrlOption {
+        name: "max_capacity",
+        default: "none",
+        apply: |c, v| crate::url::set(&mut c.max_capacity, Some(crate::url::parse(v)?)),
+    },
+    crate::url::UrlOption {
+        name: "time_to_idle_ms",
+        default: "none",
+        apply: |c, v| crate::url::set(&mut c.time_to_idle, Some(crate::url::idle_millis(v)?)),
+    },
+];
+
+/// Time-to-idle in the deadline table's micros, and how little an access
+/// may leave a deadline unmoved (1 ms, or 1% of a shorter time-to-idle: a
+/// deadline a few hundred microseconds short is within the wheel's 1 ms
+/// ticks, and a key read by many threads is not written on every read).
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    micros: Micros,
+    slack: Micros,
+}
+
+impl Idle {
+    fn new(idle: Duration) -> Self {
+        let micros = u64::try_from(idle.as_micros()).unwrap_or(NO_DEADLINE - 1).max(1);
+        Idle { micros, slack: (micros / 100).min(1000) }
+    }
+}
 
 struct Shared<V> {
     entries: Entries<V>,
+    /// `time_to_idle`, if set: accesses move deadlines (see [`Shared::read_live`]).
+    idle: Option<Idle>,
     deadlines: Arc<DeadlineTable<Entry<V>>>,
     sink: EventSink<V>,
     /// Cancels the driver when the last backend clone (and so this) goes.
@@ -190,6 +239,9 @@ impl<V: Value> MemoryBackend<V> {
     pub fn new(config: MemoryConfig, sink: EventSink<V>) -> Result<Self> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| Error::backend("memory", "the memory backend needs a Tokio runtime", e))?;
+        if let Some(idle) = config.time_to_idle {
+            crate::url::check_idle(idle)?;
+        }
         let sink = sink.retrying(config.delivery);
         let deadlines = Arc::new(DeadlineTable::new());
         let entries = match config.max_capacity {
@@ -207,7 +259,9 @@ impl<V: Value> MemoryBackend<V> {
             }
         };
         let cancel = CancellationToken::new();
-        let shared = Arc::new(Shared { entries, deadlines, sink, _driver: cancel.clone().drop_guard() });
+        let idle = config.time_to_idle.map(Idle::new);
+        let shared =
+            Arc::new(Shared { entries, idle, deadlines, sink, _driver: cancel.clone().drop_guard() });
         runtime.spawn(expiry_driver(Arc::downgrade(&shared), cancel));
         Ok(MemoryBackend { shared })
     }
@@ -261,7 +315,9 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
         // Hold the store only while working, so dropping it stops this task.
         let Some(shared) = shared.upgrade() else { return };
         loop {
-            deadlines.take_due(Instant::now(), EXPIRE_BATCH, &mut due);
+            let now = Instant::now();
+            deadlines.take_due(now, EXPIRE_BATCH, &mut due);
+            let now = deadlines.micros(now);
             let full = due.len() >= EXPIRE_BATCH;
             // Report first, remove later: a burst is reported on time and
             // removed when nothing else is due (measured with moka's removals,
@@ -270,6 +326,11 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
             // key (every writer, remover and eviction ends the entry it takes out).
             wait_for_room(&shared.sink, due.len()).await;
             for row in due.drain(..) {
+                // An access moved its deadline (time-to-idle): file it again.
+                if let Err(later) = row.entry.seal_due(now) {
+                    shared.rearm(row, later);
+                    continue;
+                }
                 if row.entry.claim_end() {
                     // The event shares the row's key and the entry's value.
                     let entry: Arc<dyn SharedValue<V>> = row.entry.clone();
@@ -342,6 +403,20 @@ impl<V: Value> Shared<V> {
         self.entries.write(self.deadlines.hash(key)).remove_if(key, entry);
     }
 
+    /// Files again the due `row` of an entry whose deadline an access moved
+    /// to `later`, if the store still holds that entry (checked under the
+    /// key's write lock, so a writer that replaces it afterwards finds the
+    /// new row); otherwise its remover counted the row dead and it is dropped.
+    fn rearm(&self, row: Row<Entry<V>>, later: Micros) {
+        let hash = self.deadlines.hash(&row.key);
+        let write = self.entries.write(hash);
+        if write.get(&row.key).is_some_and(|e| Arc::ptr_eq(&e, &row.entry)) && !row.entry.ended() {
+            self.deadlines.replace(hash, None, Some((row.key, later, &row.entry)));
+        } else if row.entry.ended() {
+            self.deadlines.dropped_dead(hash, 1);
+        }
+    }
+
     /// Removes the deadline row of `old` (if it has one and the table holds
     /// it) and reports its end: what a remover does after taking it out.
     fn removed(&self, key: &str, hash: u64, old: &Arc<Entry<V>>) {
@@ -349,21 +424,24 @@ impl<V: Value> Shared<V> {
         ended(&self.deadlines, &self.sink, key, hash, old, row_removed);
     }
 
-    /// Gives a live entry a new deadline (`NO_DEADLINE`: none) atomically under the
-    /// key's write lock; false if there is no live entry, or
-    /// (`only_if_deadline`) it has no deadline to drop.
-    fn redeadline(&self, key: &str, deadline: Micros, only_if_deadline: bool) -> bool {
+    /// Gives a live entry a new deadline of its own TTL (`NO_DEADLINE`:
+    /// none) atomically under the key's write lock (with time-to-idle, its
+    /// deadline is the earlier of that and `time_to_idle` from now: a write
+    /// is an access); false if there is no live entry, or
+    /// (`only_if_deadline`) it has no TTL of its own to drop.
+    fn redeadline(&self, key: &str, own: Micros, only_if_deadline: bool) -> bool {
         let now = self.deadlines.micros(Instant::now());
         let hash = self.deadlines.hash(key);
         let mut write = self.entries.write(hash);
         let Some(old) = write.get(key).filter(|e| e.is_live(now)) else {
             return false;
         };
-        if only_if_deadline && !old.has_deadline() {
+        if only_if_deadline && !old.has_own_deadline() {
             return false;
         }
         let key: Arc<str> = Arc::from(key);
-        let entry = Arc::new(Entry::new(old.value.clone(), deadline));
+        let deadline = self.idle_deadline(now, own);
+        let entry = Arc::new(Entry::idle(old.value.clone(), deadline, own));
         write.insert(Arc::clone(&key), Arc::clone(&entry));
         let old_row = old.has_deadline().then_some(&old);
         let new_row = (deadline != NO_DEADLINE).then(|| (Arc::clone(&key), deadline, &entry));
@@ -374,12 +452,38 @@ impl<V: Value> Shared<V> {
     }
 
     /// Runs `f` on the live entry of `key`, under its read lock (`f` only
-    /// copies out of it); only entries with a deadline need the clock.
+    /// copies out of it), as an **access** (`get`, `exists`, a guard's
+    /// `get`, and any other read of an entry that counts as a use of it):
+    /// with `time_to_idle`, it moves the entry's idle deadline
+    /// ([`Entry::touch`]). Without it, only entries with a deadline need the
+    /// clock. Reads that are not accesses (`ttl`) use [`peek_live`](Self::peek_live).
     fn read_live<R>(&self, key: &str, f: impl FnOnce(&Arc<Entry<V>>) -> R) -> Option<R> {
+        let hash = self.deadlines.hash(key);
+        if let Some(idle) = self.idle {
+            let now = self.deadlines.micros(Instant::now());
+            return self.entries.read(key, hash, |e| e.touch(now, idle.micros, idle.slack).then(|| f(e))).flatten();
+        }
+        let now = Instant::now();
+        let live = |e: &Entry<V>| !e.has_deadline() || e.is_live(self.deadlines.micros(now));
+        self.entries.read(key, hash, |e| live(e).then(|| f(e))).flatten()
+    }
+
+    /// [`read_live`](Self::read_live) without the access: moves no deadline.
+    fn peek_live<R>(&self, key: &str, f: impl FnOnce(&Arc<Entry<V>>) -> R) -> Option<R> {
         let now = Instant::now();
         let hash = self.deadlines.hash(key);
         let live = |e: &Entry<V>| !e.has_deadline() || e.is_live(self.deadlines.micros(now));
         self.entries.read(key, hash, |e| live(e).then(|| f(e))).flatten()
+    }
+
+    /// The deadline of an entry written (or accessed by a write) at `now`
+    /// whose own TTL ends at `own`: `own`, or with time-to-idle the earlier
+    /// of it and `time_to_idle` from now.
+    fn idle_deadline(&self, now: Micros, own: Micros) -> Micros {
+        match self.idle {
+            None => own,
+            Some(idle) => own.min(now.saturating_add(idle.micros).min(NO_DEADLINE - 1)),
+        }
     }
 
     /// Calls `f` on every live entry (under a read lock: `f` only collects).
@@ -412,8 +516,10 @@ impl<V: Value> Shared<V> {
         ttl: Option<Duration>,
         keep: bool,
     ) -> Result<Option<(Arc<str>, Arc<Entry<V>>)>> {
-        let deadline = self.deadline_for(Instant::now(), ttl)?;
-        let entry = Arc::new(Entry::new(value, deadline));
+        let now = Instant::now();
+        let own = self.deadline_for(now, ttl)?;
+        let deadline = self.idle_deadline(self.deadlines.micros(now), own);
+        let entry = Arc::new(Entry::idle(value, deadline, own));
         let hash = self.deadlines.hash(&key);
         let kept = keep.then(|| (Arc::clone(&key), Arc::clone(&entry)));
         let mut write = self.entries.write(hash);
@@ -441,7 +547,7 @@ impl<V: Value> Shared<V> {
             Request::Ttl { key } => {
                 let now = Instant::now();
                 Ok(Response::Ttl(
-                    self.read_live(&key, |e| e.has_deadline().then(|| self.deadlines.instant(e.deadline)))
+                    self.peek_live(&key, |e| e.has_deadline().then(|| self.deadlines.instant(e.deadline())))
                         .flatten()
                         .map(|d| d.saturating_duration_since(now)),
                 ))

@@ -20,6 +20,7 @@ use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 /// | `lock_lease_ms` | 30000 | lease of per-key locks |
 /// | `poll_ms` | 100 | how often the expiry driver looks for other processes' deadlines |
 /// | `readers` | 2 | read connections (reads never queue behind writes) |
+/// | `time_to_idle_ms` | none | an entry also expires this long after its last access by any process (see [`SqliteConfig::time_to_idle`]) |
 /// | `codec` | `json` | value encoding |
 /// | `verify_codec` | `false` | decode every encoded value once before writing it; one that does not decode back is refused (see [`SqliteConfig::verify_codec`]) |
 /// | `share_events` | `false` | append events to, and stream events from, the change feed shared by the processes on this file and table (see [`SqliteBackend::share_events`](super::SqliteBackend::share_events)) |
@@ -48,6 +49,7 @@ pub struct SqliteConfig {
     pub(super) readers: usize,
     pub(super) share_events: bool,
     pub(super) delivery: crate::delivery::ExpireDelivery,
+    pub(super) time_to_idle: Option<Duration>,
 }
 
 impl SqliteConfig {
@@ -66,6 +68,7 @@ impl SqliteConfig {
             readers: 2,
             share_events: false,
             delivery: Default::default(),
+            time_to_idle: None,
         }
     }
 
@@ -99,12 +102,42 @@ impl SqliteConfig {
         self
     }
 
+    /// Idle expiry: an entry also expires `idle` after its last access by
+    /// any process sharing the table (a write, `get`, `exists`, a guard's
+    /// `get`; not `ttl`, `keys`, `items`), at the earlier of that and its
+    /// own TTL's deadline, as an ordinary `Expire` event with its value.
+    /// URL option `time_to_idle_ms`.
+    ///
+    /// `expires_at` holds the earlier deadline, so expiry, reads and the
+    /// other processes' drivers work as with any TTL; the deadline of an
+    /// entry's own TTL is kept in a column `ttl_at`, added to the table
+    /// when a store with a time-to-idle first opens it. A read that would
+    /// move the deadline by more than 1% of `idle` (at least 1 ms) writes
+    /// it (one `UPDATE`, group-committed with other writes) before it
+    /// answers; a read that would move it less writes nothing. So an entry
+    /// read at least once every 99% of `idle` never expires, and one left
+    /// alone expires `idle` after its last write or extending read.
+    /// Every process sharing a table should use the same time-to-idle.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = livedict::backend::SqliteConfig::new("sessions.db").time_to_idle(Duration::from_secs(1800));
+    /// # let _ = config;
+    /// ```
+    pub fn time_to_idle(mut self, idle: Duration) -> Self {
+        self.time_to_idle = Some(idle);
+        self
+    }
+
     pub(super) fn in_memory(&self) -> bool {
         self.path.as_os_str() == ":memory:"
     }
 
-    /// Checks what cannot be checked while building (the table name).
+    /// Checks what cannot be checked while building (the table name, the time-to-idle).
     pub(super) fn validate(&self) -> Result<()> {
+        if let Some(idle) = self.time_to_idle {
+            crate::url::check_idle(idle)?;
+        }
         let ok = !self.table.is_empty()
             && self.table.len() <= 64
             && self.table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -169,6 +202,11 @@ pub(super) const OPTIONS: &[UrlOption<SqliteConfig>] = &[
         apply: |c, v| set(&mut c.poll_interval, millis(v)?.max(Duration::from_millis(1))),
     },
     UrlOption { name: "readers", default: "2", apply: |c, v| set(&mut c.readers, parse::<usize>(v)?.max(1)) },
+    UrlOption {
+        name: "time_to_idle_ms",
+        default: "none",
+        apply: |c, v| set(&mut c.time_to_idle, Some(crate::url::idle_millis(v)?)),
+    },
 ];
 
 #[cfg(test)]

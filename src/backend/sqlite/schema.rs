@@ -35,6 +35,27 @@ pub(super) struct Sql {
     pub(super) fence_name: String,
     /// Leased expirations (`expire_delivery=at_least_once`), see [`Pending`].
     pub(super) pending: Option<Pending>,
+    /// With `time_to_idle`, see [`IdleSql`].
+    pub(super) idle: Option<IdleSql>,
+}
+
+/// The statements of a store with `time_to_idle` (see [`Sql::with_idle`]):
+/// `expires_at` is the effective deadline (the earlier of the entry's own
+/// TTL and its last access + time-to-idle), so every other statement
+/// (expiry claims, reads, the earliest deadline) is unchanged; `ttl_at` is
+/// the deadline of the entry's own TTL (`NULL`: none), the latest an
+/// access may move `expires_at` to.
+#[derive(Debug)]
+pub(super) struct IdleSql {
+    /// The time-to-idle, in ms.
+    pub(super) idle_ms: i64,
+    /// `?1` key, `?2` now → value, expires_at, ttl_at of the live entry.
+    pub(super) get: String,
+    /// `?1` key, `?2` now → expires_at, ttl_at of the live entry.
+    pub(super) deadline: String,
+    /// `?1` key, `?2` now, `?3` now + time-to-idle: moves the live entry's
+    /// deadline later (capped by `ttl_at`); one row changed iff it is live.
+    pub(super) touch: String,
 }
 
 /// The statements of the pending table `<table>_pending`: expirations claimed
@@ -89,6 +110,7 @@ impl Sql {
         };
         Sql {
             pending,
+            idle: None,
             earliest,
             get: format!("SELECT value, expires_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
             deadline: format!("SELECT expires_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
@@ -128,6 +150,62 @@ impl Sql {
             fence_name: format!("fence:{t}"),
         }
     }
+}
+
+/// SQLite's clock in ms since the Unix epoch (the wall clock `now_ms` reads
+/// too), for statements that take no `now` argument.
+const SQL_NOW_MS: &str = "CAST(round(unixepoch('subsec') * 1000) AS INTEGER)";
+
+impl Sql {
+    /// With `time_to_idle` (`idle_ms`): the statements of [`IdleSql`], and the
+    /// writes that start an entry's idle period. `upsert` keeps its three
+    /// arguments (`?3` is the deadline of the entry's own TTL, or `NULL`) and
+    /// reads the time from SQLite's clock, so every caller of it starts the
+    /// idle period; `expire` and `persist` set `ttl_at` and restart it.
+    pub(super) fn with_idle(mut self, t: &str, idle_ms: Option<i64>) -> Self {
+        let Some(idle_ms) = idle_ms else { return self };
+        let live = "(expires_at IS NULL OR expires_at > ?2)";
+        self.upsert = format!(
+            "INSERT INTO \"{t}\" (key, value, expires_at, ttl_at) \
+             VALUES (?1, ?2, min(coalesce(?3, 9223372036854775807), {SQL_NOW_MS} + {idle_ms}), ?3) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, \
+             ttl_at = excluded.ttl_at"
+        );
+        self.expire =
+            format!("UPDATE \"{t}\" SET ttl_at = ?3, expires_at = min(?3, ?2 + {idle_ms}) WHERE key = ?1 AND {live}");
+        self.persist = format!(
+            "UPDATE \"{t}\" SET ttl_at = NULL, expires_at = ?2 + {idle_ms} \
+             WHERE key = ?1 AND ttl_at IS NOT NULL AND expires_at > ?2"
+        );
+        self.idle = Some(IdleSql {
+            idle_ms,
+            get: format!("SELECT value, expires_at, ttl_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
+            deadline: format!("SELECT expires_at, ttl_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
+            touch: format!(
+                "UPDATE \"{t}\" SET expires_at = max(expires_at, min(coalesce(ttl_at, ?3), ?3)) \
+                 WHERE key = ?1 AND {live}"
+            ),
+        });
+        self
+    }
+}
+
+/// Migration step (time-to-idle): adds the column `ttl_at INTEGER` (the
+/// deadline of an entry's own TTL, see [`IdleSql`]) to the store's table if
+/// it lacks it. Run by [`create`] only when the store is opened with a
+/// `time_to_idle`, in its transaction; the schema version is unchanged (a
+/// store without time-to-idle never reads or writes the column, so older
+/// releases and stores without it work on the same file).
+fn add_ttl_at_column(tx: &rusqlite::Transaction<'_>, t: &str) -> rusqlite::Result<()> {
+    let has: bool = tx.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{t}') WHERE name = 'ttl_at')"),
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        tx.execute_batch(&format!("ALTER TABLE \"{t}\" ADD COLUMN ttl_at INTEGER"))?;
+    }
+    Ok(())
 }
 
 /// Sets the connection's pragmas (every connection, readers included).
@@ -175,6 +253,9 @@ pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(),
         return Err(CreateError::Version(format!(
             "schema version {version} is newer than this livedict understands ({SCHEMA_VERSION}); upgrade livedict"
         )));
+    }
+    if config.time_to_idle.is_some() {
+        add_ttl_at_column(&tx, t).map_err(CreateError::Sqlite)?;
     }
     tx.commit().map_err(CreateError::Sqlite)
 }

@@ -148,6 +148,13 @@ pub(super) enum WriteOp {
     Settle {
         receipts: Vec<(i64, u32, bool)>,
     },
+    /// Time-to-idle: an access moves the live entry's deadline to
+    /// `expires_at` (capped by its own TTL's, see `IdleSql::touch`).
+    /// Answers `Bool(true)` iff the entry is live.
+    Touch {
+        key: String,
+        expires_at: i64,
+    },
 }
 
 /// An expiration leased to this process (`at_least_once`): delivery number
@@ -805,6 +812,12 @@ fn apply(
             }
             WriteOutcome::Done
         }
+        WriteOp::Touch { key, expires_at } => match &sql.idle {
+            Some(idle) => {
+                WriteOutcome::Bool(tx.prepare_cached(&idle.touch)?.execute(params![key, now, expires_at])? > 0)
+            }
+            None => WriteOutcome::Bool(true),
+        },
     };
     // Under at_least_once, what this write found expired is leased like a claim.
     let held = match &sql.pending {
