@@ -23,7 +23,11 @@ async fn open_idle(h: &Harness) -> (LiveDict<u32>, Collector<u32>) {
 
 /// The `Expire` events of `key` seen by `c`.
 fn expirations(c: &Collector<u32>, key: &str) -> Vec<Option<u32>> {
-    c.events().into_iter().filter(|(kind, k, _)| *kind == EventKind::Expire && k == key).map(|e| e.2).collect()
+    c.events()
+        .into_iter()
+        .filter(|(kind, k, _)| *kind == EventKind::Expire && k == key)
+        .map(|e| e.2)
+        .collect()
 }
 
 for_each_backend! {
@@ -235,7 +239,8 @@ async fn kept_alive_by_another_process(h: Harness) {
     assert!(elapsed > IDLE * 3, "the child read for several idle periods ({elapsed:?})");
     assert!(expirations(&expired, "k").is_empty(), "expired while another process read it");
     assert!(d.ttl("k").await.unwrap().is_some());
-    eventually("the Expire event after the reads stopped", || expirations(&expired, "k") == vec![Some(7)]).await;
+    eventually("the Expire event after the reads stopped", || expirations(&expired, "k") == vec![Some(7)])
+        .await;
 }
 
 #[cfg(feature = "sqlite")]
@@ -251,10 +256,31 @@ async fn redis_reads_by_another_process_keep_an_entry_alive() {
     kept_alive_by_another_process(h).await;
 }
 
+/// With a capacity bound (moka holds the entries), reads keep an entry
+/// alive too, and an untouched one expires with its value.
+#[tokio::test(start_paused = true)]
+async fn memory_with_a_capacity_bound_keeps_read_entries_alive() {
+    let d = LiveDict::<u32>::builder().memory().max_capacity(1000).time_to_idle(IDLE).build().await.unwrap();
+    let expired = Collector::new();
+    d.register_callback(EventKind::Expire, expired.callback()).unwrap();
+    d.set("read", 1).await.unwrap();
+    d.set("left", 2).await.unwrap();
+    for _ in 0..12 {
+        tokio::time::sleep(IDLE / 4).await;
+        assert_eq!(d.get("read").await.unwrap(), Some(1));
+    }
+    eventually("the untouched entry's Expire event", || expirations(&expired, "left") == vec![Some(2)]).await;
+    assert!(expirations(&expired, "read").is_empty());
+}
+
 /// The blocking facade takes the same setting.
 #[test]
 fn the_blocking_facade_takes_time_to_idle() {
-    let d = LiveDict::<u32>::builder().memory().time_to_idle(Duration::from_millis(300)).build_blocking().unwrap();
+    let d = LiveDict::<u32>::builder()
+        .memory()
+        .time_to_idle(Duration::from_millis(300))
+        .build_blocking()
+        .unwrap();
     d.set("k", 7).unwrap();
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(100));

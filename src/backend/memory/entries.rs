@@ -366,6 +366,26 @@ mod tests {
     use super::*;
     use std::hash::BuildHasher;
 
+    /// An access moves the deadline to now + idle, never past the own
+    /// TTL's, not for less than the slack, and never once the driver sealed it.
+    #[test]
+    fn touch_moves_the_deadline_up_to_the_limit_until_sealed() {
+        let e = Entry::idle(1u32, 1_000, 5_000);
+        assert!(e.touch(500, 1_000, 10));
+        assert_eq!(e.deadline(), 1_500);
+        assert!(e.touch(505, 1_000, 10), "live, but moved by less than the slack");
+        assert_eq!(e.deadline(), 1_500);
+        // 4_500 is past 1_500: not live, not extended.
+        assert!(!e.touch(4_500, 1_000, 10));
+        assert_eq!(e.deadline(), 1_500);
+        assert!(e.touch(1_400, 10_000, 10));
+        assert_eq!(e.deadline(), 5_000, "capped by the own TTL");
+        assert_eq!(e.seal_due(4_000), Err(5_000), "an access moved it: the row is filed again");
+        assert_eq!(e.seal_due(5_000), Ok(()));
+        assert!(!e.touch(5_000, 1_000, 10), "sealed: no access extends it");
+        assert!(!e.is_live(0));
+    }
+
     /// A map that emptied gives its memory back; one that holds its size keeps it.
     #[test]
     fn a_sparse_map_shrinks() {

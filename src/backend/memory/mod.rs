@@ -461,7 +461,10 @@ impl<V: Value> Shared<V> {
         let hash = self.deadlines.hash(key);
         if let Some(idle) = self.idle {
             let now = self.deadlines.micros(Instant::now());
-            return self.entries.read(key, hash, |e| e.touch(now, idle.micros, idle.slack).then(|| f(e))).flatten();
+            return self
+                .entries
+                .read(key, hash, |e| e.touch(now, idle.micros, idle.slack).then(|| f(e)))
+                .flatten();
         }
         let now = Instant::now();
         let live = |e: &Entry<V>| !e.has_deadline() || e.is_live(self.deadlines.micros(now));

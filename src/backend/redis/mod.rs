@@ -647,7 +647,8 @@ impl<V: Value> Shared<V> {
             Request::Set { key, value, ttl, lock } => {
                 // Without a TTL the stored bytes are final here; with one, the script adds the deadline.
                 let idle = self.config.time_to_idle.map(ms);
-                let header: &[u8] = if ttl.is_none() && idle.is_none() { &[layout::NO_DEADLINE] } else { &[] };
+                let header: &[u8] =
+                    if ttl.is_none() && idle.is_none() { &[layout::NO_DEADLINE] } else { &[] };
                 let value = Bytes::from(self.config.encoder().encode_after(&key, &value, header)?);
                 let owner = lock.as_ref().map(|t| t.as_str());
                 let spec = match idle {

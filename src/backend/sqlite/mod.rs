@@ -251,7 +251,10 @@ impl<V: Value> SqliteBackend<V> {
                 .map_err(|e| open_error(&label, "configuring the expiry driver's connection", e))?;
             Some(c)
         };
-        let sql = Arc::new(Sql::new(&config.table, &config.delivery).with_idle(&config.table, config.time_to_idle.map(ttl_ms)));
+        let sql = Arc::new(
+            Sql::new(&config.table, &config.delivery)
+                .with_idle(&config.table, config.time_to_idle.map(ttl_ms)),
+        );
         // Async callers write inline only where a commit does not fsync.
         let inline_async = !config.synchronous_full || config.in_memory();
         // Expirations a write transaction took are reported by the writer (see `Reporter`).

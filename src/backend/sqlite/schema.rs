@@ -171,8 +171,9 @@ impl Sql {
              ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, \
              ttl_at = excluded.ttl_at"
         );
-        self.expire =
-            format!("UPDATE \"{t}\" SET ttl_at = ?3, expires_at = min(?3, ?2 + {idle_ms}) WHERE key = ?1 AND {live}");
+        self.expire = format!(
+            "UPDATE \"{t}\" SET ttl_at = ?3, expires_at = min(?3, ?2 + {idle_ms}) WHERE key = ?1 AND {live}"
+        );
         self.persist = format!(
             "UPDATE \"{t}\" SET ttl_at = NULL, expires_at = ?2 + {idle_ms} \
              WHERE key = ?1 AND ttl_at IS NOT NULL AND expires_at > ?2"
@@ -273,6 +274,27 @@ mod tests {
         let args: Vec<i64> = vec![0; args];
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3)).unwrap();
         rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    /// The time-to-idle migration step adds `ttl_at` once (opening again
+    /// is a no-op), and the idle statements prepare against it.
+    #[test]
+    fn the_idle_migration_adds_ttl_at_once() {
+        let config = SqliteConfig::new(":memory:").time_to_idle(std::time::Duration::from_secs(1));
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        create(&mut conn, &config).unwrap();
+        create(&mut conn, &config).unwrap();
+        let sql = Sql::new(&config.table, &ExpireDelivery::default()).with_idle(&config.table, Some(1000));
+        let idle = sql.idle.as_ref().unwrap();
+        for q in [&sql.upsert, &sql.expire, &sql.persist, &idle.get, &idle.deadline, &idle.touch] {
+            conn.prepare(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        }
+        conn.execute(&sql.upsert, rusqlite::params!["k", b"1".to_vec(), None::<i64>]).unwrap();
+        let (at, ttl_at): (Option<i64>, Option<i64>) = conn
+            .query_row("SELECT expires_at, ttl_at FROM livedict", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert!(at.is_some(), "the upsert starts the idle period");
+        assert_eq!(ttl_at, None);
     }
 
     /// The queries the expiry driver runs on every turn read the deadline

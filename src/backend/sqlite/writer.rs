@@ -813,9 +813,9 @@ fn apply(
             WriteOutcome::Done
         }
         WriteOp::Touch { key, expires_at } => match &sql.idle {
-            Some(idle) => {
-                WriteOutcome::Bool(tx.prepare_cached(&idle.touch)?.execute(params![key, now, expires_at])? > 0)
-            }
+            Some(idle) => WriteOutcome::Bool(
+                tx.prepare_cached(&idle.touch)?.execute(params![key, now, expires_at])? > 0,
+            ),
             None => WriteOutcome::Bool(true),
         },
     };
