@@ -459,7 +459,8 @@ fn throughput(
         })
     };
     for (tasks, ops) in [(1, n), (50, many_ops)] {
-        let (plain, with_idle) = crate::best_pair(rounds, ops, || live_op(false, tasks, ops), || idle_op(tasks, ops));
+        let (plain, with_idle) =
+            crate::best_pair(rounds, ops, || live_op(false, tasks, ops), || idle_op(tasks, ops));
         let note = "\"raw\" here: a plain livedict get (one GET), same run; livedict: time_to_idle_ms=10000, each get one EVALSHA (TOUCH) that also rewrites the deadline (header, index) when it moved by > 100 ms";
         rep.ops("redis", backend, "get, time_to_idle", tasks, with_idle, Some(plain), Target::None, note);
     }
