@@ -412,7 +412,9 @@ impl<V: Value> Shared<V> {
         let write = self.entries.write(hash);
         if write.get(&row.key).is_some_and(|e| Arc::ptr_eq(&e, &row.entry)) && !row.entry.ended() {
             self.deadlines.replace(hash, None, Some((row.key, later, &row.entry)));
-        } else if row.entry.ended() {
+        } else {
+            // Whoever took the entry out found no row to remove and counts
+            // (or counted) this one dead: uncount it, it goes here.
             self.deadlines.dropped_dead(hash, 1);
         }
     }
