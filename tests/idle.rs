@@ -163,6 +163,17 @@ for_each_backend! {
         assert!(d.ttl("idle").await.unwrap().unwrap() <= IDLE);
     }
 
+    async fn atomic_updates_are_writes_that_start_the_idle_period(h: Harness) {
+        let (d, expired) = open_idle(&h).await;
+        assert_eq!(d.incr("n", 2).await.unwrap(), 2);
+        assert!(d.compare_and_set("n", Some(&2), 5).await.unwrap());
+        assert!(!d.compare_and_set("n", Some(&2), 6).await.unwrap());
+        let left = d.ttl("n").await.unwrap().expect("an idle deadline");
+        assert!(left <= IDLE && left > IDLE / 2, "{left:?}");
+        h.pass(IDLE + h.grace()).await;
+        eventually("the idle counter's Expire event", || expirations(&expired, "n") == vec![Some(5)]).await;
+    }
+
     async fn bad_time_to_idle_values_are_refused(h: Harness) {
         for bad in ["0", "abc", "-5", "1.5", ""] {
             let url = h.url_with(&format!("time_to_idle_ms={bad}"));
