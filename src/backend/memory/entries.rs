@@ -32,17 +32,17 @@ pub(super) type Hasher = foldhash::fast::RandomState;
 /// rows) cost a reference count, not a clone of `V`. The `Arc` is also the
 /// entry's identity (it replaces a per-write generation): a deadline row
 /// holds a clone of it, so a row can only ever end the entry it was written
-/// for (a re-set key has a new entry). 24 bytes beside `V`.
+/// for (a re-set key has a new entry). 16 bytes beside `V`.
 pub(super) struct Entry<V> {
     pub(super) value: V,
     /// When it expires ([`NO_DEADLINE`]: never), see `DeadlineTable::micros`.
     /// Fixed at its write without `time_to_idle`; with it, moved later by
-    /// each access ([`touch`](Self::touch)), never past `limit`, and set to
-    /// 0 by the driver that reports its expiry ([`seal_due`](Self::seal_due)).
+    /// each access ([`touch`](Self::touch)), never past its own TTL's
+    /// deadline, and set to 0 by the driver that reports its expiry
+    /// ([`seal_due`](Self::seal_due)).
     deadline: AtomicU64,
-    /// The deadline of its own TTL ([`NO_DEADLINE`]: none): the latest an
-    /// idle deadline may reach (equal to `deadline` without `time_to_idle`).
-    limit: Micros,
+    /// How its own TTL bounds its deadline (in the struct's padding: no byte more).
+    cap: Cap,
     /// Set by whoever ends this entry first: the driver that reports its
     /// expiry, the writer that replaced or removed it (reporting it as expired
     /// if it was past its deadline), or the eviction listener. So its end is
@@ -55,19 +55,24 @@ pub(super) struct Entry<V> {
 impl<V> Entry<V> {
     #[cfg(test)]
     pub(super) fn new(value: V, deadline: Micros) -> Self {
-        Self::idle(value, deadline, deadline)
+        let cap = if deadline == NO_DEADLINE { Cap::None } else { Cap::Fixed };
+        Self::idle(value, deadline, cap)
     }
 
-    /// An entry whose deadline (`deadline`) may be moved by accesses up to
-    /// the deadline of its own TTL (`limit`, [`NO_DEADLINE`]: none).
-    pub(super) fn idle(value: V, deadline: Micros, limit: Micros) -> Self {
+    /// An entry whose deadline (`deadline`) its own TTL bounds as `cap` says.
+    pub(super) fn idle(value: V, deadline: Micros, cap: Cap) -> Self {
         Entry {
             value,
             deadline: AtomicU64::new(deadline),
-            limit,
+            cap,
             ended: AtomicBool::new(false),
             row: AtomicU32::new(0),
         }
+    }
+
+    /// How its own TTL bounds its deadline.
+    pub(super) fn cap(&self) -> Cap {
+        self.cap
     }
 
     /// When it expires now ([`NO_DEADLINE`]: never).
@@ -83,21 +88,33 @@ impl<V> Entry<V> {
 
     /// Whether it was stored with a TTL of its own.
     pub(super) fn has_own_deadline(&self) -> bool {
-        self.limit != NO_DEADLINE
+        self.cap != Cap::None
     }
 
     /// An access at `now` with time-to-idle `idle`: moves the deadline to
-    /// `now + idle` (never past `limit`) unless that would move it by at
-    /// most `slack`; false if the entry is no longer live (then it is not
-    /// extended).
+    /// `now + idle` (never past its own TTL's deadline: none for
+    /// [`Cap::None`], the current one for [`Cap::Fixed`], `limit()` for
+    /// [`Cap::Table`]) unless that would move it by at most `slack`; false
+    /// if the entry is no longer live (then it is not extended).
     ///
     /// The driver seals a due entry with a compare-and-swap on the same
     /// word ([`seal_due`](Self::seal_due)), so a read either extends the
     /// deadline before the driver looks (the driver then re-arms it) or
     /// finds it sealed and answers nothing: an entry read in time is never
     /// reported expired.
-    pub(super) fn touch(&self, now: Micros, idle: Micros, slack: Micros) -> bool {
-        let target = now.saturating_add(idle).min(self.limit);
+    pub(super) fn touch(
+        &self,
+        now: Micros,
+        idle: Micros,
+        slack: Micros,
+        limit: impl FnOnce() -> Micros,
+    ) -> bool {
+        let limit = match self.cap {
+            Cap::None => NO_DEADLINE,
+            Cap::Fixed => return self.deadline() > now,
+            Cap::Table => limit(),
+        };
+        let target = now.saturating_add(idle).min(limit);
         let mut current = self.deadline.load(Ordering::Acquire);
         loop {
             if current <= now {
@@ -139,6 +156,20 @@ impl<V> Entry<V> {
     pub(super) fn is_live(&self, now: Micros) -> bool {
         self.deadline() > now
     }
+}
+
+/// How an entry's own TTL bounds the deadline accesses move (time-to-idle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cap {
+    /// No TTL of its own: accesses move the deadline freely.
+    None,
+    /// Its own TTL's deadline is its deadline (it came before the idle one
+    /// at its write, so no access can move it): accesses move nothing.
+    Fixed,
+    /// Its own TTL's deadline is later than its first idle deadline; it is
+    /// kept in the backend's table of such deadlines (`Shared::limits`),
+    /// keyed by key and entry, until the entry ends.
+    Table,
 }
 
 /// A `Set` event reads the stored value in its entry (no clone of `V`).
@@ -370,20 +401,28 @@ mod tests {
     /// TTL's, not for less than the slack, and never once the driver sealed it.
     #[test]
     fn touch_moves_the_deadline_up_to_the_limit_until_sealed() {
-        let e = Entry::idle(1u32, 1_000, 5_000);
-        assert!(e.touch(500, 1_000, 10));
+        let limit = || 5_000;
+        let e = Entry::idle(1u32, 1_000, Cap::Table);
+        assert!(e.touch(500, 1_000, 10, limit));
         assert_eq!(e.deadline(), 1_500);
-        assert!(e.touch(505, 1_000, 10), "live, but moved by less than the slack");
+        assert!(e.touch(505, 1_000, 10, limit), "live, but moved by less than the slack");
         assert_eq!(e.deadline(), 1_500);
         // 4_500 is past 1_500: not live, not extended.
-        assert!(!e.touch(4_500, 1_000, 10));
+        assert!(!e.touch(4_500, 1_000, 10, limit));
         assert_eq!(e.deadline(), 1_500);
-        assert!(e.touch(1_400, 10_000, 10));
+        assert!(e.touch(1_400, 10_000, 10, limit));
         assert_eq!(e.deadline(), 5_000, "capped by the own TTL");
         assert_eq!(e.seal_due(4_000), Err(5_000), "an access moved it: the row is filed again");
         assert_eq!(e.seal_due(5_000), Ok(()));
-        assert!(!e.touch(5_000, 1_000, 10), "sealed: no access extends it");
+        assert!(!e.touch(5_000, 1_000, 10, limit), "sealed: no access extends it");
         assert!(!e.is_live(0));
+        let fixed = Entry::idle(1u32, 1_000, Cap::Fixed);
+        assert!(fixed.touch(500, 10_000, 10, limit));
+        assert_eq!(fixed.deadline(), 1_000, "its own TTL came first: never moved");
+        let free = Entry::idle(1u32, 1_000, Cap::None);
+        assert!(free.touch(500, 10_000, 10, limit));
+        assert_eq!(free.deadline(), 10_500);
+        assert_eq!(std::mem::size_of::<Entry<()>>(), 16, "no byte more per entry");
     }
 
     /// A map that emptied gives its memory back; one that holds its size keeps it.

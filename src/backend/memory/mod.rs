@@ -26,7 +26,7 @@ use crate::Value;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, EventSink, SharedValue};
 use crate::request::{LockGrant, Request, Response};
-use entries::{Entries, Entry, Hasher};
+use entries::{Cap, Entries, Entry, Hasher};
 use timers::{DeadlineTable, Micros, NO_DEADLINE, Row, Timed};
 
 /// How many expired entries the driver reports (or removes) before yielding.
@@ -84,8 +84,10 @@ impl MemoryConfig {
     /// An access moves the entry's deadline in place (a compare-and-swap on
     /// it, under the shard's read lock; skipped when it would move by less
     /// than 1 ms); the expiry driver finds a moved deadline when the old one
-    /// comes due and files the row again. Without it, reads cost nothing
-    /// more.
+    /// comes due and files the row again. An entry whose own TTL ends after
+    /// its first idle deadline keeps that deadline in a side table (looked
+    /// up by its accesses, dropped when it ends). Without it, reads cost
+    /// nothing more, and no entry is larger.
     ///
     /// ```
     /// use std::time::Duration;
@@ -140,8 +142,15 @@ impl Idle {
     }
 }
 
+/// The deadlines of entries whose own TTL ends after their first idle
+/// deadline ([`Cap::Table`]): key → (deadline, the entry's address). Only a
+/// store with `time_to_idle` writes it; a row goes when its entry ends.
+/// A `std::sync::Mutex`, taken after a shard's lock, never across an `.await`.
+type Limits = std::sync::Mutex<std::collections::HashMap<Arc<str>, (Micros, usize), Hasher>>;
+
 struct Shared<V> {
     entries: Entries<V>,
+    limits: Arc<Limits>,
     /// `time_to_idle`, if set: accesses move deadlines (see [`Shared::read_live`]).
     idle: Option<Idle>,
     deadlines: Arc<DeadlineTable<Entry<V>>>,
@@ -180,12 +189,14 @@ fn ended<V: Value>(
 /// that made them (see [`WriteLocks`]).
 fn on_eviction<V: Value>(
     deadlines: &DeadlineTable<Entry<V>>,
+    limits: &Limits,
     sink: &EventSink<V>,
     key: &str,
     old: Arc<Entry<V>>,
     cause: RemovalCause,
 ) {
     if cause == RemovalCause::Size && old.claim_end() {
+        forget_limit(limits, key, &old);
         if old.has_deadline() {
             let hash = deadlines.hash(key);
             if !deadlines.replace(hash, Some(&old), None) {
@@ -244,15 +255,17 @@ impl<V: Value> MemoryBackend<V> {
         }
         let sink = sink.retrying(config.delivery);
         let deadlines = Arc::new(DeadlineTable::new());
+        let limits: Arc<Limits> = Arc::default();
         let entries = match config.max_capacity {
             None => Entries::map(),
             Some(cap) => {
                 let table = Arc::clone(&deadlines);
+                let listener_limits = Arc::clone(&limits);
                 let listener_sink = sink.clone();
                 let cache = moka::sync::Cache::builder()
                     .max_capacity(cap)
                     .eviction_listener(move |key: Arc<Arc<str>>, old, cause| {
-                        on_eviction(&table, &listener_sink, &key, old, cause)
+                        on_eviction(&table, &listener_limits, &listener_sink, &key, old, cause)
                     })
                     .build_with_hasher(Hasher::default());
                 Entries::moka(cache)
@@ -261,7 +274,7 @@ impl<V: Value> MemoryBackend<V> {
         let cancel = CancellationToken::new();
         let idle = config.time_to_idle.map(Idle::new);
         let shared =
-            Arc::new(Shared { entries, idle, deadlines, sink, _driver: cancel.clone().drop_guard() });
+            Arc::new(Shared { entries, limits, idle, deadlines, sink, _driver: cancel.clone().drop_guard() });
         runtime.spawn(expiry_driver(Arc::downgrade(&shared), cancel));
         Ok(MemoryBackend { shared })
     }
@@ -332,6 +345,7 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
                     continue;
                 }
                 if row.entry.claim_end() {
+                    forget_limit(&shared.limits, &row.key, &row.entry);
                     // The event shares the row's key and the entry's value.
                     let entry: Arc<dyn SharedValue<V>> = row.entry.clone();
                     shared.sink.expired_shared(Arc::clone(&row.key), entry);
@@ -358,6 +372,16 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
                 shared.remove_expired(&key, &e);
             }
             tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Drops the row of `entry` (which ended) from `limits`, if it has one.
+fn forget_limit<V>(limits: &Limits, key: &str, entry: &Arc<Entry<V>>) {
+    if entry.cap() == Cap::Table {
+        let mut limits = limits.lock().unwrap_or_else(|p| p.into_inner());
+        if limits.get(key).is_some_and(|(_, at)| *at == Arc::as_ptr(entry) as usize) {
+            limits.remove(key);
         }
     }
 }
@@ -424,6 +448,24 @@ impl<V: Value> Shared<V> {
     fn removed(&self, key: &str, hash: u64, old: &Arc<Entry<V>>) {
         let row_removed = old.has_deadline() && self.deadlines.replace(hash, Some(old), None);
         ended(&self.deadlines, &self.sink, key, hash, old, row_removed);
+        forget_limit(&self.limits, key, old);
+    }
+
+    /// Records the own TTL's deadline `own` of a new [`Cap::Table`] entry
+    /// (before it is stored, under its key's write lock).
+    fn record_limit(&self, key: &Arc<str>, own: Micros, entry: &Arc<Entry<V>>) {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits.insert(Arc::clone(key), (own, Arc::as_ptr(entry) as usize));
+    }
+
+    /// The own TTL's deadline of a [`Cap::Table`] entry (its current
+    /// deadline if the table has no row for it: then nothing moves it).
+    fn limit_of(&self, key: &str, entry: &Arc<Entry<V>>) -> Micros {
+        let limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        match limits.get(key) {
+            Some((own, at)) if *at == Arc::as_ptr(entry) as usize => *own,
+            _ => entry.deadline(),
+        }
     }
 
     /// Gives a live entry a new deadline of its own TTL (`NO_DEADLINE`:
@@ -442,14 +484,18 @@ impl<V: Value> Shared<V> {
             return false;
         }
         let key: Arc<str> = Arc::from(key);
-        let deadline = self.idle_deadline(now, own);
-        let entry = Arc::new(Entry::idle(old.value.clone(), deadline, own));
+        let (deadline, cap) = self.idle_deadline(now, own);
+        let entry = Arc::new(Entry::idle(old.value.clone(), deadline, cap));
+        if cap == Cap::Table {
+            self.record_limit(&key, own, &entry);
+        }
         write.insert(Arc::clone(&key), Arc::clone(&entry));
         let old_row = old.has_deadline().then_some(&old);
         let new_row = (deadline != NO_DEADLINE).then(|| (Arc::clone(&key), deadline, &entry));
         let row_removed = self.deadlines.replace(hash, old_row, new_row);
         drop(write);
         ended(&self.deadlines, &self.sink, &key, hash, &old, row_removed);
+        forget_limit(&self.limits, &key, &old);
         true
     }
 
@@ -465,7 +511,9 @@ impl<V: Value> Shared<V> {
             let now = self.deadlines.micros(Instant::now());
             return self
                 .entries
-                .read(key, hash, |e| e.touch(now, idle.micros, idle.slack).then(|| f(e)))
+                .read(key, hash, |e| {
+                    e.touch(now, idle.micros, idle.slack, || self.limit_of(key, e)).then(|| f(e))
+                })
                 .flatten();
         }
         let now = Instant::now();
@@ -484,10 +532,17 @@ impl<V: Value> Shared<V> {
     /// The deadline of an entry written (or accessed by a write) at `now`
     /// whose own TTL ends at `own`: `own`, or with time-to-idle the earlier
     /// of it and `time_to_idle` from now.
-    fn idle_deadline(&self, now: Micros, own: Micros) -> Micros {
-        match self.idle {
-            None => own,
-            Some(idle) => own.min(now.saturating_add(idle.micros).min(NO_DEADLINE - 1)),
+    fn idle_deadline(&self, now: Micros, own: Micros) -> (Micros, Cap) {
+        let Some(idle) = self.idle else {
+            return (own, if own == NO_DEADLINE { Cap::None } else { Cap::Fixed });
+        };
+        let idle_at = now.saturating_add(idle.micros).min(NO_DEADLINE - 1);
+        if own == NO_DEADLINE {
+            (idle_at, Cap::None)
+        } else if own <= idle_at {
+            (own, Cap::Fixed)
+        } else {
+            (idle_at, Cap::Table)
         }
     }
 
@@ -523,11 +578,14 @@ impl<V: Value> Shared<V> {
     ) -> Result<Option<(Arc<str>, Arc<Entry<V>>)>> {
         let now = Instant::now();
         let own = self.deadline_for(now, ttl)?;
-        let deadline = self.idle_deadline(self.deadlines.micros(now), own);
-        let entry = Arc::new(Entry::idle(value, deadline, own));
+        let (deadline, cap) = self.idle_deadline(self.deadlines.micros(now), own);
+        let entry = Arc::new(Entry::idle(value, deadline, cap));
         let hash = self.deadlines.hash(&key);
         let kept = keep.then(|| (Arc::clone(&key), Arc::clone(&entry)));
         let mut write = self.entries.write(hash);
+        if cap == Cap::Table {
+            self.record_limit(&key, own, &entry);
+        }
         // Only an entry with a deadline has a row to end or an expiry to report.
         let old = write.insert(Arc::clone(&key), Arc::clone(&entry)).filter(|e| e.has_deadline());
         if deadline == NO_DEADLINE && old.is_none() {
@@ -541,6 +599,7 @@ impl<V: Value> Shared<V> {
         drop(write);
         if let Some(old) = old {
             ended(&self.deadlines, &self.sink, &key, hash, &old, row_removed);
+            forget_limit(&self.limits, &key, &old);
         }
         Ok(kept)
     }
