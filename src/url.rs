@@ -163,6 +163,25 @@ pub(crate) fn millis(value: &str) -> std::result::Result<std::time::Duration, In
     parse::<u64>(value).map(std::time::Duration::from_millis)
 }
 
+/// Parses `time_to_idle_ms` (every backend): a whole, non-zero number of
+/// milliseconds, at most [`MAX_TTL`](crate::MAX_TTL).
+pub(crate) fn idle_millis(value: &str) -> std::result::Result<std::time::Duration, Invalid> {
+    let idle = millis(value)?;
+    check_idle(idle).map_err(|e| Invalid::Because(e.to_string()))?;
+    Ok(idle)
+}
+
+/// Checks a time-to-idle (URL option `time_to_idle_ms`, `Builder::time_to_idle`):
+/// non-zero and at most [`MAX_TTL`](crate::MAX_TTL); otherwise [`Error::InvalidConfig`](crate::Error::InvalidConfig).
+pub(crate) fn check_idle(idle: std::time::Duration) -> Result<()> {
+    if idle.is_zero() || idle > crate::MAX_TTL {
+        return Err(crate::Error::InvalidConfig(format!(
+            "time_to_idle must be between 1 ms and 100 years, not {idle:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// The option names and defaults of a documentation table in `markdown`:
 /// the rows `| `name` | default | … |` of the first table after `heading`
 /// (a line containing it), for the tests that keep docs and parsers in step.

@@ -436,7 +436,36 @@ fn throughput(
     let (plain, miss) = crate::best_pair(rounds, n, || read_all(&d), cold);
     let note = "\"raw\" here: a plain livedict get (no near cache), same run; livedict: a fresh near-cached store reads each key once (every read misses and fills)";
     rep.ops("redis", backend, "get (miss), near cache", 1, miss, Some(plain), Target::Ratio(0.9), note);
+    // Time-to-idle (`time_to_idle_ms`): a get is one TOUCH script call that
+    // reads the value and moves its deadline, against a plain get (one GET)
+    // in the same run. 10 s: a read writes the new deadline when it moves by
+    // more than 100 ms (1%), so in these rounds nearly every read writes.
+    let idle: LiveDict<String> = rt
+        .block_on(LiveDict::open(&format!("{}&time_to_idle_ms=10000", live_url("bench_idle"))))
+        .expect("redis store with time_to_idle");
     rt.block_on(async {
+        for k in keys.iter() {
+            idle.set(k, v.clone()).await.expect("set");
+        }
+    });
+    let idle_op = |tasks: usize, ops: usize| {
+        on_tasks(&rt, tasks, |t| {
+            let (d, keys) = (idle.clone(), Arc::clone(&keys));
+            async move {
+                for i in part(t, tasks, ops) {
+                    assert!(black_box(d.get(&keys[i % n]).await.expect("get")).is_some());
+                }
+            }
+        })
+    };
+    for (tasks, ops) in [(1, n), (50, many_ops)] {
+        let (plain, with_idle) =
+            crate::best_pair(rounds, ops, || live_op(false, tasks, ops), || idle_op(tasks, ops));
+        let note = "\"raw\" here: a plain livedict get (one GET), same run; livedict: time_to_idle_ms=10000, each get one EVALSHA (TOUCH) that also rewrites the deadline (header, index) when it moved by > 100 ms";
+        rep.ops("redis", backend, "get, time_to_idle", tasks, with_idle, Some(plain), Target::None, note);
+    }
+    rt.block_on(async {
+        idle.shutdown().await.expect("shutdown");
         near.shutdown().await.expect("shutdown");
         d.shutdown().await.expect("shutdown");
         let _ = raw.quit().await;

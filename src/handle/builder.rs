@@ -67,6 +67,7 @@ pub struct Builder<V> {
     expire_delivery: Option<crate::Delivery>,
     expire_lease: Option<Duration>,
     expire_max_attempts: Option<u32>,
+    time_to_idle: Option<Duration>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -124,6 +125,7 @@ impl<V: Value> Builder<V> {
             expire_delivery: None,
             expire_lease: None,
             expire_max_attempts: None,
+            time_to_idle: None,
             _value: PhantomData,
         }
     }
@@ -270,6 +272,33 @@ impl<V: Value> Builder<V> {
         self
     }
 
+    /// Idle expiry, on every backend (URL option `time_to_idle_ms`): an
+    /// entry also expires `idle` after its last access, at the earlier of
+    /// that and its own TTL's deadline, reported as an ordinary `Expire`
+    /// event with its value. An access is any write of the entry, and
+    /// `get`, `exists` and a guard's `get` (not `ttl`, `keys`, `items`);
+    /// [`ttl`](LiveDict::ttl) reports the remaining time to the earlier
+    /// deadline. Across processes (SQLite, Redis) a read by any of them
+    /// extends the deadline for all. Zero or more than 100 years is
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) at `build`.
+    ///
+    /// The cost of a read is the README's section "Idle expiry": nothing on
+    /// memory (a compare-and-swap), a write on SQLite when the deadline
+    /// moved by more than 1% of `idle`, one script call on Redis.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// use std::time::Duration;
+    /// let d = livedict::LiveDict::<u32>::builder().time_to_idle(Duration::from_secs(600)).build().await?;
+    /// d.set("session", 7).await?;
+    /// assert!(d.ttl("session").await?.is_some()); // ends 10 minutes after its last use
+    /// # Ok(()) }
+    /// ```
+    pub fn time_to_idle(mut self, idle: Duration) -> Self {
+        self.time_to_idle = Some(idle);
+        self
+    }
+
     /// Events each callback may have queued before new ones are dropped and counted.
     pub fn callback_queue_capacity(mut self, events: usize) -> Self {
         self.dispatch = self.dispatch.queue_capacity(events);
@@ -293,6 +322,9 @@ impl<V: Value> Builder<V> {
         let target = std::mem::replace(&mut self.target, Ok(Target::Memory(MemoryConfig::default())))?;
         if let Some(ttl) = self.default_ttl {
             crate::request::validate_ttl(ttl)?;
+        }
+        if let Some(idle) = self.time_to_idle {
+            crate::url::check_idle(idle)?;
         }
         let dispatcher = Dispatcher::new(self.dispatch.clone())?;
         let backend = self.open_backend(target, &dispatcher).await?;
@@ -323,6 +355,9 @@ impl<V: Value> Builder<V> {
                 if let Some(cap) = self.max_capacity {
                     config = config.max_capacity(cap);
                 }
+                if let Some(idle) = self.time_to_idle {
+                    config = config.time_to_idle(idle);
+                }
                 apply_delivery!(self, config);
                 AnyBackend::Memory(MemoryBackend::new(config, sink)?)
             }
@@ -339,6 +374,9 @@ impl<V: Value> Builder<V> {
                 }
                 if let Some(policy) = self.sqlite_bound.policy {
                     config = config.eviction_policy(policy);
+                }
+                if let Some(idle) = self.time_to_idle {
+                    config = config.time_to_idle(idle);
                 }
                 apply_delivery!(self, config);
                 if let Some(lease) = self.lock_lease {
@@ -361,6 +399,9 @@ impl<V: Value> Builder<V> {
             Target::Redis(mut config) => {
                 if let Some(ns) = &self.namespace {
                     config = config.namespace(ns);
+                }
+                if let Some(idle) = self.time_to_idle {
+                    config = config.time_to_idle(idle);
                 }
                 apply_delivery!(self, config);
                 if let Some(lease) = self.lock_lease {

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::entries::Entry;
+use super::entries::{Cap, Entry};
 use super::timers::NO_DEADLINE;
-use super::{Shared, ended};
+use super::{Shared, ended, forget_limit};
 use crate::Value;
 use crate::error::Result;
 
@@ -37,6 +37,11 @@ impl<V: Value> Shared<V> {
 
     /// `Request::GetMany`: one live value per key, in order.
     pub(super) fn get_many(&self, keys: &[String]) -> Vec<Option<V>> {
+        if self.idle.is_some() {
+            // Each read is an access that may move the entry's idle deadline
+            // (`read_live`, one read lock per key).
+            return keys.iter().map(|key| self.read_live(key, |e| e.value.clone())).collect();
+        }
         let now = self.deadlines.micros(Instant::now());
         let mut out = vec![None; keys.len()];
         for group in self.by_lock(keys.iter().map(String::as_str)).chunk_by(|a, b| a.0 == b.0) {
@@ -52,7 +57,9 @@ impl<V: Value> Shared<V> {
     /// `Request::SetMany`: every entry stored with `ttl`, in order. The
     /// deadline is checked before anything is written.
     pub(super) fn set_many(&self, entries: Vec<(String, V)>, ttl: Option<Duration>) -> Result<()> {
-        let deadline = self.deadline_for(Instant::now(), ttl)?;
+        let now = Instant::now();
+        let own = self.deadline_for(now, ttl)?;
+        let (deadline, cap) = self.idle_deadline(self.deadlines.micros(now), own);
         let slots = self.by_lock(entries.iter().map(|(k, _)| k.as_str()));
         let mut entries: Vec<Option<(String, V)>> = entries.into_iter().map(Some).collect();
         let mut replaced = Vec::new();
@@ -61,7 +68,10 @@ impl<V: Value> Shared<V> {
             for &(_, i, hash) in group {
                 let Some((key, value)) = entries[i].take() else { continue };
                 let key: Arc<str> = Arc::from(key);
-                let entry = Arc::new(Entry::new(value, deadline));
+                let entry = Arc::new(Entry::idle(value, deadline, cap));
+                if cap == Cap::Table {
+                    self.record_limit(&key, own, &entry);
+                }
                 // As in `set`: only an entry with a deadline has a row to end or an expiry to report.
                 let old = write.insert(Arc::clone(&key), Arc::clone(&entry)).filter(|e| e.has_deadline());
                 if deadline == NO_DEADLINE && old.is_none() {
@@ -76,6 +86,7 @@ impl<V: Value> Shared<V> {
             drop(write);
             for (key, hash, old, row_removed) in replaced.drain(..) {
                 ended(&self.deadlines, &self.sink, &key, hash, &old, row_removed);
+                forget_limit(&self.limits, &key, &old);
             }
         }
         Ok(())

@@ -16,7 +16,7 @@
 //! entry a write replaced without an eviction listener on every write.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::timers::{Micros, NO_DEADLINE, Timed};
@@ -36,7 +36,13 @@ pub(super) type Hasher = foldhash::fast::RandomState;
 pub(super) struct Entry<V> {
     pub(super) value: V,
     /// When it expires ([`NO_DEADLINE`]: never), see `DeadlineTable::micros`.
-    pub(super) deadline: Micros,
+    /// Fixed at its write without `time_to_idle`; with it, moved later by
+    /// each access ([`touch`](Self::touch)), never past its own TTL's
+    /// deadline, and set to 0 by the driver that reports its expiry
+    /// ([`seal_due`](Self::seal_due)).
+    deadline: AtomicU64,
+    /// How its own TTL bounds its deadline (in the struct's padding: no byte more).
+    cap: Cap,
     /// Set by whoever ends this entry first: the driver that reports its
     /// expiry, the writer that replaced or removed it (reporting it as expired
     /// if it was past its deadline), or the eviction listener. So its end is
@@ -47,12 +53,98 @@ pub(super) struct Entry<V> {
 }
 
 impl<V> Entry<V> {
+    #[cfg(test)]
     pub(super) fn new(value: V, deadline: Micros) -> Self {
-        Entry { value, deadline, ended: AtomicBool::new(false), row: AtomicU32::new(0) }
+        let cap = if deadline == NO_DEADLINE { Cap::None } else { Cap::Fixed };
+        Self::idle(value, deadline, cap)
+    }
+
+    /// An entry whose deadline (`deadline`) its own TTL bounds as `cap` says.
+    pub(super) fn idle(value: V, deadline: Micros, cap: Cap) -> Self {
+        Entry {
+            value,
+            deadline: AtomicU64::new(deadline),
+            cap,
+            ended: AtomicBool::new(false),
+            row: AtomicU32::new(0),
+        }
+    }
+
+    /// How its own TTL bounds its deadline.
+    pub(super) fn cap(&self) -> Cap {
+        self.cap
+    }
+
+    /// When it expires now ([`NO_DEADLINE`]: never).
+    pub(super) fn deadline(&self) -> Micros {
+        // Relaxed: without `time_to_idle` it never changes after the entry
+        // is published; with it, `touch` and `seal_due` order themselves by CAS.
+        self.deadline.load(Ordering::Relaxed)
     }
 
     pub(super) fn has_deadline(&self) -> bool {
-        self.deadline != NO_DEADLINE
+        self.deadline() != NO_DEADLINE
+    }
+
+    /// Whether it was stored with a TTL of its own.
+    pub(super) fn has_own_deadline(&self) -> bool {
+        self.cap != Cap::None
+    }
+
+    /// An access at `now` with time-to-idle `idle`: moves the deadline to
+    /// `now + idle` (never past its own TTL's deadline: none for
+    /// [`Cap::None`], the current one for [`Cap::Fixed`], `limit()` for
+    /// [`Cap::Table`]) unless that would move it by at most `slack`; false
+    /// if the entry is no longer live (then it is not extended).
+    ///
+    /// The driver seals a due entry with a compare-and-swap on the same
+    /// word ([`seal_due`](Self::seal_due)), so a read either extends the
+    /// deadline before the driver looks (the driver then re-arms it) or
+    /// finds it sealed and answers nothing: an entry read in time is never
+    /// reported expired.
+    pub(super) fn touch(
+        &self,
+        now: Micros,
+        idle: Micros,
+        slack: Micros,
+        limit: impl FnOnce() -> Micros,
+    ) -> bool {
+        let limit = match self.cap {
+            Cap::None => NO_DEADLINE,
+            Cap::Fixed => return self.deadline() > now,
+            Cap::Table => limit(),
+        };
+        let target = now.saturating_add(idle).min(limit);
+        let mut current = self.deadline.load(Ordering::Acquire);
+        loop {
+            if current <= now {
+                return false;
+            }
+            if target <= current.saturating_add(slack) {
+                return true;
+            }
+            match self.deadline.compare_exchange_weak(current, target, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// For the driver, with a row of this entry that came due at `now`:
+    /// `Ok` if the entry is due (its deadline is then sealed: no access can
+    /// extend it any more), else `Err` with its later deadline (an access
+    /// moved it; the row must be written again for it).
+    pub(super) fn seal_due(&self, now: Micros) -> Result<(), Micros> {
+        let mut current = self.deadline.load(Ordering::Acquire);
+        loop {
+            if current > now {
+                return Err(current);
+            }
+            match self.deadline.compare_exchange_weak(current, 0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(seen) => current = seen,
+            }
+        }
     }
 
     /// Claims the end of this entry (and its one report); false if it already ended.
@@ -62,8 +154,22 @@ impl<V> Entry<V> {
 
     /// Whether it is live at `now` (see `DeadlineTable::micros`).
     pub(super) fn is_live(&self, now: Micros) -> bool {
-        self.deadline > now
+        self.deadline() > now
     }
+}
+
+/// How an entry's own TTL bounds the deadline accesses move (time-to-idle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cap {
+    /// No TTL of its own: accesses move the deadline freely.
+    None,
+    /// Its own TTL's deadline is its deadline (it came before the idle one
+    /// at its write, so no access can move it): accesses move nothing.
+    Fixed,
+    /// Its own TTL's deadline is later than its first idle deadline; it is
+    /// kept in the backend's table of such deadlines (`Shared::limits`),
+    /// keyed by key and entry, until the entry ends.
+    Table,
 }
 
 /// A `Set` event reads the stored value in its entry (no clone of `V`).
@@ -320,6 +426,34 @@ impl WriteLocks {
 mod tests {
     use super::*;
     use std::hash::BuildHasher;
+
+    /// An access moves the deadline to now + idle, never past the own
+    /// TTL's, not for less than the slack, and never once the driver sealed it.
+    #[test]
+    fn touch_moves_the_deadline_up_to_the_limit_until_sealed() {
+        let limit = || 5_000;
+        let e = Entry::idle(1u32, 1_000, Cap::Table);
+        assert!(e.touch(500, 1_000, 10, limit));
+        assert_eq!(e.deadline(), 1_500);
+        assert!(e.touch(505, 1_000, 10, limit), "live, but moved by less than the slack");
+        assert_eq!(e.deadline(), 1_500);
+        // 4_500 is past 1_500: not live, not extended.
+        assert!(!e.touch(4_500, 1_000, 10, limit));
+        assert_eq!(e.deadline(), 1_500);
+        assert!(e.touch(1_400, 10_000, 10, limit));
+        assert_eq!(e.deadline(), 5_000, "capped by the own TTL");
+        assert_eq!(e.seal_due(4_000), Err(5_000), "an access moved it: the row is filed again");
+        assert_eq!(e.seal_due(5_000), Ok(()));
+        assert!(!e.touch(5_000, 1_000, 10, limit), "sealed: no access extends it");
+        assert!(!e.is_live(0));
+        let fixed = Entry::idle(1u32, 1_000, Cap::Fixed);
+        assert!(fixed.touch(500, 10_000, 10, limit));
+        assert_eq!(fixed.deadline(), 1_000, "its own TTL came first: never moved");
+        let free = Entry::idle(1u32, 1_000, Cap::None);
+        assert!(free.touch(500, 10_000, 10, limit));
+        assert_eq!(free.deadline(), 10_500);
+        assert_eq!(std::mem::size_of::<Entry<()>>(), 16, "no byte more per entry");
+    }
 
     /// A map that emptied gives its memory back; one that holds its size keeps it.
     #[test]

@@ -27,8 +27,8 @@ use crate::Value;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, EventSink, SharedValue};
 use crate::request::{LockGrant, Request, Response};
-use entries::{Entries, Entry, Hasher};
-use timers::{DeadlineTable, Micros, NO_DEADLINE, Row};
+use entries::{Cap, Entries, Entry, Hasher};
+use timers::{DeadlineTable, Micros, NO_DEADLINE, Row, Timed};
 
 /// How many expired entries the driver reports (or removes) before yielding.
 const EXPIRE_BATCH: usize = 1024;
@@ -64,6 +64,7 @@ const ROOM_PATIENCE: u32 = 25;
 /// | option | default | meaning |
 /// | --- | --- | --- |
 /// | `max_capacity` | none | most entries; beyond it moka evicts, each eviction an `Evict` event |
+/// | `time_to_idle_ms` | none | an entry also expires this long after its last access (read or write); see [`MemoryConfig::time_to_idle`] |
 /// | `expire_delivery` | `at_most_once` | `at_least_once`: an expiration whose `Expire` callback failed is delivered again, in-process ([`Delivery`](crate::Delivery)) |
 /// | `expire_lease_ms` | 30000 | read for symmetry with SQLite and Redis (in-process, a failure is known at once) |
 /// | `expire_max_attempts` | 10 | deliveries of one expiration before it is dropped |
@@ -75,6 +76,7 @@ const ROOM_PATIENCE: u32 = 25;
 #[derive(Debug, Clone, Default)]
 pub struct MemoryConfig {
     max_capacity: Option<u64>,
+    time_to_idle: Option<Duration>,
     delivery: crate::delivery::ExpireDelivery,
 }
 
@@ -85,6 +87,29 @@ impl MemoryConfig {
     /// which may also reject a new entry) and each eviction is an `Evict` event.
     pub fn max_capacity(mut self, entries: u64) -> Self {
         self.max_capacity = Some(entries);
+        self
+    }
+
+    /// Idle expiry: an entry also expires `idle` after its last access (a
+    /// write, `get`, `exists`, a guard's `get`; not `ttl`, `keys`, `items`
+    /// or a scan), at the earlier of that and its own TTL's deadline, as an
+    /// ordinary `Expire` event with its value. URL option `time_to_idle_ms`.
+    ///
+    /// An access moves the entry's deadline in place (a compare-and-swap on
+    /// it, under the shard's read lock; skipped when it would move by less
+    /// than 1 ms); the expiry driver finds a moved deadline when the old one
+    /// comes due and files the row again. An entry whose own TTL ends after
+    /// its first idle deadline keeps that deadline in a side table (looked
+    /// up by its accesses, dropped when it ends). Without it, reads cost
+    /// nothing more, and no entry is larger.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = livedict::backend::MemoryConfig::default().time_to_idle(Duration::from_secs(600));
+    /// # let _ = config;
+    /// ```
+    pub fn time_to_idle(mut self, idle: Duration) -> Self {
+        self.time_to_idle = Some(idle);
         self
     }
 
@@ -101,14 +126,47 @@ impl MemoryConfig {
 }
 
 /// The URL options of `memory://`, in the order of the documentation tables.
-const OPTIONS: &[crate::url::UrlOption<MemoryConfig>] = &[crate::url::UrlOption {
-    name: "max_capacity",
-    default: "none",
-    apply: |c, v| crate::url::set(&mut c.max_capacity, Some(crate::url::parse(v)?)),
-}];
+const OPTIONS: &[crate::url::UrlOption<MemoryConfig>] = &[
+    crate::url::UrlOption {
+        name: "max_capacity",
+        default: "none",
+        apply: |c, v| crate::url::set(&mut c.max_capacity, Some(crate::url::parse(v)?)),
+    },
+    crate::url::UrlOption {
+        name: "time_to_idle_ms",
+        default: "none",
+        apply: |c, v| crate::url::set(&mut c.time_to_idle, Some(crate::url::idle_millis(v)?)),
+    },
+];
+
+/// Time-to-idle in the deadline table's micros, and how little an access
+/// may leave a deadline unmoved (1 ms, or 1% of a shorter time-to-idle: a
+/// deadline a few hundred microseconds short is within the wheel's 1 ms
+/// ticks, and a key read by many threads is not written on every read).
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    micros: Micros,
+    slack: Micros,
+}
+
+impl Idle {
+    fn new(idle: Duration) -> Self {
+        let micros = u64::try_from(idle.as_micros()).unwrap_or(NO_DEADLINE - 1).max(1);
+        Idle { micros, slack: (micros / 100).min(1000) }
+    }
+}
+
+/// The deadlines of entries whose own TTL ends after their first idle
+/// deadline ([`Cap::Table`]): key → (deadline, the entry's address). Only a
+/// store with `time_to_idle` writes it; a row goes when its entry ends.
+/// A `std::sync::Mutex`, taken after a shard's lock, never across an `.await`.
+type Limits = std::sync::Mutex<std::collections::HashMap<Arc<str>, (Micros, usize), Hasher>>;
 
 struct Shared<V> {
     entries: Entries<V>,
+    limits: Arc<Limits>,
+    /// `time_to_idle`, if set: accesses move deadlines (see [`Shared::read_live`]).
+    idle: Option<Idle>,
     deadlines: Arc<DeadlineTable<Entry<V>>>,
     sink: EventSink<V>,
     /// Cancels the driver when the last backend clone (and so this) goes.
@@ -145,12 +203,14 @@ fn ended<V: Value>(
 /// that made them (see [`WriteLocks`]).
 fn on_eviction<V: Value>(
     deadlines: &DeadlineTable<Entry<V>>,
+    limits: &Limits,
     sink: &EventSink<V>,
     key: &str,
     old: Arc<Entry<V>>,
     cause: RemovalCause,
 ) {
     if cause == RemovalCause::Size && old.claim_end() {
+        forget_limit(limits, key, &old);
         if old.has_deadline() {
             let hash = deadlines.hash(key);
             if !deadlines.replace(hash, Some(&old), None) {
@@ -204,24 +264,31 @@ impl<V: Value> MemoryBackend<V> {
     pub fn new(config: MemoryConfig, sink: EventSink<V>) -> Result<Self> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| Error::backend("memory", "the memory backend needs a Tokio runtime", e))?;
+        if let Some(idle) = config.time_to_idle {
+            crate::url::check_idle(idle)?;
+        }
         let sink = sink.retrying(config.delivery);
         let deadlines = Arc::new(DeadlineTable::new());
+        let limits: Arc<Limits> = Arc::default();
         let entries = match config.max_capacity {
             None => Entries::map(),
             Some(cap) => {
                 let table = Arc::clone(&deadlines);
+                let listener_limits = Arc::clone(&limits);
                 let listener_sink = sink.clone();
                 let cache = moka::sync::Cache::builder()
                     .max_capacity(cap)
                     .eviction_listener(move |key: Arc<Arc<str>>, old, cause| {
-                        on_eviction(&table, &listener_sink, &key, old, cause)
+                        on_eviction(&table, &listener_limits, &listener_sink, &key, old, cause)
                     })
                     .build_with_hasher(Hasher::default());
                 Entries::moka(cache)
             }
         };
         let cancel = CancellationToken::new();
-        let shared = Arc::new(Shared { entries, deadlines, sink, _driver: cancel.clone().drop_guard() });
+        let idle = config.time_to_idle.map(Idle::new);
+        let shared =
+            Arc::new(Shared { entries, limits, idle, deadlines, sink, _driver: cancel.clone().drop_guard() });
         runtime.spawn(expiry_driver(Arc::downgrade(&shared), cancel));
         Ok(MemoryBackend { shared })
     }
@@ -280,7 +347,9 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
                     shared.remove_expired(&key, &e);
                 }
             }
-            deadlines.take_due(Instant::now(), EXPIRE_BATCH, &mut due);
+            let now = Instant::now();
+            deadlines.take_due(now, EXPIRE_BATCH, &mut due);
+            let now = deadlines.micros(now);
             let full = due.len() >= EXPIRE_BATCH;
             // Report first, remove later: a burst is reported on time and
             // removed when nothing else is due (measured with moka's removals,
@@ -289,7 +358,13 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
             // key (every writer, remover and eviction ends the entry it takes out).
             wait_for_room(&shared.sink, due.len()).await;
             for row in due.drain(..) {
+                // An access moved its deadline (time-to-idle): file it again.
+                if let Err(later) = row.entry.seal_due(now) {
+                    shared.rearm(row, later);
+                    continue;
+                }
                 if row.entry.claim_end() {
+                    forget_limit(&shared.limits, &row.key, &row.entry);
                     // The event shares the row's key and the entry's value.
                     let entry: Arc<dyn SharedValue<V>> = row.entry.clone();
                     shared.sink.expired_shared(Arc::clone(&row.key), entry);
@@ -316,6 +391,16 @@ async fn expiry_driver<V: Value>(shared: Weak<Shared<V>>, cancel: CancellationTo
                 shared.remove_expired(&key, &e);
             }
             tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Drops the row of `entry` (which ended) from `limits`, if it has one.
+fn forget_limit<V>(limits: &Limits, key: &str, entry: &Arc<Entry<V>>) {
+    if entry.cap() == Cap::Table {
+        let mut limits = limits.lock().unwrap_or_else(|p| p.into_inner());
+        if limits.get(key).is_some_and(|(_, at)| *at == Arc::as_ptr(entry) as usize) {
+            limits.remove(key);
         }
     }
 }
@@ -361,44 +446,123 @@ impl<V: Value> Shared<V> {
         self.entries.write(self.deadlines.hash(key)).remove_if(key, entry);
     }
 
+    /// Files again the due `row` of an entry whose deadline an access moved
+    /// to `later`, if the store still holds that entry (checked under the
+    /// key's write lock, so a writer that replaces it afterwards finds the
+    /// new row); otherwise its remover counted the row dead and it is dropped.
+    fn rearm(&self, row: Row<Entry<V>>, later: Micros) {
+        let hash = self.deadlines.hash(&row.key);
+        let write = self.entries.write(hash);
+        if write.get(&row.key).is_some_and(|e| Arc::ptr_eq(&e, &row.entry)) && !row.entry.ended() {
+            self.deadlines.replace(hash, None, Some((row.key, later, &row.entry)));
+        } else {
+            // Whoever took the entry out found no row to remove and counts
+            // (or counted) this one dead: uncount it, it goes here.
+            self.deadlines.dropped_dead(hash, 1);
+        }
+    }
+
     /// Removes the deadline row of `old` (if it has one and the table holds
     /// it) and reports its end: what a remover does after taking it out.
     fn removed(&self, key: &str, hash: u64, old: &Arc<Entry<V>>) {
         let row_removed = old.has_deadline() && self.deadlines.replace(hash, Some(old), None);
         ended(&self.deadlines, &self.sink, key, hash, old, row_removed);
+        forget_limit(&self.limits, key, old);
     }
 
-    /// Gives a live entry a new deadline (`NO_DEADLINE`: none) atomically under the
-    /// key's write lock; false if there is no live entry, or
-    /// (`only_if_deadline`) it has no deadline to drop.
-    fn redeadline(&self, key: &str, deadline: Micros, only_if_deadline: bool) -> bool {
+    /// Records the own TTL's deadline `own` of a new [`Cap::Table`] entry
+    /// (before it is stored, under its key's write lock).
+    fn record_limit(&self, key: &Arc<str>, own: Micros, entry: &Arc<Entry<V>>) {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits.insert(Arc::clone(key), (own, Arc::as_ptr(entry) as usize));
+    }
+
+    /// The own TTL's deadline of a [`Cap::Table`] entry (its current
+    /// deadline if the table has no row for it: then nothing moves it).
+    fn limit_of(&self, key: &str, entry: &Arc<Entry<V>>) -> Micros {
+        let limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        match limits.get(key) {
+            Some((own, at)) if *at == Arc::as_ptr(entry) as usize => *own,
+            _ => entry.deadline(),
+        }
+    }
+
+    /// Gives a live entry a new deadline of its own TTL (`NO_DEADLINE`:
+    /// none) atomically under the key's write lock (with time-to-idle, its
+    /// deadline is the earlier of that and `time_to_idle` from now: a write
+    /// is an access); false if there is no live entry, or
+    /// (`only_if_deadline`) it has no TTL of its own to drop.
+    fn redeadline(&self, key: &str, own: Micros, only_if_deadline: bool) -> bool {
         let now = self.deadlines.micros(Instant::now());
         let hash = self.deadlines.hash(key);
         let mut write = self.entries.write(hash);
         let Some(old) = write.get(key).filter(|e| e.is_live(now)) else {
             return false;
         };
-        if only_if_deadline && !old.has_deadline() {
+        if only_if_deadline && !old.has_own_deadline() {
             return false;
         }
         let key: Arc<str> = Arc::from(key);
-        let entry = Arc::new(Entry::new(old.value.clone(), deadline));
+        let (deadline, cap) = self.idle_deadline(now, own);
+        let entry = Arc::new(Entry::idle(old.value.clone(), deadline, cap));
+        if cap == Cap::Table {
+            self.record_limit(&key, own, &entry);
+        }
         write.insert(Arc::clone(&key), Arc::clone(&entry));
         let old_row = old.has_deadline().then_some(&old);
         let new_row = (deadline != NO_DEADLINE).then(|| (Arc::clone(&key), deadline, &entry));
         let row_removed = self.deadlines.replace(hash, old_row, new_row);
         drop(write);
         ended(&self.deadlines, &self.sink, &key, hash, &old, row_removed);
+        forget_limit(&self.limits, &key, &old);
         true
     }
 
     /// Runs `f` on the live entry of `key`, under its read lock (`f` only
-    /// copies out of it); only entries with a deadline need the clock.
+    /// copies out of it), as an **access** (`get`, `exists`, a guard's
+    /// `get`, and any other read of an entry that counts as a use of it):
+    /// with `time_to_idle`, it moves the entry's idle deadline
+    /// ([`Entry::touch`]). Without it, only entries with a deadline need the
+    /// clock. Reads that are not accesses (`ttl`) use [`peek_live`](Self::peek_live).
     fn read_live<R>(&self, key: &str, f: impl FnOnce(&Arc<Entry<V>>) -> R) -> Option<R> {
+        let hash = self.deadlines.hash(key);
+        if let Some(idle) = self.idle {
+            let now = self.deadlines.micros(Instant::now());
+            return self
+                .entries
+                .read(key, hash, |e| {
+                    e.touch(now, idle.micros, idle.slack, || self.limit_of(key, e)).then(|| f(e))
+                })
+                .flatten();
+        }
+        let now = Instant::now();
+        let live = |e: &Entry<V>| !e.has_deadline() || e.is_live(self.deadlines.micros(now));
+        self.entries.read(key, hash, |e| live(e).then(|| f(e))).flatten()
+    }
+
+    /// [`read_live`](Self::read_live) without the access: moves no deadline.
+    fn peek_live<R>(&self, key: &str, f: impl FnOnce(&Arc<Entry<V>>) -> R) -> Option<R> {
         let now = Instant::now();
         let hash = self.deadlines.hash(key);
         let live = |e: &Entry<V>| !e.has_deadline() || e.is_live(self.deadlines.micros(now));
         self.entries.read(key, hash, |e| live(e).then(|| f(e))).flatten()
+    }
+
+    /// The deadline of an entry written (or accessed by a write) at `now`
+    /// whose own TTL ends at `own`: `own`, or with time-to-idle the earlier
+    /// of it and `time_to_idle` from now.
+    fn idle_deadline(&self, now: Micros, own: Micros) -> (Micros, Cap) {
+        let Some(idle) = self.idle else {
+            return (own, if own == NO_DEADLINE { Cap::None } else { Cap::Fixed });
+        };
+        let idle_at = now.saturating_add(idle.micros).min(NO_DEADLINE - 1);
+        if own == NO_DEADLINE {
+            (idle_at, Cap::None)
+        } else if own <= idle_at {
+            (own, Cap::Fixed)
+        } else {
+            (idle_at, Cap::Table)
+        }
     }
 
     /// Calls `f` on every live entry (under a read lock: `f` only collects).
@@ -431,11 +595,16 @@ impl<V: Value> Shared<V> {
         ttl: Option<Duration>,
         keep: bool,
     ) -> Result<Option<(Arc<str>, Arc<Entry<V>>)>> {
-        let deadline = self.deadline_for(Instant::now(), ttl)?;
-        let entry = Arc::new(Entry::new(value, deadline));
+        let now = Instant::now();
+        let own = self.deadline_for(now, ttl)?;
+        let (deadline, cap) = self.idle_deadline(self.deadlines.micros(now), own);
+        let entry = Arc::new(Entry::idle(value, deadline, cap));
         let hash = self.deadlines.hash(&key);
         let kept = keep.then(|| (Arc::clone(&key), Arc::clone(&entry)));
         let mut write = self.entries.write(hash);
+        if cap == Cap::Table {
+            self.record_limit(&key, own, &entry);
+        }
         // Only an entry with a deadline has a row to end or an expiry to report.
         let old = write.insert(Arc::clone(&key), Arc::clone(&entry)).filter(|e| e.has_deadline());
         if deadline == NO_DEADLINE && old.is_none() {
@@ -449,6 +618,7 @@ impl<V: Value> Shared<V> {
         drop(write);
         if let Some(old) = old {
             ended(&self.deadlines, &self.sink, &key, hash, &old, row_removed);
+            forget_limit(&self.limits, &key, &old);
         }
         Ok(kept)
     }
@@ -460,7 +630,7 @@ impl<V: Value> Shared<V> {
             Request::Ttl { key } => {
                 let now = Instant::now();
                 Ok(Response::Ttl(
-                    self.read_live(&key, |e| e.has_deadline().then(|| self.deadlines.instant(e.deadline)))
+                    self.peek_live(&key, |e| e.has_deadline().then(|| self.deadlines.instant(e.deadline())))
                         .flatten()
                         .map(|d| d.saturating_duration_since(now)),
                 ))

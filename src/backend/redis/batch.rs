@@ -56,6 +56,22 @@ impl SetOp {
             }
         }
     }
+
+    /// The spec of a set in a store with time-to-idle `idle_ms`: the
+    /// earlier of its own TTL (if any) and the time-to-idle, then `/` and
+    /// its own TTL (empty: none), then `:` and the lock token (if any).
+    pub(super) fn idle_spec(ttl_ms: Option<i64>, idle_ms: i64, owner: Option<&str>) -> RedisValue {
+        let mut s = ttl_ms.map_or(idle_ms, |t| t.min(idle_ms)).to_string();
+        s.push('/');
+        if let Some(t) = ttl_ms {
+            s.push_str(&t.to_string());
+        }
+        if let Some(o) = owner {
+            s.push(':');
+            s.push_str(o);
+        }
+        s.into()
+    }
 }
 
 /// What the script answered for one set: its status and what it claimed on

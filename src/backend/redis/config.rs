@@ -29,6 +29,7 @@ use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 /// | `replica_ack_timeout_ms` | 1000 | how long a write waits for those replicas before failing |
 /// | `near_cache_ms` | off | keep reads in process for at most this long (see [`RedisConfig::near_cache`]) |
 /// | `near_cache_entries` | 10000 | entries the near cache holds |
+/// | `time_to_idle_ms` | none | an entry also expires this long after its last access by any process (see [`RedisConfig::time_to_idle`]) |
 /// | `share_events` | `false` | publish events to, and stream events from, the other processes on this namespace (see [`RedisBackend::share_events`](super::RedisBackend::share_events)) |
 /// | `eviction` | `report` | on a server whose `maxmemory-policy` may evict: `report` every eviction as an event, or `refuse` to open (see [`Eviction`]) |
 /// | `notify_evictions` | `true` | with `eviction=report`, let livedict add `Ee` to the server's `notify-keyspace-events` when the policy may evict (see [`RedisConfig::notify_evictions`]) |
@@ -65,6 +66,7 @@ pub struct RedisConfig {
     pub(super) eviction: Eviction,
     pub(super) notify_evictions: bool,
     pub(super) delivery: crate::delivery::ExpireDelivery,
+    pub(super) time_to_idle: Option<Duration>,
 }
 
 /// What a store does on a Redis server that may evict its keys: one whose
@@ -140,6 +142,7 @@ impl RedisConfig {
             eviction: Eviction::Report,
             notify_evictions: true,
             delivery: Default::default(),
+            time_to_idle: None,
         }
     }
 
@@ -314,7 +317,33 @@ impl RedisConfig {
             .value(key)
     }
 
+    /// Idle expiry: an entry also expires `idle` after its last access by
+    /// any process on the namespace (a write, `get`, `exists`, a guard's
+    /// `get`; not `ttl`, `keys`, `items`), at the earlier of that and its
+    /// own TTL's deadline, as an ordinary `Expire` event with its value.
+    /// URL option `time_to_idle_ms`.
+    ///
+    /// A `get` or `exists` is then one script call (`EVALSHA`, which reads
+    /// the value and moves its deadline on the server's clock) instead of
+    /// one `GET`; the near cache is not used (a hit would skip the
+    /// extension). The deadline of an entry's own TTL, when it has one
+    /// longer than `idle`, is kept next to its value (`ld:{…}:o:<key>`).
+    /// Every process sharing a namespace should use the same time-to-idle.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = livedict::backend::RedisConfig::new("redis://127.0.0.1:6379").time_to_idle(Duration::from_secs(1800));
+    /// # let _ = config;
+    /// ```
+    pub fn time_to_idle(mut self, idle: Duration) -> Self {
+        self.time_to_idle = Some(idle);
+        self
+    }
+
     pub(super) fn validate(&self) -> Result<()> {
+        if let Some(idle) = self.time_to_idle {
+            crate::url::check_idle(idle)?;
+        }
         // fred without a TLS feature reads `rediss://` as plain TCP; never
         // let a URL that asks for TLS silently connect without it.
         #[cfg(not(feature = "redis-tls"))]
@@ -477,6 +506,11 @@ pub(super) const OPTIONS: &[UrlOption<RedisConfig>] = &[
         name: "notify_evictions",
         default: "`true`",
         apply: |c, v| set(&mut c.notify_evictions, parse(v)?),
+    },
+    UrlOption {
+        name: "time_to_idle_ms",
+        default: "none",
+        apply: |c, v| set(&mut c.time_to_idle, Some(crate::url::idle_millis(v)?)),
     },
 ];
 

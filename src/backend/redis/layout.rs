@@ -8,6 +8,7 @@
 //! | `ld:{<tag>}:d` | sorted set | key → deadline (ms since the epoch, server clock), TTL'd entries only |
 //! | `ld:{<tag>}:n` | integer | entries stored in the shard (live or expired-unclaimed) |
 //! | `ld:{<tag>}:l:<key>` | string | lock owner token, `PX` = the lease |
+//! | `ld:{<tag>}:o:<key>` | string | with `time_to_idle`: the deadline of the entry's own TTL, `PX` = that TTL (absent: none) |
 //! | `ld:{<tag>}:f` | integer | the shard's fencing counter |
 //! | `ld:{<tag>}:p` | sorted set | `expire_delivery=at_least_once`: pending expiration id → when it may be delivered (again): its lease's end |
 //! | `ld:{<tag>}:pv` | hash | pending expiration id → `<member length>:<member><codec bytes>` |
@@ -86,6 +87,15 @@ impl Shard {
     pub(super) fn value(&self, key: &str) -> String {
         let mut s = String::with_capacity(self.value_prefix.len() + key.len());
         s.push_str(&self.value_prefix);
+        s.push_str(key);
+        s
+    }
+
+    /// With `time_to_idle`: the key holding the deadline of `key`'s own TTL.
+    pub(super) fn own_deadline(&self, key: &str) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + 2 + key.len());
+        s.push_str(&self.prefix);
+        s.push_str("o:");
         s.push_str(key);
         s
     }

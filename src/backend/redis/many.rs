@@ -56,6 +56,17 @@ impl<V: Value> Shared<V> {
     /// does not do).
     pub(super) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<V>>> {
         use futures::StreamExt;
+        if self.config.time_to_idle.is_some() {
+            // Each read is an access that moves the entry's idle deadline on
+            // the server: one `TOUCH` script call per key, all at once.
+            let reads = keys.iter().map(|key| async move {
+                match self.read_accessed(key).await? {
+                    Some((_, body)) => self.config.codec.decode(key, &body).map(Some),
+                    None => Ok(None),
+                }
+            });
+            return futures::future::try_join_all(reads).await;
+        }
         let client = self.pool.next();
         let calls: Vec<Vec<usize>> = if self.clustered {
             let calls = self.calls(keys.iter().map(String::as_str).enumerate());
@@ -90,8 +101,12 @@ impl<V: Value> Shared<V> {
     /// one fails), then `SET_MANY` until no key is left waiting for a lock.
     pub(super) async fn set_many(&self, entries: Vec<(String, V)>, ttl: Option<Duration>) -> Result<()> {
         // Without a TTL the stored bytes are final here; with one, the script adds the deadline.
-        let header: &[u8] = if ttl.is_none() { &[layout::NO_DEADLINE] } else { &[] };
-        let spec = SetOp::spec(ttl.map(ms), None);
+        let idle = self.config.time_to_idle.map(ms);
+        let header: &[u8] = if ttl.is_none() && idle.is_none() { &[layout::NO_DEADLINE] } else { &[] };
+        let spec = match idle {
+            None => SetOp::spec(ttl.map(ms), None),
+            Some(idle) => SetOp::idle_spec(ttl.map(ms), idle, None),
+        };
         let encoder = self.config.encoder();
         let mut ops = entries
             .into_iter()

@@ -229,7 +229,8 @@ impl<V: Value> RedisBackend<V> {
         };
         let cancel = CancellationToken::new();
         let layout = Layout::new(&config.namespace, config.shards);
-        let near = config.near_cache.map(near::NearCache::new);
+        // With a time-to-idle every read is an access the server must see.
+        let near = config.near_cache.filter(|_| config.time_to_idle.is_none()).map(near::NearCache::new);
         let sweeps = (0..layout.shards.len()).map(|_| AtomicBool::new(false)).collect();
         let acker_stop = CancellationToken::new();
         let shared = Arc::new_cyclic(|this| Shared {
@@ -452,6 +453,32 @@ impl<V: Value> Shared<V> {
         self.live(key, stored)
     }
 
+    /// An **access** to `key` (`get`, `exists`, a guard's `get`, and any
+    /// other read that counts as a use): with a time-to-idle, one `TOUCH`
+    /// script call that reads the value and moves its deadline on the
+    /// server (see `scripts.rs`); without, one `GET` ([`read`](Self::read)).
+    pub(super) async fn read_accessed(&self, key: &str) -> Result<Option<(Option<u64>, Bytes)>> {
+        let Some(idle) = self.config.time_to_idle else { return self.read(key).await };
+        let idle_ms = ms(idle);
+        let shard = self.layout.shard(key);
+        let keys = vec![shard.value(key), shard.index.clone(), shard.own_deadline(key)];
+        let args: Vec<RedisValue> = vec![
+            idle_ms.into(),
+            // 1% of the time-to-idle, at least 1 ms: a hot key is not rewritten on every read.
+            (idle_ms / 100).max(1).into(),
+            self.config.grace.map_or_else(|| "".into(), |g| ms(g).into()),
+            key.to_owned().into(),
+        ];
+        let client = self.pool.next();
+        let reply: RedisValue = self
+            .scripts
+            .touch
+            .evalsha_with_reload(client, keys, args)
+            .await
+            .map_err(|e| self.backend_error("get", e))?;
+        self.live(key, into_bytes(reply))
+    }
+
     /// Runs a per-key write script, waiting with backoff while another owner
     /// holds the key's lock. Reports an expired value the script claimed on the way.
     async fn write(
@@ -604,8 +631,11 @@ impl<V: Value> Shared<V> {
         let shards = &self.layout.shards;
         match req {
             Request::Get { key } => {
-                let live = self.read(&key).await?;
+                let live = self.read_accessed(&key).await?;
                 Ok(Response::Value(live.map(|(_, body)| codec.decode(&key, &body)).transpose()?))
+            }
+            Request::Exists { key } if self.config.time_to_idle.is_some() => {
+                Ok(Response::Bool(self.read_accessed(&key).await?.is_some()))
             }
             Request::Exists { key } => {
                 let found = self.found(self.get_stored(&key).await?);
@@ -617,9 +647,15 @@ impl<V: Value> Shared<V> {
             },
             Request::Set { key, value, ttl, lock } => {
                 // Without a TTL the stored bytes are final here; with one, the script adds the deadline.
-                let header: &[u8] = if ttl.is_none() { &[layout::NO_DEADLINE] } else { &[] };
+                let idle = self.config.time_to_idle.map(ms);
+                let header: &[u8] =
+                    if ttl.is_none() && idle.is_none() { &[layout::NO_DEADLINE] } else { &[] };
                 let value = Bytes::from(self.config.encoder().encode_after(&key, &value, header)?);
-                let spec = batch::SetOp::spec(ttl.map(ms), lock.as_ref().map(|t| t.as_str()));
+                let owner = lock.as_ref().map(|t| t.as_str());
+                let spec = match idle {
+                    None => batch::SetOp::spec(ttl.map(ms), owner),
+                    Some(idle) => batch::SetOp::idle_spec(ttl.map(ms), idle, owner),
+                };
                 let mut op = batch::SetOp { key, value, spec };
                 let mut backoff = Duration::from_millis(1);
                 loop {
@@ -645,21 +681,34 @@ impl<V: Value> Shared<V> {
             }
             Request::Expire { key, ttl, lock } => {
                 let shard = self.layout.shard_of(&key);
-                let args = vec![
+                let idle = self.config.time_to_idle.map(ms);
+                let mut args = vec![
                     owner(lock),
                     key.clone().into(),
-                    ms(ttl).into(),
+                    idle.map_or(ms(ttl), |idle| ms(ttl).min(idle)).into(),
                     self.mode_arg(),
                     self.layout.wake.clone().into(),
                     (shard as i64).into(),
                 ];
+                if idle.is_some() {
+                    // The TTL of its own, kept beside it (see `scripts.rs`, `EXPIRE`).
+                    args.push(ms(ttl).into());
+                }
                 let (status, _) = self.write("expire", &self.scripts.expire, &key, args).await?;
                 Ok(Response::Bool(matches!(status, Status::Ok)))
             }
             Request::Persist { key, lock } => {
-                let args = vec![owner(lock), key.clone().into(), self.mode_arg()];
+                let mut args = vec![owner(lock), key.clone().into(), self.mode_arg()];
+                if let Some(idle) = self.config.time_to_idle {
+                    args.push(ms(idle).into());
+                }
                 let (status, _) = self.write("persist", &self.scripts.persist, &key, args).await?;
                 Ok(Response::Bool(matches!(status, Status::Ok)))
+            }
+            // With a time-to-idle, through the key's lock (see `atomic.rs`): `WRITE_IF`
+            // keeps no own-TTL deadline.
+            Request::CompareAndSet { .. } | Request::Incr { .. } if self.config.time_to_idle.is_some() => {
+                Ok(Response::Unsupported)
             }
             Request::CompareAndSet { key, expected, new, ttl, eq } => {
                 self.compare_and_set(key, expected, new, ttl, eq).await

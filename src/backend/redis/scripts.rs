@@ -44,7 +44,11 @@ end
 /// then the value key of each of its sets; `ARGV` (after `ARGV[1]` grace_ms,
 /// `''` for none, and `ARGV[2]` the wake channel) its shard number and how
 /// many sets follow, then two per set: a spec and the value. The spec is `''`
-/// for an unguarded set without TTL, else `<ttl_ms>` and/or `:<owner>`. The
+/// for an unguarded set without TTL, else `<ttl_ms>` and/or `:<owner>`; a
+/// store with a time-to-idle adds `/<own_ttl_ms>` after the TTL (`/` alone:
+/// no TTL of its own), see [`TOUCH`]: `<ttl_ms>` is then the earlier of the
+/// two, and the own TTL's deadline is written to `ld:{tag}:o:<key>` (or that
+/// key deleted). The
 /// value is the stored bytes (header included) without a TTL, else the codec
 /// bytes alone (the script writes the deadline header). A set's member (the
 /// user's key) and lock key follow from its value key (`ld:{tag}:v:<key>`,
@@ -89,14 +93,20 @@ while a <= nargs do
     i = i + 1
     local vkey, spec, value = KEYS[k + 2 + j], ARGV[a + 2 + 2 * j], ARGV[a + 3 + 2 * j]
     local ttl, owner, st, expired, old, d = false, false, 'OK', false, nil, nil
+    local idle, own = false, false
     if spec ~= '' then
+      local t = spec
       local c = string.find(spec, ':', 1, true)
       if c then
         owner = string.sub(spec, c + 1)
-        if c > 1 then ttl = tonumber(string.sub(spec, 1, c - 1)) end
-      else
-        ttl = tonumber(spec)
+        t = string.sub(spec, 1, c - 1)
       end
+      local s = string.find(t, '/', 1, true)
+      if s then
+        idle, own = true, tonumber(string.sub(t, s + 1)) or false
+        t = string.sub(t, 1, s - 1)
+      end
+      if t ~= '' then ttl = tonumber(t) end
     end
     if owner then
       if redis.call('GET', prefix .. 'l:' .. string.sub(vkey, plen)) ~= owner then st = 'LOST' end
@@ -138,6 +148,15 @@ while a <= nargs do
       if d then
         redis.call('ZADD', idx, d, string.sub(vkey, plen))
         if not earliest or d < earliest then earliest = d end
+      end
+      if idle and st == 'OK' then
+        local okey = prefix .. 'o:' .. string.sub(vkey, plen)
+        if own then
+          now = now or now_ms()
+          redis.call('SET', okey, now + own, 'PX', own)
+        else
+          redis.call('DEL', okey)
+        end
       end
     end
     if expired or st ~= 'OK' then
@@ -280,7 +299,9 @@ end
 return out
 "#;
 
-/// `ARGV`: owner, member, ttl_ms, grace mode, wake channel, shard → `{status, expired}`.
+/// `ARGV`: owner, member, ttl_ms, grace mode, wake channel, shard, and with
+/// a time-to-idle the TTL of its own (`ttl_ms` is then the earlier of it and
+/// the time-to-idle; its deadline goes to `ld:{tag}:o:<key>`) → `{status, expired}`.
 const EXPIRE: &str = r#"
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false} end
@@ -304,10 +325,16 @@ else
 end
 redis.call('ZADD', KEYS[2], d, ARGV[2])
 wake_if_first(KEYS[2], ARGV[2], ARGV[5], ARGV[6])
+if ARGV[7] and ARGV[7] ~= '' then
+  local own = tonumber(ARGV[7])
+  redis.call('SET', string.sub(KEYS[2], 1, -2) .. 'o:' .. ARGV[2], now + own, 'PX', own)
+end
 return {'OK', false}
 "#;
 
-/// `ARGV`: owner, member, grace mode → `{status, expired}`.
+/// `ARGV`: owner, member, grace mode, and with a time-to-idle its ms (the
+/// entry keeps that deadline from now; `MISSING` if it had no TTL of its
+/// own, see [`TOUCH`]) → `{status, expired}`.
 const PERSIST: &str = r#"
 local st = lock_state(KEYS[4], ARGV[1])
 if st then return {st, false} end
@@ -315,6 +342,25 @@ local old = redis.call('GET', KEYS[1])
 if not old then return {'MISSING', claim_dropped(KEYS[2], KEYS[3], ARGV[2], grace_mode(ARGV[3]))} end
 local od = deadline_of(old)
 if not od then return {'MISSING', false} end
+if ARGV[4] and ARGV[4] ~= '' then
+  local now = now_ms()
+  if od <= now then
+    redis.call('ZREM', KEYS[2], ARGV[2])
+    redis.call('DEL', KEYS[1])
+    redis.call('DECR', KEYS[3])
+    return {'MISSING', handover(KEYS[2], ARGV[2], payload(old, od), select(3, grace_mode(ARGV[3])))}
+  end
+  if redis.call('DEL', string.sub(KEYS[2], 1, -2) .. 'o:' .. ARGV[2]) == 0 then return {'MISSING', false} end
+  local idle, grace = tonumber(ARGV[4]), grace_mode(ARGV[3])
+  local d = now + idle
+  if not grace then
+    redis.call('SET', KEYS[1], header(d) .. payload(old, od))
+  else
+    redis.call('SET', KEYS[1], header(d) .. payload(old, od), 'PX', idle + grace)
+  end
+  redis.call('ZADD', KEYS[2], d, ARGV[2])
+  return {'OK', false}
+end
 redis.call('ZREM', KEYS[2], ARGV[2])
 if od <= now_ms() then
   redis.call('DEL', KEYS[1])
@@ -323,6 +369,40 @@ if od <= now_ms() then
 end
 redis.call('SET', KEYS[1], '~' .. payload(old, od))
 return {'OK', false}
+"#;
+
+/// Time-to-idle: an access (`get`, `exists`) in one step. `KEYS`: value,
+/// index, own-deadline key (`ld:{tag}:o:<key>`); `ARGV`: time-to-idle ms,
+/// slack ms, grace ms (`''`: none), member → the stored value (header
+/// included; nil if missing or past its deadline).
+///
+/// A live entry's deadline moves to now + time-to-idle on the server's
+/// clock, never past the deadline of its own TTL (`ld:{tag}:o:<key>`,
+/// written by the sets and expires that gave it one), unless it would move
+/// by at most `slack` ms: then nothing is written. The header, the index and
+/// (with a grace period) the value's `PX` move together, so every process
+/// and the sweepers see the new deadline. A later deadline never wakes a
+/// sweeper (one that wakes at the old deadline finds nothing due).
+const TOUCH: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local d = deadline_of(v)
+if not d then return v end
+local now = now_ms()
+if d <= now then return false end
+local target = now + tonumber(ARGV[1])
+local own = redis.call('GET', KEYS[3])
+if own then target = math.min(target, tonumber(own)) end
+if target <= d + tonumber(ARGV[2]) then return v end
+local nv = header(target) .. string.sub(v, 9)
+local grace = tonumber(ARGV[3])
+if grace then
+  redis.call('SET', KEYS[1], nv, 'PX', target - now + grace)
+else
+  redis.call('SET', KEYS[1], nv)
+end
+redis.call('ZADD', KEYS[2], target, ARGV[4])
+return nv
 "#;
 
 /// The sweeper's claim on one shard. `KEYS`: index, count, then the pending
@@ -532,6 +612,7 @@ pub(super) struct Scripts {
     pub(super) delete_many: Script,
     pub(super) expire: Script,
     pub(super) persist: Script,
+    pub(super) touch: Script,
     pub(super) write_if: Script,
     pub(super) claim: Script,
     pub(super) settle: Script,
@@ -553,6 +634,7 @@ impl Scripts {
             delete_many: with_prelude(DELETE_MANY),
             expire: with_prelude(EXPIRE),
             persist: with_prelude(PERSIST),
+            touch: Script::from_lua(format!("{LUA_HEADER}{TOUCH}")),
             write_if: with_prelude(WRITE_IF),
             claim: Script::from_lua(format!("{LUA_HEADER}{CLAIM}")),
             settle: Script::from_lua(format!("{LUA_HEADER}{SETTLE}")),

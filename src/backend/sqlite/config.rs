@@ -23,6 +23,7 @@ use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 /// | `max_capacity` | none | most entries; beyond it the oldest are evicted, each an `Evict` event (see [`SqliteConfig::max_capacity`]) |
 /// | `max_bytes` | none | most bytes of keys and values as stored; beyond it the oldest are evicted (see [`SqliteConfig::max_bytes`]) |
 /// | `eviction_policy` | `least_recently_stored` | which entries go first beyond the bound: `least_recently_stored` or `least_recently_used` (see [`EvictionPolicy`]) |
+/// | `time_to_idle_ms` | none | an entry also expires this long after its last access by any process (see [`SqliteConfig::time_to_idle`]) |
 /// | `codec` | `json` | value encoding |
 /// | `verify_codec` | `false` | decode every encoded value once before writing it; one that does not decode back is refused (see [`SqliteConfig::verify_codec`]) |
 /// | `share_events` | `false` | append events to, and stream events from, the change feed shared by the processes on this file and table (see [`SqliteBackend::share_events`](super::SqliteBackend::share_events)) |
@@ -54,6 +55,7 @@ pub struct SqliteConfig {
     pub(super) max_capacity: Option<u64>,
     pub(super) max_bytes: Option<u64>,
     pub(super) eviction_policy: EvictionPolicy,
+    pub(super) time_to_idle: Option<Duration>,
 }
 
 /// Which entries an SQLite store with a size bound
@@ -97,6 +99,7 @@ impl SqliteConfig {
             max_capacity: None,
             max_bytes: None,
             eviction_policy: EvictionPolicy::LeastRecentlyStored,
+            time_to_idle: None,
         }
     }
 
@@ -183,14 +186,44 @@ impl SqliteConfig {
         self
     }
 
+    /// Idle expiry: an entry also expires `idle` after its last access by
+    /// any process sharing the table (a write, `get`, `exists`, a guard's
+    /// `get`; not `ttl`, `keys`, `items`), at the earlier of that and its
+    /// own TTL's deadline, as an ordinary `Expire` event with its value.
+    /// URL option `time_to_idle_ms`.
+    ///
+    /// `expires_at` holds the earlier deadline, so expiry, reads and the
+    /// other processes' drivers work as with any TTL; the deadline of an
+    /// entry's own TTL is kept in a column `ttl_at`, added to the table
+    /// when a store with a time-to-idle first opens it. A read that would
+    /// move the deadline by more than 1% of `idle` (at least 1 ms) writes
+    /// it (one `UPDATE`, group-committed with other writes) before it
+    /// answers; a read that would move it less writes nothing. So an entry
+    /// read at least once every 99% of `idle` never expires, and one left
+    /// alone expires `idle` after its last write or extending read.
+    /// Every process sharing a table should use the same time-to-idle.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = livedict::backend::SqliteConfig::new("sessions.db").time_to_idle(Duration::from_secs(1800));
+    /// # let _ = config;
+    /// ```
+    pub fn time_to_idle(mut self, idle: Duration) -> Self {
+        self.time_to_idle = Some(idle);
+        self
+    }
+
     pub(super) fn in_memory(&self) -> bool {
         self.path.as_os_str() == ":memory:"
     }
 
-    /// Checks what cannot be checked while building (the table name, the bound).
+    /// Checks what cannot be checked while building (the table name, the bound, the time-to-idle).
     pub(super) fn validate(&self) -> Result<()> {
         if self.max_capacity == Some(0) || self.max_bytes == Some(0) {
             return Err(Error::InvalidConfig("sqlite max_capacity and max_bytes must be at least 1".into()));
+        }
+        if let Some(idle) = self.time_to_idle {
+            crate::url::check_idle(idle)?;
         }
         let ok = !self.table.is_empty()
             && self.table.len() <= 64
@@ -276,6 +309,11 @@ pub(super) const OPTIONS: &[UrlOption<SqliteConfig>] = &[
                 "eviction_policy must be least_recently_stored or least_recently_used, not `{other}`"
             ))),
         },
+    },
+    UrlOption {
+        name: "time_to_idle_ms",
+        default: "none",
+        apply: |c, v| set(&mut c.time_to_idle, Some(crate::url::idle_millis(v)?)),
     },
 ];
 

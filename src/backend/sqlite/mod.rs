@@ -261,7 +261,8 @@ impl<V: Value> SqliteBackend<V> {
                 .map_err(|e| open_error(&label, "configuring the expiry driver's connection", e))?;
             Some(c)
         };
-        let mut sql = Sql::new(&config.table, &config.delivery);
+        let mut sql = Sql::new(&config.table, &config.delivery)
+            .with_idle(&config.table, config.time_to_idle.map(ttl_ms));
         sql.bound = config.bounded().then(|| schema::Bound {
             entries: config.max_capacity.unwrap_or(u64::MAX),
             bytes: config.max_bytes.unwrap_or(u64::MAX),
@@ -457,13 +458,25 @@ impl<V: Value> Shared<V> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
+        if let Some(idle) = &self.sql.idle {
+            // Answered here only when the access moves no deadline (see `idle_extension`).
+            let row = self.read_inline(&|c, _| {
+                c.prepare_cached(&idle.get)?.query_row(params![key, now_ms()], idle_row).optional()
+            })?;
+            return match row {
+                Err(e) => Some(Err(e)),
+                Ok(None) => Some(Ok(None)),
+                Ok(Some((_, at, ttl_at))) if self.idle_extension(now_ms(), at, ttl_at).is_some() => None,
+                Ok(Some((bytes, _, _))) => Some(self.config.codec.decode(key, &bytes).map(Some)),
+            };
+        }
         let row = self.read_inline(&|c, sql| {
             c.prepare_cached(&sql.get)?
                 .query_row(params![key, now_ms()], |r| r.get::<_, Vec<u8>>(0))
                 .optional()
         })?;
         if let Ok(Some(_)) = &row {
-            self.touch(key);
+            self.mark_used(key);
         }
         Some(row.and_then(|row| row.map(|b| self.config.codec.decode(key, &b)).transpose()))
     }
@@ -471,9 +484,9 @@ impl<V: Value> Shared<V> {
     /// A `get` hit under `eviction_policy=least_recently_used`: queues the
     /// entry's move to the back of the eviction order into the next group
     /// commit, without waiting for it.
-    fn touch(&self, key: &str) {
+    fn mark_used(&self, key: &str) {
         if self.sql.bound.is_some_and(|b| b.lru) {
-            self.writer.write_detached(WriteOp::Touch { key: key.to_owned() });
+            self.writer.write_detached(WriteOp::MarkUsed { key: key.to_owned() });
         }
     }
 
@@ -532,6 +545,51 @@ impl<V: Value> Shared<V> {
         self.read(|c, sql| c.prepare_cached(&sql.earliest)?.query_row([], |r| r.get(0))).await
     }
 
+    /// Time-to-idle: the deadline an access at `now` must write for a live
+    /// entry whose deadline is `at` and own TTL's deadline `ttl_at`, or
+    /// `None` if it need not write: the entry has no deadline, or the new
+    /// one would be at most 1% of the time-to-idle (at least 1 ms) later.
+    /// Skipping those writes keeps a hot key from costing a write per read;
+    /// an entry read at least once every 99% of the time-to-idle is still
+    /// never expired.
+    fn idle_extension(&self, now: i64, at: Option<i64>, ttl_at: Option<i64>) -> Option<i64> {
+        let idle = self.sql.idle.as_ref()?;
+        let target = now.saturating_add(idle.idle_ms).min(ttl_at.unwrap_or(i64::MAX));
+        let slack = (idle.idle_ms / 100).max(1);
+        (target > at?.saturating_add(slack)).then_some(target)
+    }
+
+    /// An **access** to `key` (`get`, `exists`, a guard's `get`, and any
+    /// other read that counts as a use), given what the read found: the
+    /// live entry's deadline `at` and its own TTL's deadline `ttl_at`
+    /// (from `IdleSql::get` or `IdleSql::deadline`). With time-to-idle,
+    /// writes the moved deadline (see [`idle_extension`](Self::idle_extension))
+    /// before the read answers, so every process sees it; false if the
+    /// entry stopped being live meanwhile (the read then answers nothing).
+    async fn accessed(&self, key: &str, at: Option<i64>, ttl_at: Option<i64>) -> Result<bool> {
+        let Some(expires_at) = self.idle_extension(now_ms(), at, ttl_at) else { return Ok(true) };
+        let outcome = self.write(WriteOp::Touch { key: key.to_owned(), expires_at }).await?;
+        Ok(bool_of(outcome))
+    }
+
+    /// A `get` with time-to-idle: the live value of `key`, its read an
+    /// access ([`accessed`](Self::accessed)).
+    async fn get_accessed(&self, key: String) -> Result<Option<V>> {
+        let k = key.clone();
+        let row = self
+            .read_point(move |c, sql| {
+                let idle = sql.idle.as_ref().ok_or(rusqlite::Error::InvalidQuery)?;
+                c.prepare_cached(&idle.get)?.query_row(params![k, now_ms()], idle_row).optional()
+            })
+            .await?;
+        let Some((bytes, at, ttl_at)) = row else { return Ok(None) };
+        if !self.accessed(&key, at, ttl_at).await? {
+            return Ok(None);
+        }
+        self.mark_used(&key);
+        Ok(Some(self.config.codec.decode(&key, &bytes)?))
+    }
+
     fn deadline(&self, ttl: Duration) -> i64 {
         let at = now_ms().saturating_add(ttl_ms(ttl));
         self.signal.deadline_written(at);
@@ -544,6 +602,28 @@ impl<V: Value> Shared<V> {
         }
         let codec = self.config.codec;
         match req {
+            Request::Get { key } if self.sql.idle.is_some() => {
+                Ok(Response::Value(self.get_accessed(key).await?))
+            }
+            Request::GetMany { keys } if self.sql.idle.is_some() => {
+                // Each read is an access: one idle read per key, their
+                // deadline writes joining one group commit.
+                let reads = keys.into_iter().map(|key| self.get_accessed(key));
+                Ok(Response::Values(futures::future::try_join_all(reads).await?))
+            }
+            Request::Exists { key } if self.sql.idle.is_some() => {
+                let k = key.clone();
+                let row: Option<(Option<i64>, Option<i64>)> = self
+                    .read_point(move |c, sql| {
+                        let idle = sql.idle.as_ref().ok_or(rusqlite::Error::InvalidQuery)?;
+                        c.prepare_cached(&idle.deadline)?
+                            .query_row(params![k, now_ms()], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()
+                    })
+                    .await?;
+                let Some((at, ttl_at)) = row else { return Ok(Response::Bool(false)) };
+                Ok(Response::Bool(self.accessed(&key, at, ttl_at).await?))
+            }
             Request::Get { key } => {
                 let k = key.clone();
                 let row: Option<Vec<u8>> = self
@@ -552,7 +632,7 @@ impl<V: Value> Shared<V> {
                     })
                     .await?;
                 if row.is_some() {
-                    self.touch(&key);
+                    self.mark_used(&key);
                 }
                 Ok(Response::Value(row.map(|b| codec.decode(&key, &b)).transpose()?))
             }
@@ -566,6 +646,10 @@ impl<V: Value> Shared<V> {
             Request::Set { key, value, ttl, lock } => {
                 let value = self.config.encoder().encode(&key, &value)?;
                 let expires_at = ttl.map(|t| self.deadline(t));
+                if let Some(idle) = &self.sql.idle {
+                    // The upsert starts the idle period (see `Sql::with_idle`).
+                    self.signal.deadline_written(now_ms().saturating_add(idle.idle_ms));
+                }
                 let owner = lock.map(|t| t.as_str().to_owned());
                 self.write(WriteOp::Set { key, value, expires_at, owner }).await?;
                 Ok(Response::Done)
@@ -582,10 +666,16 @@ impl<V: Value> Shared<V> {
             }
             Request::Expire { key, ttl, lock } => {
                 let expires_at = self.deadline(ttl);
+                if let Some(idle) = &self.sql.idle {
+                    self.signal.deadline_written(now_ms().saturating_add(idle.idle_ms));
+                }
                 let owner = lock.map(|t| t.as_str().to_owned());
                 Ok(Response::Bool(bool_of(self.write(WriteOp::Expire { key, expires_at, owner }).await?)))
             }
             Request::Persist { key, lock } => {
+                if let Some(idle) = &self.sql.idle {
+                    self.signal.deadline_written(now_ms().saturating_add(idle.idle_ms));
+                }
                 let owner = lock.map(|t| t.as_str().to_owned());
                 Ok(Response::Bool(bool_of(self.write(WriteOp::Persist { key, owner }).await?)))
             }
@@ -626,7 +716,7 @@ impl<V: Value> Shared<V> {
             Request::GetMany { keys } => {
                 let (keys, rows) = self.get_many(keys).await?;
                 for (key, _) in keys.iter().zip(&rows).filter(|(_, row)| row.is_some()) {
-                    self.touch(key);
+                    self.mark_used(key);
                 }
                 let values =
                     keys.iter().zip(rows).map(|(k, row)| row.map(|b| codec.decode(k, &b)).transpose());
@@ -640,6 +730,10 @@ impl<V: Value> Shared<V> {
                     .map(|(key, value)| encoder.encode(&key, &value).map(|value| (key, value)))
                     .collect::<Result<Vec<_>>>()?;
                 let expires_at = ttl.map(|t| self.deadline(t));
+                if let Some(idle) = &self.sql.idle {
+                    // The upsert starts each idle period (see `Sql::with_idle`).
+                    self.signal.deadline_written(now_ms().saturating_add(idle.idle_ms));
+                }
                 let ops = encoded
                     .into_iter()
                     .map(|(key, value)| WriteOp::Set { key, value, expires_at, owner: None })
@@ -757,6 +851,13 @@ fn page_items(
     let mut stmt = c.prepare_cached(&sql.page_items)?;
     let rows = stmt.query_map(params![after, now_ms(), PAGE], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
+}
+
+/// A row of `IdleSql::get`: value, expires_at, ttl_at.
+type IdleRow = (Vec<u8>, Option<i64>, Option<i64>);
+
+fn idle_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdleRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
 fn bool_of(outcome: WriteOutcome) -> bool {

@@ -42,6 +42,8 @@ pub(super) struct Sql {
     pub(super) sized: SizeSql,
     /// This process's bound, if it has one (`max_capacity`, `max_bytes`).
     pub(super) bound: Option<Bound>,
+    /// With `time_to_idle`, see [`IdleSql`].
+    pub(super) idle: Option<IdleSql>,
 }
 
 /// The size bound of this process (see [`SqliteConfig::max_capacity`]).
@@ -76,6 +78,25 @@ pub(super) struct SizeSql {
     /// `?1` seq, `?2` rowid: deletes every row up to that one in the order,
     /// → key, value, expires_at.
     pub(super) evict: String,
+}
+
+/// The statements of a store with `time_to_idle` (see [`Sql::with_idle`]):
+/// `expires_at` is the effective deadline (the earlier of the entry's own
+/// TTL and its last access + time-to-idle), so every other statement
+/// (expiry claims, reads, the earliest deadline) is unchanged; `ttl_at` is
+/// the deadline of the entry's own TTL (`NULL`: none), the latest an
+/// access may move `expires_at` to.
+#[derive(Debug)]
+pub(super) struct IdleSql {
+    /// The time-to-idle, in ms.
+    pub(super) idle_ms: i64,
+    /// `?1` key, `?2` now → value, expires_at, ttl_at of the live entry.
+    pub(super) get: String,
+    /// `?1` key, `?2` now → expires_at, ttl_at of the live entry.
+    pub(super) deadline: String,
+    /// `?1` key, `?2` now, `?3` now + time-to-idle: moves the live entry's
+    /// deadline later (capped by `ttl_at`); one row changed iff it is live.
+    pub(super) touch: String,
 }
 
 /// The statements of the pending table `<table>_pending`: expirations claimed
@@ -130,6 +151,7 @@ impl Sql {
         };
         Sql {
             pending,
+            idle: None,
             earliest,
             sized: SizeSql {
                 size: format!("SELECT entries, bytes FROM \"{t}_size\" WHERE id = 0"),
@@ -186,6 +208,70 @@ impl Sql {
             fence_name: format!("fence:{t}"),
         }
     }
+}
+
+/// SQLite's clock in ms since the Unix epoch (the wall clock `now_ms` reads
+/// too), for statements that take no `now` argument.
+const SQL_NOW_MS: &str = "CAST(round(unixepoch('subsec') * 1000) AS INTEGER)";
+
+impl Sql {
+    /// With `time_to_idle` (`idle_ms`): the statements of [`IdleSql`], and the
+    /// writes that start an entry's idle period. `upsert` keeps its three
+    /// arguments (`?3` is the deadline of the entry's own TTL, or `NULL`) and
+    /// reads the time from SQLite's clock, so every caller of it starts the
+    /// idle period; `expire` and `persist` set `ttl_at` and restart it.
+    pub(super) fn with_idle(mut self, t: &str, idle_ms: Option<i64>) -> Self {
+        let Some(idle_ms) = idle_ms else { return self };
+        let live = "(expires_at IS NULL OR expires_at > ?2)";
+        self.upsert = format!(
+            "INSERT INTO \"{t}\" (key, value, expires_at, ttl_at) \
+             VALUES (?1, ?2, min(coalesce(?3, 9223372036854775807), {SQL_NOW_MS} + {idle_ms}), ?3) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, \
+             ttl_at = excluded.ttl_at"
+        );
+        // The size bound's upsert (it stamps the row's `seq` too) likewise.
+        self.sized.upsert_seq = format!(
+            "INSERT INTO \"{t}\" (key, value, expires_at, ttl_at, seq) \
+             VALUES (?1, ?2, min(coalesce(?3, 9223372036854775807), {SQL_NOW_MS} + {idle_ms}), ?3, ?4) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, \
+             ttl_at = excluded.ttl_at, seq = excluded.seq"
+        );
+        self.expire = format!(
+            "UPDATE \"{t}\" SET ttl_at = ?3, expires_at = min(?3, ?2 + {idle_ms}) WHERE key = ?1 AND {live}"
+        );
+        self.persist = format!(
+            "UPDATE \"{t}\" SET ttl_at = NULL, expires_at = ?2 + {idle_ms} \
+             WHERE key = ?1 AND ttl_at IS NOT NULL AND expires_at > ?2"
+        );
+        self.idle = Some(IdleSql {
+            idle_ms,
+            get: format!("SELECT value, expires_at, ttl_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
+            deadline: format!("SELECT expires_at, ttl_at FROM \"{t}\" WHERE key = ?1 AND {live}"),
+            touch: format!(
+                "UPDATE \"{t}\" SET expires_at = max(expires_at, min(coalesce(ttl_at, ?3), ?3)) \
+                 WHERE key = ?1 AND {live}"
+            ),
+        });
+        self
+    }
+}
+
+/// Migration step (time-to-idle): adds the column `ttl_at INTEGER` (the
+/// deadline of an entry's own TTL, see [`IdleSql`]) to the store's table if
+/// it lacks it. Run by [`create`] only when the store is opened with a
+/// `time_to_idle`, in its transaction; the schema version is unchanged (a
+/// store without time-to-idle never reads or writes the column, so older
+/// releases and stores without it work on the same file).
+fn add_ttl_at_column(tx: &rusqlite::Transaction<'_>, t: &str) -> rusqlite::Result<()> {
+    let has: bool = tx.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{t}') WHERE name = 'ttl_at')"),
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        tx.execute_batch(&format!("ALTER TABLE \"{t}\" ADD COLUMN ttl_at INTEGER"))?;
+    }
+    Ok(())
 }
 
 /// Sets the connection's pragmas (every connection, readers included).
@@ -296,6 +382,10 @@ pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(),
         tx.execute("UPDATE livedict_meta SET value = ?1 WHERE name = 'schema_version'", [SCHEMA_VERSION])
             .map_err(CreateError::Sqlite)?;
     }
+    // Time-to-idle (no version change): the optional `ttl_at` column.
+    if config.time_to_idle.is_some() {
+        add_ttl_at_column(&tx, t).map_err(CreateError::Sqlite)?;
+    }
     tx.commit().map_err(CreateError::Sqlite)
 }
 
@@ -312,6 +402,27 @@ mod tests {
         let args: Vec<i64> = vec![0; args];
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3)).unwrap();
         rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    /// The time-to-idle migration step adds `ttl_at` once (opening again
+    /// is a no-op), and the idle statements prepare against it.
+    #[test]
+    fn the_idle_migration_adds_ttl_at_once() {
+        let config = SqliteConfig::new(":memory:").time_to_idle(std::time::Duration::from_secs(1));
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        create(&mut conn, &config).unwrap();
+        create(&mut conn, &config).unwrap();
+        let sql = Sql::new(&config.table, &ExpireDelivery::default()).with_idle(&config.table, Some(1000));
+        let idle = sql.idle.as_ref().unwrap();
+        for q in [&sql.upsert, &sql.expire, &sql.persist, &idle.get, &idle.deadline, &idle.touch] {
+            conn.prepare(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        }
+        conn.execute(&sql.upsert, rusqlite::params!["k", b"1".to_vec(), None::<i64>]).unwrap();
+        let (at, ttl_at): (Option<i64>, Option<i64>) = conn
+            .query_row("SELECT expires_at, ttl_at FROM livedict", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert!(at.is_some(), "the upsert starts the idle period");
+        assert_eq!(ttl_at, None);
     }
 
     /// The queries the expiry driver runs on every turn read the deadline

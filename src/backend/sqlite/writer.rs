@@ -163,8 +163,15 @@ pub(super) enum WriteOp {
     Many(Vec<WriteOp>),
     /// A read under `eviction_policy=least_recently_used`: moves `key` to the
     /// back of the eviction order (nothing if the store is not sized).
+    MarkUsed {
+        key: String,
+    },
+    /// Time-to-idle: an access moves the live entry's deadline to
+    /// `expires_at` (capped by its own TTL's, see `IdleSql::touch`).
+    /// Answers `Bool(true)` iff the entry is live.
     Touch {
         key: String,
+        expires_at: i64,
     },
 }
 
@@ -476,7 +483,7 @@ impl Writer {
     }
 
     /// Queues `op` for the next group commit without waiting for it (a
-    /// `least_recently_used` read's [`WriteOp::Touch`]); a later write of
+    /// `least_recently_used` read's [`WriteOp::MarkUsed`]); a later write of
     /// this process is queued behind it. Nothing happens once the writer stopped.
     pub(super) fn write_detached(&self, op: WriteOp) {
         let (reply, _) = oneshot::channel();
@@ -928,7 +935,7 @@ fn apply(
             }
             WriteOutcome::Many(outcomes)
         }
-        WriteOp::Touch { key } => {
+        WriteOp::MarkUsed { key } => {
             if let Some(seq) = seen.next_seq() {
                 tx.prepare_cached(&sql.sized.touch)?.execute(params![key, seq])?;
             }
@@ -948,6 +955,12 @@ fn apply(
             }
             WriteOutcome::Done
         }
+        WriteOp::Touch { key, expires_at } => match &sql.idle {
+            Some(idle) => WriteOutcome::Bool(
+                tx.prepare_cached(&idle.touch)?.execute(params![key, now, expires_at])? > 0,
+            ),
+            None => WriteOutcome::Bool(true),
+        },
     };
     // Under at_least_once, what this write found expired is leased like a claim.
     let held = match &sql.pending {
