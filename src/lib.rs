@@ -372,6 +372,7 @@ pub use handle::atomic::ATOMIC_LOCK_TIMEOUT;
 pub use handle::builder::{Builder, DEFAULT_REQUEST_TIMEOUT};
 pub use handle::dict::LiveDict;
 pub use handle::guard::KeyGuard;
+pub use handle::scan::SCAN_PAGE;
 #[cfg(feature = "metrics")]
 pub use handle::metrics;
 pub use request::{

@@ -239,6 +239,25 @@ pub enum Request<V> {
         /// The new integer as a value.
         value_of: fn(i64) -> Option<V>,
     },
+    /// One page of a prefix scan: the live entries whose key starts with
+    /// `prefix`, from `cursor` on, at most `limit` of them (see
+    /// [`LiveDict::scan`](crate::LiveDict::scan)).
+    ///
+    /// Answered with [`Response::ScanPage`]. The cursor is the backend's own
+    /// text: on memory and SQLite the last key of the previous page (the page
+    /// holds the next keys in key order), on Redis the shard and the `SCAN`
+    /// cursor (a page may then be empty with the scan not over).
+    ScanPage {
+        /// The keys' prefix (`""`: every key).
+        prefix: String,
+        /// Where the page starts: `None` for the first page, else the
+        /// `next` cursor of the previous page.
+        cursor: Option<String>,
+        /// The most entries in the page (a hint on Redis, as `SCAN COUNT`).
+        limit: usize,
+        /// Whether to read the values too (else only the keys).
+        values: bool,
+    },
 }
 
 impl<V> Request<V> {
@@ -262,6 +281,7 @@ impl<V> Request<V> {
             Request::Shutdown => "shutdown",
             Request::CompareAndSet { .. } => "compare_and_set",
             Request::Incr { .. } => "incr",
+            Request::ScanPage { .. } => "scan",
         }
     }
 
@@ -280,7 +300,12 @@ impl<V> Request<V> {
             | Request::Unlock { key, .. }
             | Request::CompareAndSet { key, .. }
             | Request::Incr { key, .. } => Some(key),
-            Request::Keys | Request::Items | Request::Len | Request::Clear | Request::Shutdown => None,
+            Request::Keys
+            | Request::Items
+            | Request::Len
+            | Request::Clear
+            | Request::Shutdown
+            | Request::ScanPage { .. } => None,
         }
     }
 
@@ -330,6 +355,14 @@ pub enum Response<V> {
     Unsupported,
     /// For `Set`, `Clear`, `Renew`, `Unlock`, `Shutdown`.
     Done,
+    /// For `ScanPage`: the page, and where the next one starts.
+    ScanPage {
+        /// The page's live entries: each key with its value when the request
+        /// asked for values (`None` otherwise).
+        entries: Vec<(String, Option<V>)>,
+        /// The cursor of the next page; `None` when the scan is over.
+        next: Option<String>,
+    },
 }
 
 impl<V> Response<V> {

@@ -51,6 +51,7 @@ mod feed;
 mod layout;
 mod near;
 mod routers;
+mod scan;
 mod scripts;
 mod sweeper;
 mod tracking;
@@ -665,6 +666,9 @@ impl<V: Value> Shared<V> {
             }
             Request::Incr { key, delta, ttl, range, value_of } => {
                 self.incr(key, delta, ttl, range, value_of).await
+            }
+            Request::ScanPage { prefix, cursor, limit, values } => {
+                self.scan_page(prefix, cursor, limit, values).await
             }
             Request::Keys => {
                 let found = self.scan_namespace().await?;
