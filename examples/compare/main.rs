@@ -3,7 +3,7 @@
 //! ratios.
 //!
 //! ```text
-//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale] [--json] [--svg DIR]
+//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,scan] [--json] [--svg DIR]
 //! ```
 //!
 //! - `memory`: `get` / `set` / `set_with_ttl` through the full default stack
@@ -33,6 +33,8 @@
 //! - `expire-scale`: 1M keys on `memory://` with deadlines spread evenly over
 //!   one second (1M expirations/s), one sync `Expire` callback: delivered
 //!   count and lateness (p99 goal 50 ms).
+//! - `scan`: `scan("")` of 1M entries on memory and SQLite: entries/s and the
+//!   peak RSS growth during the scan next to the data's RSS (see `scan.rs`).
 //!
 //! Workload everywhere: keys `k0..kN` built before timing, 100-byte `String`
 //! values. Throughputs are the best of several rounds, raw and livedict
@@ -50,6 +52,7 @@ mod redis;
 #[path = "../../tests/support/redis_server.rs"]
 mod redis_server;
 mod report;
+mod scan;
 mod sqlite;
 mod svg;
 
@@ -102,7 +105,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale] [--json] [--svg DIR]\n\n\
+                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,scan] [--json] [--svg DIR]\n\n\
                          --quick        fewer keys and rounds (~1 min instead of ~7)\n\
                          --only LIST    run only these suites (comma-separated)\n\
                          --json         print only the JSON rows, no table\n\
@@ -139,8 +142,18 @@ impl Opts {
     }
 }
 
-const SUITES: [&str; 9] =
-    ["memory", "sqlite", "redis", "expire", "callback", "lock", "memory-size", "memory-rss", "expire-scale"];
+const SUITES: [&str; 10] = [
+    "memory",
+    "sqlite",
+    "redis",
+    "expire",
+    "callback",
+    "lock",
+    "memory-size",
+    "memory-rss",
+    "expire-scale",
+    "scan",
+];
 
 fn die(msg: &str) -> ! {
     eprintln!("compare: {msg}");
@@ -252,6 +265,9 @@ fn main() {
     }
     if o.wants("expire-scale") {
         expire::scale(&mut rep, &o);
+    }
+    if o.wants("scan") {
+        scan::run(&mut rep, &o);
     }
     let server = if o.wants("redis") || o.wants("expire") { redis::Server::start() } else { None };
     if o.wants("sqlite") {
