@@ -549,7 +549,11 @@ impl<V: Value> LiveDict<V> {
     /// # Ok::<(), livedict::Error>(())
     /// ```
     pub fn scan_keys(&self, prefix: &str) -> Scan<String> {
-        Scan { stream: Box::pin(self.inner.scan_keys(prefix)), runtime: Arc::clone(&self.runtime), done: false }
+        Scan {
+            stream: Box::pin(self.inner.scan_keys(prefix)),
+            runtime: Arc::clone(&self.runtime),
+            done: false,
+        }
     }
 }
 

@@ -372,9 +372,9 @@ pub use handle::atomic::ATOMIC_LOCK_TIMEOUT;
 pub use handle::builder::{Builder, DEFAULT_REQUEST_TIMEOUT};
 pub use handle::dict::LiveDict;
 pub use handle::guard::KeyGuard;
-pub use handle::scan::SCAN_PAGE;
 #[cfg(feature = "metrics")]
 pub use handle::metrics;
+pub use handle::scan::SCAN_PAGE;
 pub use request::{
     LockGrant, LockToken, MAX_KEY_LEN, MAX_TTL, Request, Response, validate_key, validate_ttl,
 };

@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use livedict::LiveDict;
 
 use crate::report::Report;
-use crate::{Opts, keys, runtime, value};
+use crate::{Opts, keys, on_tasks, part, runtime, value};
 
 /// A field of `/proc/self/status` in bytes (Linux).
 fn status_bytes(field: &str) -> Option<u64> {
@@ -56,16 +56,19 @@ pub fn run(rep: &mut Report, o: &Opts) {
         };
         let rss0 = status_bytes("VmRSS:").unwrap_or(0) as i64;
         let d: LiveDict<String> = rt.block_on(LiveDict::open(&url)).expect("open");
-        rt.block_on(async {
-            for chunk in keys(n).chunks(10_000) {
-                for k in chunk {
+        // 32 writers: on SQLite their sets share the group commit.
+        let all = std::sync::Arc::new(keys(n));
+        on_tasks(&rt, 32, |t| {
+            let (d, v, all) = (d.clone(), v.clone(), std::sync::Arc::clone(&all));
+            async move {
+                for k in &all[part(t, 32, all.len())] {
                     d.set(k, v.clone()).await.expect("set");
                 }
-                tokio::task::yield_now().await;
             }
         });
         let data = status_bytes("VmRSS:").unwrap_or(0) as i64 - rss0;
-        let scan = || rt.block_on(d.scan("").try_fold(0usize, |n, _| async move { Ok(n + 1) })).expect("scan");
+        let scan =
+            || rt.block_on(d.scan("").try_fold(0usize, |n, _| async move { Ok(n + 1) })).expect("scan");
         let Some((secs, growth, seen)) = peak_during(scan) else {
             rep.skipped("scan", backend, "could not read or reset the peak RSS (/proc/self/clear_refs)");
             return;
@@ -131,8 +134,8 @@ fn raw_sqlite(path: &std::path::Path) -> usize {
     let mut count = 0;
     while let Some(row) = rows.next().expect("raw step") {
         let key: String = row.get(0).expect("key");
-        let value: String = serde_json::from_slice(row.get_ref(1).expect("value").as_blob().expect("blob"))
-            .expect("json");
+        let value: String =
+            serde_json::from_slice(row.get_ref(1).expect("value").as_blob().expect("blob")).expect("json");
         black_box((key, value));
         count += 1;
     }

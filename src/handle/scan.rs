@@ -57,7 +57,8 @@ impl<V: Value> LiveDict<V> {
     /// # Ok(()) }
     /// ```
     pub fn scan(&self, prefix: &str) -> impl Stream<Item = Result<(String, V)>> + Send + 'static {
-        self.scan_pages(prefix, true).try_filter_map(|(key, value)| async move { Ok(value.map(|v| (key, v))) })
+        self.scan_pages(prefix, true)
+            .try_filter_map(|(key, value)| async move { Ok(value.map(|v| (key, v))) })
     }
 
     /// The live keys that start with `prefix` (`""`: all), streamed in pages:

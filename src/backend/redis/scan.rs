@@ -70,16 +70,21 @@ impl<V: Value> Shared<V> {
                 let shard = &self.layout.shards[s];
                 (format!("{}{escaped}*", shard.value_prefix), ClusterHash::Custom(shard.slot))
             }
-            None => (format!("{}*}}:v:{escaped}*", self.layout.scan_pattern.trim_end_matches('*')), ClusterHash::Random),
+            None => (
+                format!("{}*}}:v:{escaped}*", self.layout.scan_pattern.trim_end_matches('*')),
+                ClusterHash::Random,
+            ),
         };
         let count = limit.clamp(1, u32::MAX as usize) as i64;
-        let args: Vec<RedisValue> = vec![at.into(), "MATCH".into(), pattern.into(), "COUNT".into(), count.into()];
+        let args: Vec<RedisValue> =
+            vec![at.into(), "MATCH".into(), pattern.into(), "COUNT".into(), count.into()];
         let client = self.pool.next();
         let reply: RedisValue = client
             .custom(CustomCommand::new_static("SCAN", slot, false), args)
             .await
             .map_err(|e| self.backend_error("scan", e))?;
-        let (next_at, found) = scan_reply(reply).ok_or_else(|| Error::backend_msg("redis", "unexpected reply to SCAN"))?;
+        let (next_at, found) =
+            scan_reply(reply).ok_or_else(|| Error::backend_msg("redis", "unexpected reply to SCAN"))?;
         // Value keys of this namespace whose user key has the prefix (a `*`
         // in the pattern may also match other namespaces' or other keys' text).
         let found: Vec<(String, String)> = found
@@ -113,7 +118,8 @@ impl<V: Value> Shared<V> {
                     .await
                     .map_err(|e| self.backend_error("getrange", e))?;
             }
-            let heads: Vec<Option<Bytes>> = pipe.all().await.map_err(|e| self.backend_error("getrange", e))?;
+            let heads: Vec<Option<Bytes>> =
+                pipe.all().await.map_err(|e| self.backend_error("getrange", e))?;
             found
                 .into_iter()
                 .zip(heads)

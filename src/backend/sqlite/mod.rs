@@ -668,7 +668,8 @@ impl<V: Value> Shared<V> {
         let rows: Vec<(String, Option<Vec<u8>>)> = self
             .read(move |c, sql| {
                 let mut stmt = c.prepare_cached(sql.scan.page(values, to.is_some()))?;
-                let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, if values { Some(r.get(1)?) } else { None }));
+                let row =
+                    |r: &rusqlite::Row<'_>| Ok((r.get(0)?, if values { Some(r.get(1)?) } else { None }));
                 let rows = match &to {
                     Some(to) => stmt.query_map(params![from, now_ms(), limit, to], row)?,
                     None => stmt.query_map(params![from, now_ms(), limit], row)?,

@@ -282,7 +282,10 @@ mod tests {
         for (values, bounded) in [(false, true), (false, false), (true, true), (true, false)] {
             let query = sql.scan.page(values, bounded);
             let plan = plan(&conn, query, if bounded { 4 } else { 3 });
-            assert!(plan.contains("USING INDEX sqlite_autoindex") && plan.contains("(key>?"), "{query}: {plan}");
+            assert!(
+                plan.contains("USING INDEX sqlite_autoindex") && plan.contains("(key>?"),
+                "{query}: {plan}"
+            );
             if bounded {
                 assert!(plan.contains("key<?"), "{query}: {plan}");
             }
