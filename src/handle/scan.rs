@@ -10,8 +10,14 @@ use crate::error::Result;
 use crate::request::{Request, Response, validate_key};
 
 /// Entries asked for per page: what one page holds in memory at most (on
-/// Redis, the `SCAN COUNT` hint).
-pub const SCAN_PAGE: usize = 1000;
+/// Redis a page is one `SCAN` with `COUNT` 1,000, so it holds fewer).
+///
+/// Large enough that a scan of the memory store, which reads every entry
+/// once per page (its map is unordered), makes few passes: 100 for 1M
+/// entries (measured at 100k entries with 1,000-entry pages: 46k entries/s
+/// on a loaded 2-CPU machine); small next to the data (about 1.5 MB with
+/// 100-byte values).
+pub const SCAN_PAGE: usize = 10_000;
 
 /// Where a scan stands between two pages.
 enum Next {

@@ -75,7 +75,8 @@ impl<V: Value> Shared<V> {
                 ClusterHash::Random,
             ),
         };
-        let count = limit.clamp(1, u32::MAX as usize) as i64;
+        // `COUNT` at most [`PAGE`]: a larger one holds the server longer per call.
+        let count = limit.clamp(1, super::PAGE as usize) as i64;
         let args: Vec<RedisValue> =
             vec![at.into(), "MATCH".into(), pattern.into(), "COUNT".into(), count.into()];
         let client = self.pool.next();
