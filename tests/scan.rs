@@ -26,6 +26,14 @@ async fn keys_of(d: &LiveDict<u32>, prefix: &str) -> Vec<String> {
     d.scan_keys(prefix).try_collect().await.unwrap()
 }
 
+/// Stores `v` under every key, 64 writes at a time (they share SQLite's
+/// group commit and Redis's pipelining).
+async fn fill(d: &LiveDict<u32>, keys: impl IntoIterator<Item = (String, u32)>) {
+    futures::stream::iter(keys)
+        .for_each_concurrent(64, |(k, v)| async move { d.set(&k, v).await.unwrap() })
+        .await;
+}
+
 fn set_of<const N: usize>(keys: [&str; N]) -> BTreeSet<String> {
     keys.into_iter().map(String::from).collect()
 }
@@ -73,9 +81,7 @@ for_each_backend! {
         let d = h.open::<u32>().await;
         let n = 2 * SCAN_PAGE + 345;
         let want: BTreeSet<String> = (0..n).map(|i| format!("k:{i}")).collect();
-        for i in 0..n {
-            d.set(format!("k:{i}"), i as u32).await.unwrap();
-        }
+        fill(&d, (0..n).map(|i| (format!("k:{i}"), i as u32))).await;
         d.set("other", 0).await.unwrap();
         check_keys(&h, &keys_of(&d, "k:").await, &want);
         let items: Vec<(String, u32)> = d.scan("k:").try_collect().await.unwrap();
@@ -86,9 +92,7 @@ for_each_backend! {
         check_keys(&h, &keys, &want);
         // Exactly one page's worth: the scan's end is found on the next page.
         d.clear().await.unwrap();
-        for i in 0..SCAN_PAGE {
-            d.set(format!("p:{i}"), 1).await.unwrap();
-        }
+        fill(&d, (0..SCAN_PAGE).map(|i| (format!("p:{i}"), 1))).await;
         let want: BTreeSet<String> = (0..SCAN_PAGE).map(|i| format!("p:{i}")).collect();
         check_keys(&h, &keys_of(&d, "").await, &want);
     }
@@ -143,9 +147,7 @@ for_each_backend! {
         let d = h.open::<u32>().await;
         let n = h.scale(3 * SCAN_PAGE, SCAN_PAGE + 500);
         let want: BTreeSet<String> = (0..n).map(|i| format!("s:{i:05}")).collect();
-        for k in &want {
-            d.set(k, 1).await.unwrap();
-        }
+        fill(&d, want.iter().map(|k| (k.clone(), 1))).await;
         // A writer (another task, and on SQLite and Redis another handle)
         // adds and removes keys among the stable ones, before and after the cursor.
         let writer = h.open::<u32>().await;
