@@ -104,7 +104,8 @@ pub fn run(rep: &mut Report, o: &Opts) {
             "report",
             true,
             &format!(
-                "LiveDict::scan(\"\") counted to the end, pages of {} through the stack; raw: {raw_name}",
+                "LiveDict::scan(\"\") counted to the end, pages of up to {} through the stack (SQLite: \
+                 1,000 rows); raw: {raw_name}",
                 livedict::SCAN_PAGE
             ),
         );

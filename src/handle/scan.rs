@@ -9,8 +9,9 @@ use crate::Value;
 use crate::error::Result;
 use crate::request::{Request, Response, validate_key};
 
-/// Entries asked for per page: what one page holds in memory at most (on
-/// Redis a page is one `SCAN` with `COUNT` 1,000, so it holds fewer).
+/// Entries asked for per page: what one page holds in memory at most
+/// (SQLite answers pages of up to 1,000 rows, and Redis one `SCAN` with
+/// `COUNT` 1,000, so theirs hold fewer).
 ///
 /// Large enough that a scan of the memory store, which reads every entry
 /// once per page (its map is unordered), makes few passes: 100 for 1M
