@@ -555,3 +555,75 @@ impl<V: Value> Builder<V> {
         LiveDict::from_builder(self)
     }
 }
+
+// --- Streaming prefix scans (`scan`, `scan_keys`) ---
+
+impl<V: Value> LiveDict<V> {
+    /// See [`crate::LiveDict::scan`]: the live entries whose key starts with
+    /// `prefix`, as an iterator that reads one page at a time on the facade's
+    /// runtime (exactly once in key order on memory and SQLite).
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// d.set("user:2", 2)?;
+    /// d.set("user:1", 1)?;
+    /// d.set("order:1", 9)?;
+    /// let users = d.scan("user:").collect::<livedict::Result<Vec<_>>>()?;
+    /// assert_eq!(users, [("user:1".to_string(), 1), ("user:2".to_string(), 2)]);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn scan(&self, prefix: &str) -> Scan<(String, V)> {
+        Scan { stream: Box::pin(self.inner.scan(prefix)), runtime: Arc::clone(&self.runtime), done: false }
+    }
+
+    /// See [`crate::LiveDict::scan_keys`]: the live keys that start with
+    /// `prefix`, read one page at a time.
+    ///
+    /// ```
+    /// let d = livedict::blocking::LiveDict::<u32>::open("memory://")?;
+    /// d.set("b", 2)?;
+    /// d.set("a", 1)?;
+    /// let keys = d.scan_keys("").collect::<livedict::Result<Vec<_>>>()?;
+    /// assert_eq!(keys, ["a", "b"]);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn scan_keys(&self, prefix: &str) -> Scan<String> {
+        Scan {
+            stream: Box::pin(self.inner.scan_keys(prefix)),
+            runtime: Arc::clone(&self.runtime),
+            done: false,
+        }
+    }
+}
+
+/// The iterator of a blocking [`LiveDict::scan`] or [`LiveDict::scan_keys`]:
+/// each `next` that needs a new page reads it on the facade's runtime (at
+/// most one page is held). An error is the last item; inside an async
+/// runtime the first item is [`Error::InsideRuntime`].
+pub struct Scan<T> {
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>>,
+    runtime: Arc<OwnedRuntime>,
+    done: bool,
+}
+
+impl<T> std::fmt::Debug for Scan<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("blocking::Scan").field("done", &self.done).finish()
+    }
+}
+
+impl<T> Iterator for Scan<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        if self.done {
+            return None;
+        }
+        let item = match self.runtime.block_on(futures::StreamExt::next(&mut self.stream)) {
+            Ok(item) => item,
+            Err(e) => Some(Err(e)),
+        };
+        self.done = matches!(item, None | Some(Err(_)));
+        item
+    }
+}

@@ -374,6 +374,7 @@ pub use handle::dict::LiveDict;
 pub use handle::guard::KeyGuard;
 #[cfg(feature = "metrics")]
 pub use handle::metrics;
+pub use handle::scan::SCAN_PAGE;
 pub use request::{
     LockGrant, LockToken, MAX_KEY_LEN, MAX_TTL, Request, Response, validate_key, validate_ttl,
 };

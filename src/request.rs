@@ -260,6 +260,25 @@ pub enum Request<V> {
         /// The keys.
         keys: Vec<String>,
     },
+    /// One page of a prefix scan: the live entries whose key starts with
+    /// `prefix`, from `cursor` on, at most `limit` of them (see
+    /// [`LiveDict::scan`](crate::LiveDict::scan)).
+    ///
+    /// Answered with [`Response::ScanPage`]. The cursor is the backend's own
+    /// text: on memory and SQLite the last key of the previous page (the page
+    /// holds the next keys in key order), on Redis the shard and the `SCAN`
+    /// cursor (a page may then be empty with the scan not over).
+    ScanPage {
+        /// The keys' prefix (`""`: every key).
+        prefix: String,
+        /// Where the page starts: `None` for the first page, else the
+        /// `next` cursor of the previous page.
+        cursor: Option<String>,
+        /// The most entries in the page (a hint on Redis, as `SCAN COUNT`).
+        limit: usize,
+        /// Whether to read the values too (else only the keys).
+        values: bool,
+    },
 }
 
 impl<V> Request<V> {
@@ -286,6 +305,7 @@ impl<V> Request<V> {
             Request::GetMany { .. } => "get_many",
             Request::SetMany { .. } => "set_many",
             Request::DeleteMany { .. } => "delete_many",
+            Request::ScanPage { .. } => "scan",
         }
     }
 
@@ -312,6 +332,7 @@ impl<V> Request<V> {
             | Request::GetMany { .. }
             | Request::SetMany { .. }
             | Request::DeleteMany { .. } => None,
+            Request::ScanPage { .. } => None,
         }
     }
 
@@ -377,6 +398,14 @@ pub enum Response<V> {
     /// live entry was removed, and its value when the backend had it (as
     /// [`Response::Deleted`]).
     DeletedMany(Vec<(bool, Option<V>)>),
+    /// For `ScanPage`: the page, and where the next one starts.
+    ScanPage {
+        /// The page's live entries: each key with its value when the request
+        /// asked for values (`None` otherwise).
+        entries: Vec<(String, Option<V>)>,
+        /// The cursor of the next page; `None` when the scan is over.
+        next: Option<String>,
+    },
 }
 
 impl<V> Response<V> {

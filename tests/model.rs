@@ -78,6 +78,8 @@ enum Op {
     Items,
     Len,
     Clear,
+    /// `scan(prefix)` to its end.
+    Scan(&'static str),
     /// lock, read through the guard, write, then unlock (true) or drop the guard.
     Locked(&'static str, Write, bool),
     /// Let virtual time pass (ms; a multiple of 10). No-op on real-time backends.
@@ -103,6 +105,7 @@ impl fmt::Debug for Op {
             Op::Items => write!(f, "items()"),
             Op::Len => write!(f, "len()"),
             Op::Clear => write!(f, "clear()"),
+            Op::Scan(p) => write!(f, "scan({p:?})"),
             Op::Locked(k, w, unlock) => {
                 let release = if *unlock { "unlock" } else { "drop guard" };
                 match w {
@@ -176,6 +179,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Items),
         1 => Just(Op::Len),
         1 => Just(Op::Clear),
+        1 => prop::sample::select(&["", "a", "b", "e"][..]).prop_map(Op::Scan),
         2 => (key(), write(), any::<bool>()).prop_map(|(k, w, u)| Op::Locked(k, w, u)),
         3 => (1u64..=10).prop_map(|i| Op::Advance(i * 10)),
         2 => prop::array::uniform3(key()).prop_map(Op::GetMany),
@@ -355,6 +359,25 @@ async fn apply(d: &LiveDict<u16>, op: Op, clock: &mut Clock, model: &mut Model) 
             check("items", items, expected)?;
         }
         Op::Len => check("len", d.len().await.map_err(err)?, model.entries.len())?,
+        Op::Scan(prefix) => {
+            use futures::TryStreamExt;
+            let yielded: Vec<(String, u16)> = d.scan(prefix).try_collect().await.map_err(err)?;
+            let expected: Vec<(String, u16)> = model
+                .sorted_keys()
+                .into_iter()
+                .filter(|k| k.starts_with(prefix))
+                .map(|k| (k.clone(), model.get(&k).unwrap()))
+                .collect();
+            if !clock.real {
+                // Memory: exactly once, in key order.
+                check("scan", yielded.clone(), expected.clone())?;
+            }
+            // Every backend: each live entry (at least once on Redis).
+            let mut items = yielded;
+            items.sort();
+            items.dedup();
+            check("scan", items, expected)?;
+        }
         Op::Clear => {
             d.clear().await.map_err(err)?;
             model.entries.clear();

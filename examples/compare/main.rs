@@ -3,7 +3,7 @@
 //! ratios.
 //!
 //! ```text
-//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,batch] [--json] [--svg DIR]
+//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,batch,scan] [--json] [--svg DIR]
 //! ```
 //!
 //! - `memory`: `get` / `set` / `set_with_ttl` through the full default stack
@@ -38,6 +38,8 @@
 //! - `expire-scale`: 1M keys on `memory://` with deadlines spread evenly over
 //!   one second (1M expirations/s), one sync `Expire` callback: delivered
 //!   count and lateness (p99 goal 50 ms).
+//! - `scan`: `scan("")` of 1M entries on memory and SQLite: entries/s and the
+//!   peak RSS growth during the scan next to the data's RSS (see `scan.rs`).
 //!
 //! Workload everywhere: keys `k0..kN` built before timing, 100-byte `String`
 //! values. Throughputs are the best of several rounds, raw and livedict
@@ -56,6 +58,7 @@ mod redis;
 #[path = "../../tests/support/redis_server.rs"]
 mod redis_server;
 mod report;
+mod scan;
 mod sqlite;
 mod svg;
 
@@ -108,7 +111,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,batch] [--json] [--svg DIR]\n\n\
+                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,batch,scan] [--json] [--svg DIR]\n\n\
                          --quick        fewer keys and rounds (~1 min instead of ~7)\n\
                          --only LIST    run only these suites (comma-separated)\n\
                          --json         print only the JSON rows, no table\n\
@@ -145,7 +148,7 @@ impl Opts {
     }
 }
 
-const SUITES: [&str; 10] = [
+const SUITES: [&str; 11] = [
     "memory",
     "sqlite",
     "redis",
@@ -156,6 +159,7 @@ const SUITES: [&str; 10] = [
     "memory-rss",
     "expire-scale",
     "batch",
+    "scan",
 ];
 
 fn die(msg: &str) -> ! {
@@ -271,6 +275,9 @@ fn main() {
     }
     let server =
         if o.wants("redis") || o.wants("expire") || o.wants("batch") { redis::Server::start() } else { None };
+    if o.wants("scan") {
+        scan::run(&mut rep, &o);
+    }
     if o.wants("sqlite") {
         sqlite::run(&mut rep, &o);
     }

@@ -278,6 +278,9 @@ impl<V: Value> LiveDict<V> {
     }
 
     /// Every live key (in no particular order).
+    ///
+    /// Everything in memory at once; use [`scan_keys`](Self::scan_keys) for
+    /// large stores.
     pub async fn keys(&self) -> Result<Vec<String>> {
         match self.call(Request::Keys).await? {
             Response::Keys(k) => Ok(k),
@@ -286,6 +289,8 @@ impl<V: Value> LiveDict<V> {
     }
 
     /// Every live entry (in no particular order).
+    ///
+    /// Everything in memory at once; use [`scan`](Self::scan) for large stores.
     pub async fn items(&self) -> Result<Vec<(String, V)>> {
         match self.call(Request::Items).await? {
             Response::Items(i) => Ok(i),

@@ -19,5 +19,6 @@ pub(crate) mod guard;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
+pub(crate) mod scan;
 mod single_flight;
 mod watch;

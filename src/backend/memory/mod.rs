@@ -14,6 +14,7 @@ mod batch;
 mod entries;
 mod timers;
 
+use std::collections::BinaryHeap;
 use std::future::{Ready, ready};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -575,6 +576,47 @@ impl<V: Value> Shared<V> {
         });
     }
 
+    /// One page of a prefix scan: the `limit` smallest live keys above
+    /// `cursor` that start with `prefix`, in key order, with their values
+    /// (`values`); the cursor of the next page is the page's last key when
+    /// the page is full.
+    ///
+    /// The map is unordered, so every page reads every entry once, one
+    /// shard's read lock at a time, keeping the `limit` smallest keys seen in
+    /// a max-heap (bounded memory: one page). An entry live throughout the
+    /// scan has a key above the previous page's last one until its page, so
+    /// it is yielded exactly once, in key order.
+    fn scan_page(&self, prefix: &str, cursor: Option<&str>, limit: usize, values: bool) -> Response<V> {
+        let limit = limit.max(1);
+        let now = self.deadlines.micros(Instant::now());
+        let mut page: BinaryHeap<ByKey<V>> = BinaryHeap::with_capacity(limit);
+        self.entries.for_each(|k, e| {
+            // Key tests first: they need no read of the entry itself.
+            if !k.starts_with(prefix) || cursor.is_some_and(|c| &**k <= c) {
+                return;
+            }
+            let full = page.len() >= limit;
+            if full && page.peek().is_some_and(|max| **k >= *max.0) {
+                return;
+            }
+            if !e.is_live(now) {
+                return;
+            }
+            if full {
+                page.pop();
+            }
+            page.push(ByKey(Arc::clone(k), Arc::clone(e)));
+        });
+        let full = page.len() >= limit;
+        let entries: Vec<(String, Option<V>)> = page
+            .into_sorted_vec()
+            .into_iter()
+            .map(|ByKey(k, e)| (k.to_string(), values.then(|| e.value.clone())))
+            .collect();
+        let next = if full { entries.last().map(|(k, _)| k.clone()) } else { None };
+        Response::ScanPage { entries, next }
+    }
+
     fn deadline_for(&self, now: Instant, ttl: Option<Duration>) -> Result<Micros> {
         match ttl {
             None => Ok(NO_DEADLINE),
@@ -683,7 +725,33 @@ impl<V: Value> Shared<V> {
             Request::GetMany { keys } => Ok(Response::Values(self.get_many(&keys))),
             Request::SetMany { entries, ttl } => self.set_many(entries, ttl).map(|()| Response::Done),
             Request::DeleteMany { keys } => Ok(Response::DeletedMany(self.delete_many(&keys))),
+            Request::ScanPage { prefix, cursor, limit, values } => {
+                Ok(self.scan_page(&prefix, cursor.as_deref(), limit, values))
+            }
         }
+    }
+}
+
+/// A scan page's entry, ordered by its key alone (for the page's max-heap).
+struct ByKey<V>(Arc<str>, Arc<Entry<V>>);
+
+impl<V> PartialEq for ByKey<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<V> Eq for ByKey<V> {}
+
+impl<V> PartialOrd for ByKey<V> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<V> Ord for ByKey<V> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
     }
 }
 

@@ -52,6 +52,7 @@ mod layout;
 mod many;
 mod near;
 mod routers;
+mod scan;
 mod scripts;
 mod sweeper;
 mod tracking;
@@ -719,6 +720,9 @@ impl<V: Value> Shared<V> {
             Request::GetMany { keys } => Ok(Response::Values(self.get_many(&keys).await?)),
             Request::SetMany { entries, ttl } => self.set_many(entries, ttl).await.map(|()| Response::Done),
             Request::DeleteMany { keys } => Ok(Response::DeletedMany(self.delete_many(&keys).await?)),
+            Request::ScanPage { prefix, cursor, limit, values } => {
+                self.scan_page(prefix, cursor, limit, values).await
+            }
             Request::Keys => {
                 let found = self.scan_namespace().await?;
                 let due = try_join_all(shards.iter().map(|s| self.due_in(s))).await?;

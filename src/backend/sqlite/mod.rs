@@ -750,6 +750,9 @@ impl<V: Value> Shared<V> {
                 });
                 Ok(Response::DeletedMany(removed.collect()))
             }
+            Request::ScanPage { prefix, cursor, limit, values } => {
+                self.scan_page(prefix, cursor, limit, values).await
+            }
             Request::Shutdown => {
                 // Every acknowledged write is already committed; stop the driver.
                 self.closed.store(true, Ordering::Release);
@@ -800,6 +803,55 @@ impl<V: Value> Shared<V> {
                 return Ok(all);
             }
         }
+    }
+
+    /// One page of a prefix scan: a range read on the key's index (see
+    /// [`schema::Scan`]) from just above the cursor (the previous page's
+    /// last key) on, on a reader connection; the next cursor is the page's
+    /// last key when the page is full.
+    async fn scan_page(
+        &self,
+        prefix: String,
+        cursor: Option<String>,
+        limit: usize,
+        values: bool,
+    ) -> Result<Response<V>> {
+        // The smallest key above the cursor is the cursor and a NUL.
+        let from = match cursor {
+            Some(mut last) if last.as_str() >= prefix.as_str() => {
+                last.push('\0');
+                last
+            }
+            _ => prefix.clone(),
+        };
+        let to = schema::prefix_end(&prefix);
+        // At most [`PAGE`] rows: the rows are read on a reader thread (its
+        // own malloc arena) and decoded on the caller's, so a page's bytes
+        // count twice in the RSS (measured, 1M entries: 10,000-row pages
+        // grew the peak RSS by 17 MB during a scan).
+        let limit = limit.clamp(1, PAGE as usize) as i64;
+        let rows: Vec<(String, Option<Vec<u8>>)> = self
+            .read(move |c, sql| {
+                let mut stmt = c.prepare_cached(sql.scan.page(values, to.is_some()))?;
+                let row =
+                    |r: &rusqlite::Row<'_>| Ok((r.get(0)?, if values { Some(r.get(1)?) } else { None }));
+                let rows = match &to {
+                    Some(to) => stmt.query_map(params![from, now_ms(), limit, to], row)?,
+                    None => stmt.query_map(params![from, now_ms(), limit], row)?,
+                };
+                rows.collect()
+            })
+            .await?;
+        let next = if rows.len() as i64 >= limit { rows.last().map(|(k, _)| k.clone()) } else { None };
+        let codec = self.config.codec;
+        let entries = rows
+            .into_iter()
+            .map(|(k, b)| match b {
+                Some(b) => codec.decode(&k, &b).map(|v| (k, Some(v))),
+                None => Ok((k, None)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Response::ScanPage { entries, next })
     }
 
     async fn lock(&self, key: String, timeout: Duration, owner: String) -> Result<Response<V>> {

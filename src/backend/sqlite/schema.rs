@@ -44,6 +44,8 @@ pub(super) struct Sql {
     pub(super) bound: Option<Bound>,
     /// With `time_to_idle`, see [`IdleSql`].
     pub(super) idle: Option<IdleSql>,
+    /// Prefix scans, see [`Scan`].
+    pub(super) scan: Scan,
 }
 
 /// The size bound of this process (see [`SqliteConfig::max_capacity`]).
@@ -99,6 +101,61 @@ pub(super) struct IdleSql {
     pub(super) touch: String,
 }
 
+/// The statements of a prefix scan page: a range of the primary key's index
+/// (`?1` <= key, and key < `?4` for the `_to` forms), live at `?2`, in key
+/// order, at most `?3` rows. No `LIKE`: a prefix's `%` and `_` are plain
+/// characters, and the range is a seek on the index, not a scan of the table.
+#[derive(Debug)]
+pub(super) struct Scan {
+    pub(super) keys_to: String,
+    pub(super) keys_all: String,
+    pub(super) items_to: String,
+    pub(super) items_all: String,
+}
+
+impl Scan {
+    fn new(t: &str, live: &str) -> Self {
+        let page = |cols: &str, to: &str| {
+            format!("SELECT {cols} FROM \"{t}\" WHERE key >= ?1 {to}AND {live} ORDER BY key LIMIT ?3")
+        };
+        Scan {
+            keys_to: page("key", "AND key < ?4 "),
+            keys_all: page("key", ""),
+            items_to: page("key, value", "AND key < ?4 "),
+            items_all: page("key, value", ""),
+        }
+    }
+
+    /// The statement for a page of keys (`values`: and values), with an upper bound or not.
+    pub(super) fn page(&self, values: bool, bounded: bool) -> &str {
+        match (values, bounded) {
+            (false, true) => &self.keys_to,
+            (false, false) => &self.keys_all,
+            (true, true) => &self.items_to,
+            (true, false) => &self.items_all,
+        }
+    }
+}
+
+/// The smallest string above every string that starts with `prefix`
+/// (`None`: there is none, every key from `prefix` on qualifies): `prefix`
+/// with its last character replaced by the next one, dropping trailing
+/// `char::MAX`. UTF-8 sorts bytewise like code points, so as SQLite compares
+/// text (`BINARY`: `memcmp`), `prefix <= key < end` holds exactly for the
+/// keys that start with `prefix`.
+pub(super) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // The next scalar value, skipping the surrogate gap.
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// The statements of the pending table `<table>_pending`: expirations claimed
 /// under `at_least_once`, each leased to the process that claimed it until
 /// acknowledged. `attempt` is the number of deliveries so far (0: found
@@ -150,6 +207,7 @@ impl Sql {
             format!("SELECT min(expires_at) FROM \"{t}\" WHERE expires_at IS NOT NULL")
         };
         Sql {
+            scan: Scan::new(t, live),
             pending,
             idle: None,
             earliest,
@@ -391,7 +449,7 @@ pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(),
 
 #[cfg(test)]
 mod tests {
-    use super::{Sql, create};
+    use super::{Sql, create, prefix_end};
     use crate::Delivery;
     use crate::backend::SqliteConfig;
     use crate::delivery::ExpireDelivery;
@@ -470,5 +528,45 @@ mod tests {
         assert_eq!(size(&conn), (1, 4));
         conn.execute(&sql.clear, []).unwrap();
         assert_eq!(size(&conn), (0, 0));
+    }
+
+    /// A scan page is a seek on the key's index (a range, never a `LIKE` or a
+    /// scan of the table), already in key order (no sort step).
+    #[test]
+    fn scan_pages_seek_the_key_index() {
+        let config = SqliteConfig::new(":memory:");
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        create(&mut conn, &config).unwrap();
+        let sql = Sql::new(&config.table, &ExpireDelivery::default());
+        for (values, bounded) in [(false, true), (false, false), (true, true), (true, false)] {
+            let query = sql.scan.page(values, bounded);
+            let plan = plan(&conn, query, if bounded { 4 } else { 3 });
+            assert!(
+                plan.contains("USING INDEX sqlite_autoindex") && plan.contains("(key>?"),
+                "{query}: {plan}"
+            );
+            if bounded {
+                assert!(plan.contains("key<?"), "{query}: {plan}");
+            }
+            assert!(!plan.contains(&format!("SCAN {}", config.table)), "{query}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{query}: {plan}");
+            assert!(!query.contains("LIKE") && !query.contains("GLOB"), "{query}");
+        }
+    }
+
+    /// The end of a prefix's range is above every key with the prefix and
+    /// below every other key above the prefix.
+    #[test]
+    fn a_prefix_range_ends_at_the_next_string() {
+        assert_eq!(prefix_end("user:").as_deref(), Some("user;"));
+        assert_eq!(prefix_end("a%").as_deref(), Some("a&"));
+        assert_eq!(prefix_end("a\u{7f}").as_deref(), Some("a\u{80}"));
+        assert_eq!(prefix_end("a\u{d7ff}").as_deref(), Some("a\u{e000}"));
+        assert_eq!(prefix_end("a\u{10ffff}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10ffff}\u{10ffff}"), None);
+        assert_eq!(prefix_end(""), None);
+        for key in ["user:", "user:1", "user:\u{10ffff}", "user:\u{7f}\u{0}"] {
+            assert!(key < prefix_end("user:").unwrap().as_str());
+        }
     }
 }

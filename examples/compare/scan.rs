@@ -1,0 +1,153 @@
+//! The `scan` suite: a streaming prefix scan (`LiveDict::scan("")`) of 1M
+//! entries on `memory://` and `sqlite://`, its throughput (entries/s) and its
+//! peak RSS growth while it runs, next to the data (memory: its RSS; SQLite: the file).
+//!
+//! Peak RSS: the kernel's high-water mark (`VmHWM` in `/proc/self/status`),
+//! reset to the current RSS just before the scan (`5` into
+//! `/proc/self/clear_refs`); the growth is the mark after the scan minus the
+//! RSS before it. Raw: `items()` (the whole store in one `Vec`) on the same
+//! store for memory, a prepared `SELECT key, value ... ORDER BY key` stepped
+//! row by row with the same JSON decoding for SQLite.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use livedict::LiveDict;
+
+use crate::report::Report;
+use crate::{Opts, keys, on_tasks, part, runtime, value};
+
+/// A field of `/proc/self/status` in bytes (Linux).
+fn status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the peak RSS to the current one; false where that is not possible.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Runs `f`; returns its seconds and the peak RSS growth (bytes) while it ran.
+fn peak_during<T>(f: impl FnOnce() -> T) -> Option<(f64, i64, T)> {
+    if !reset_peak() {
+        return None;
+    }
+    let before = status_bytes("VmRSS:")? as i64;
+    let started = Instant::now();
+    let out = f();
+    let secs = started.elapsed().as_secs_f64();
+    let peak = status_bytes("VmHWM:")? as i64;
+    Some((secs, peak - before, out))
+}
+
+pub fn run(rep: &mut Report, o: &Opts) {
+    let n = o.pick(100_000, 1_000_000);
+    let rt = runtime();
+    let v = value();
+    for backend in ["memory", "sqlite"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = match backend {
+            "memory" => "memory://".to_owned(),
+            _ => format!("sqlite://{}", dir.path().join("scan.db").display()),
+        };
+        let rss0 = status_bytes("VmRSS:").unwrap_or(0) as i64;
+        let d: LiveDict<String> = rt.block_on(LiveDict::open(&url)).expect("open");
+        // 32 writers: on SQLite their sets share the group commit.
+        let all = std::sync::Arc::new(keys(n));
+        on_tasks(&rt, 32, |t| {
+            let (d, v, all) = (d.clone(), v.clone(), std::sync::Arc::clone(&all));
+            async move {
+                for k in &all[part(t, 32, all.len())] {
+                    d.set(k, v.clone()).await.expect("set");
+                }
+            }
+        });
+        // The data: the RSS the fill added (memory), the file with its WAL (SQLite).
+        let data = match backend {
+            "memory" => status_bytes("VmRSS:").unwrap_or(0) as i64 - rss0,
+            _ => ["scan.db", "scan.db-wal"]
+                .iter()
+                .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
+                .map(|m| m.len() as i64)
+                .sum(),
+        };
+        let scan =
+            || rt.block_on(d.scan("").try_fold(0usize, |n, _| async move { Ok(n + 1) })).expect("scan");
+        let Some((secs, growth, seen)) = peak_during(scan) else {
+            rep.skipped("scan", backend, "could not read or reset the peak RSS (/proc/self/clear_refs)");
+            return;
+        };
+        assert_eq!(seen, n, "the scan saw every entry");
+        let raw = match backend {
+            "memory" => peak_during(|| rt.block_on(d.items()).expect("items").len()),
+            _ => peak_during(|| raw_sqlite(&dir.path().join("scan.db"))),
+        };
+        let (raw_rate, raw_growth) = match &raw {
+            Some((s, g, count)) => {
+                assert_eq!(*count, n);
+                (Some(n as f64 / s), Some(*g as f64 / 1e6))
+            }
+            None => (None, None),
+        };
+        let raw_name = if backend == "memory" { "items()" } else { "raw SELECT stepped" };
+        rep.measure(
+            "scan",
+            backend,
+            &format!("scan(\"\") of {}k entries", n / 1000),
+            n as f64 / secs,
+            raw_rate,
+            "entries/s",
+            "report",
+            true,
+            &format!(
+                "LiveDict::scan(\"\") counted to the end, pages of up to {} through the stack (SQLite: \
+                 1,000 rows); raw: {raw_name}",
+                livedict::SCAN_PAGE
+            ),
+        );
+        let share = growth as f64 / data.max(1) as f64;
+        rep.measure(
+            "scan",
+            backend,
+            &format!("scan peak RSS growth, {}k entries", n / 1000),
+            growth as f64 / 1e6,
+            raw_growth,
+            "MB",
+            "<= 5% of the data",
+            share <= 0.05,
+            &format!(
+                "peak RSS (VmHWM, reset before) minus RSS before the scan; the data: {:.0} MB \
+                 ({}; the growth is {:.2}% of it); raw: the same for {raw_name}",
+                data as f64 / 1e6,
+                if backend == "memory" { "its RSS" } else { "the file and its WAL" },
+                share * 100.0
+            ),
+        );
+        rt.block_on(d.shutdown()).expect("shutdown");
+        drop(d);
+        black_box(&dir);
+    }
+}
+
+/// Every row of livedict's SQLite table, stepped in key order and decoded
+/// as a user of rusqlite would.
+fn raw_sqlite(path: &std::path::Path) -> usize {
+    let conn = rusqlite::Connection::open(path).expect("raw open");
+    let mut stmt = conn
+        .prepare("SELECT key, value FROM livedict WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY key")
+        .expect("raw prepare");
+    let mut rows = stmt.query([0i64]).expect("raw query");
+    let mut count = 0;
+    while let Some(row) = rows.next().expect("raw step") {
+        let key: String = row.get(0).expect("key");
+        let value: String =
+            serde_json::from_slice(row.get_ref(1).expect("value").as_blob().expect("blob")).expect("json");
+        black_box((key, value));
+        count += 1;
+    }
+    count
+}
