@@ -64,6 +64,39 @@ for_each_backend! {
         assert!(expirations(&expired, "k").is_empty());
     }
 
+    async fn get_many_counts_as_an_access(h: Harness) {
+        let (d, expired) = open_idle(&h).await;
+        d.set_many(vec![("a", 1), ("b", 2)], None).await.unwrap();
+        for _ in 0..12 {
+            h.pass(IDLE / 4).await;
+            assert_eq!(d.get_many(&["a", "b", "c"]).await.unwrap(), [Some(1), Some(2), None]);
+        }
+        assert!(expirations(&expired, "a").is_empty() && expirations(&expired, "b").is_empty());
+    }
+
+    async fn set_many_starts_idle_periods(h: Harness) {
+        let (d, expired) = open_idle(&h).await;
+        d.set_many(vec![("a", 1), ("b", 2)], None).await.unwrap();
+        h.pass(IDLE + h.grace()).await;
+        eventually("both idle entries' Expire events", || {
+            expirations(&expired, "a") == vec![Some(1)] && expirations(&expired, "b") == vec![Some(2)]
+        })
+        .await;
+    }
+
+    async fn a_scan_is_not_an_access(h: Harness) {
+        use futures::StreamExt;
+        let (d, expired) = open_idle(&h).await;
+        d.set("k", 7).await.unwrap();
+        for _ in 0..3 {
+            h.pass(IDLE / 4).await;
+            let seen: Vec<_> = d.scan("").map(Result::unwrap).collect().await;
+            assert_eq!(seen, vec![("k".to_owned(), 7)]);
+        }
+        h.pass(IDLE / 4 + h.grace()).await;
+        eventually("expired although it was scanned", || expirations(&expired, "k") == vec![Some(7)]).await;
+    }
+
     async fn a_guards_get_counts_as_an_access(h: Harness) {
         let (d, expired) = open_idle(&h).await;
         d.set("k", 7).await.unwrap();
@@ -299,4 +332,28 @@ fn the_blocking_facade_takes_time_to_idle() {
     }
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(d.get("k").unwrap(), None);
+}
+
+/// Time-to-idle and the SQLite size bound together: the bound evicts the
+/// oldest-stored entry, the others end when idle, and reads keep one alive.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_idle_entries_in_a_bounded_store() {
+    let h = Harness::sqlite();
+    let d = h.builder::<u32>().time_to_idle(IDLE).max_capacity(2).build().await.expect("open store");
+    let (expired, evicted) = (Collector::new(), Collector::new());
+    d.register_callback(EventKind::Expire, expired.callback()).unwrap();
+    d.register_callback(EventKind::Evict, evicted.callback()).unwrap();
+    for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
+        d.set(k, v).await.unwrap();
+    }
+    assert_eq!(d.len().await.unwrap(), 2);
+    assert_eq!(evicted.keys(), ["a"]);
+    for _ in 0..6 {
+        h.pass(IDLE / 4).await;
+        assert_eq!(d.get("c").await.unwrap(), Some(3));
+    }
+    eventually("b, never read, expired", || expirations(&expired, "b") == vec![Some(2)]).await;
+    assert_eq!(d.get("c").await.unwrap(), Some(3));
+    assert!(expirations(&expired, "c").is_empty());
 }
