@@ -273,10 +273,13 @@ fn main() {
     if o.wants("expire-scale") {
         expire::scale(&mut rep, &o);
     }
-    let server =
-        if o.wants("redis") || o.wants("expire") || o.wants("batch") { redis::Server::start() } else { None };
+    let server = if o.wants("redis") || o.wants("expire") || o.wants("batch") || o.wants("scan") {
+        redis::Server::start()
+    } else {
+        None
+    };
     if o.wants("scan") {
-        scan::run(&mut rep, &o);
+        scan::run(&mut rep, &o, server.as_ref());
     }
     if o.wants("sqlite") {
         sqlite::run(&mut rep, &o);

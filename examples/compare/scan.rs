@@ -1,20 +1,26 @@
 //! The `scan` suite: a streaming prefix scan (`LiveDict::scan("")`) of 1M
-//! entries on `memory://` and `sqlite://`, its throughput (entries/s) and its
-//! peak RSS growth while it runs, next to the data (memory: its RSS; SQLite: the file).
+//! entries on `memory://`, `sqlite://` and `redis://`, its throughput
+//! (entries/s) and its peak RSS growth while it runs, next to the data
+//! (memory: its RSS; SQLite: the file; Redis: the server's `used_memory`).
 //!
 //! Peak RSS: the kernel's high-water mark (`VmHWM` in `/proc/self/status`),
 //! reset to the current RSS just before the scan (`5` into
 //! `/proc/self/clear_refs`); the growth is the mark after the scan minus the
 //! RSS before it. Raw: `items()` (the whole store in one `Vec`) on the same
 //! store for memory, a prepared `SELECT key, value ... ORDER BY key` stepped
-//! row by row with the same JSON decoding for SQLite.
+//! row by row with the same JSON decoding for SQLite, fred `SCAN` pages of
+//! 1,000 keys each followed by an `MGET` of the page (no decoding) for Redis.
 
 use std::hint::black_box;
 use std::time::Instant;
 
+use fred::bytes::Bytes;
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
 use futures::TryStreamExt;
 use livedict::LiveDict;
 
+use crate::redis::Server;
 use crate::report::Report;
 use crate::{Opts, keys, on_tasks, part, runtime, value};
 
@@ -44,31 +50,58 @@ fn peak_during<T>(f: impl FnOnce() -> T) -> Option<(f64, i64, T)> {
     Some((secs, peak - before, out))
 }
 
-pub fn run(rep: &mut Report, o: &Opts) {
+pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
     let n = o.pick(100_000, 1_000_000);
     let rt = runtime();
     let v = value();
-    for backend in ["memory", "sqlite"] {
+    let raw_redis = server.map(|server| {
+        rt.block_on(async {
+            let client = Builder::from_config(Config::from_url(&server.raw_url()).expect("url"))
+                .build()
+                .expect("fred client");
+            client.init().await.expect("connect");
+            client
+        })
+    });
+    for backend in ["memory", "sqlite", "redis"] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = match backend {
-            "memory" => "memory://".to_owned(),
-            _ => format!("sqlite://{}", dir.path().join("scan.db").display()),
+        let url = match (backend, server) {
+            ("memory", _) => "memory://".to_owned(),
+            ("sqlite", _) => format!("sqlite://{}", dir.path().join("scan.db").display()),
+            (_, Some(server)) => server.url("scan"),
+            (_, None) => {
+                rep.skipped("scan", backend, "no redis-server on PATH");
+                continue;
+            }
         };
         let rss0 = status_bytes("VmRSS:").unwrap_or(0) as i64;
+        let used0 = raw_redis.as_ref().map_or(0, |c| used_memory(&rt, c));
         let d: LiveDict<String> = rt.block_on(LiveDict::open(&url)).expect("open");
-        // 32 writers: on SQLite their sets share the group commit.
         let all = std::sync::Arc::new(keys(n));
-        on_tasks(&rt, 32, |t| {
-            let (d, v, all) = (d.clone(), v.clone(), std::sync::Arc::clone(&all));
-            async move {
-                for k in &all[part(t, 32, all.len())] {
-                    d.set(k, v.clone()).await.expect("set");
+        if backend == "redis" {
+            // Batches of 1,000: one script call each.
+            rt.block_on(async {
+                for chunk in all.chunks(1000) {
+                    let entries = chunk.iter().map(|k| (k.clone(), v.clone())).collect();
+                    d.set_many(entries, None).await.expect("set_many");
                 }
-            }
-        });
-        // The data: the RSS the fill added (memory), the file with its WAL (SQLite).
-        let data = match backend {
-            "memory" => status_bytes("VmRSS:").unwrap_or(0) as i64 - rss0,
+            });
+        } else {
+            // 32 writers: on SQLite their sets share the group commit.
+            on_tasks(&rt, 32, |t| {
+                let (d, v, all) = (d.clone(), v.clone(), std::sync::Arc::clone(&all));
+                async move {
+                    for k in &all[part(t, 32, all.len())] {
+                        d.set(k, v.clone()).await.expect("set");
+                    }
+                }
+            });
+        }
+        // The data: the RSS the fill added (memory), the file with its WAL
+        // (SQLite), the server's memory the fill added (Redis).
+        let data = match (backend, &raw_redis) {
+            ("memory", _) => status_bytes("VmRSS:").unwrap_or(0) as i64 - rss0,
+            ("redis", Some(c)) => used_memory(&rt, c) - used0,
             _ => ["scan.db", "scan.db-wal"]
                 .iter()
                 .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
@@ -82,8 +115,9 @@ pub fn run(rep: &mut Report, o: &Opts) {
             return;
         };
         assert_eq!(seen, n, "the scan saw every entry");
-        let raw = match backend {
-            "memory" => peak_during(|| rt.block_on(d.items()).expect("items").len()),
+        let raw = match (backend, &raw_redis) {
+            ("memory", _) => peak_during(|| rt.block_on(d.items()).expect("items").len()),
+            ("redis", Some(c)) => peak_during(|| rt.block_on(raw_scan(c))),
             _ => peak_during(|| raw_sqlite(&dir.path().join("scan.db"))),
         };
         let (raw_rate, raw_growth) = match &raw {
@@ -93,7 +127,11 @@ pub fn run(rep: &mut Report, o: &Opts) {
             }
             None => (None, None),
         };
-        let raw_name = if backend == "memory" { "items()" } else { "raw SELECT stepped" };
+        let raw_name = match backend {
+            "memory" => "items()",
+            "redis" => "fred SCAN COUNT 1000 + MGET of each page",
+            _ => "raw SELECT stepped",
+        };
         rep.measure(
             "scan",
             backend,
@@ -105,7 +143,7 @@ pub fn run(rep: &mut Report, o: &Opts) {
             true,
             &format!(
                 "LiveDict::scan(\"\") counted to the end, pages of up to {} through the stack (SQLite: \
-                 1,000 rows); raw: {raw_name}",
+                 1,000 rows; Redis: a SCAN page, ~1,000 keys); raw: {raw_name}",
                 livedict::SCAN_PAGE
             ),
         );
@@ -123,10 +161,17 @@ pub fn run(rep: &mut Report, o: &Opts) {
                 "peak RSS (VmHWM, reset before) minus RSS before the scan; the data: {:.0} MB \
                  ({}; the growth is {:.2}% of it); raw: the same for {raw_name}",
                 data as f64 / 1e6,
-                if backend == "memory" { "its RSS" } else { "the file and its WAL" },
+                match backend {
+                    "memory" => "its RSS",
+                    "redis" => "the server's used_memory the fill added",
+                    _ => "the file and its WAL",
+                },
                 share * 100.0
             ),
         );
+        if backend == "redis" {
+            rt.block_on(d.clear()).expect("clear");
+        }
         rt.block_on(d.shutdown()).expect("shutdown");
         drop(d);
         black_box(&dir);
@@ -150,4 +195,31 @@ fn raw_sqlite(path: &std::path::Path) -> usize {
         count += 1;
     }
     count
+}
+
+/// The Redis server's `used_memory` (bytes).
+fn used_memory(rt: &tokio::runtime::Runtime, c: &Client) -> i64 {
+    let info: String = rt
+        .block_on(c.custom(CustomCommand::new_static("INFO", ClusterHash::FirstKey, false), vec!["memory"]))
+        .expect("INFO memory");
+    info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Every key of the server through `SCAN` pages of 1,000, each followed by
+/// an `MGET` of its keys: the values present.
+async fn raw_scan(c: &Client) -> usize {
+    let mut cursor = "0".to_owned();
+    let mut count = 0;
+    loop {
+        let (next, keys): (String, Vec<Bytes>) =
+            c.scan_page(cursor, "ld:*:v:*", Some(1000), None).await.expect("SCAN");
+        if !keys.is_empty() {
+            let values: Vec<Option<Bytes>> = c.mget(keys).await.expect("MGET");
+            count += black_box(values).iter().filter(|v| v.is_some()).count();
+        }
+        if next == "0" {
+            return count;
+        }
+        cursor = next;
+    }
 }
