@@ -182,7 +182,26 @@ async fn an_empty_batch_does_nothing(h: &Harness) {
     assert!(matches!(d.delete_many(&["a"]).await, Err(Error::Closed)));
 }
 
+/// A batch far larger than any server-side limit (Lua's `unpack` takes at
+/// most ~8,000 values, a script's arguments are all held at once) is whole.
+async fn a_huge_batch_is_whole(h: &Harness) {
+    let d = h.open::<u32>().await;
+    let all = keys(50_000);
+    d.set_many(all.iter().enumerate().map(|(i, k)| (k.clone(), i as u32)).collect(), None).await.unwrap();
+    assert_eq!(d.len().await.unwrap(), all.len());
+    let got = d.get_many(&all).await.unwrap();
+    assert!(got.iter().enumerate().all(|(i, v)| *v == Some(i as u32)), "every value read back");
+    d.set_many(all.iter().map(|k| (k.clone(), 7)).collect(), Some(Duration::from_secs(600))).await.unwrap();
+    assert_eq!(d.get(&all[49_999]).await.unwrap(), Some(7));
+    assert_eq!(d.delete_many(&all).await.unwrap(), all.len());
+    assert!(d.is_empty().await.unwrap());
+}
+
 for_each_backend! {
+    async fn a_batch_of_50_000_keys_is_whole(h: Harness) {
+        a_huge_batch_is_whole(&h).await
+    }
+
     async fn get_many_answers_in_order_with_none_for_missing_keys(h: Harness) {
         answers_in_order_with_none_for_missing_keys(&h).await
     }

@@ -176,26 +176,29 @@ impl<V: Value> Shared<V> {
         });
     }
 
-    /// `SET_MANY` over `ops`: one reply per op, in order. One `EVALSHA` on a
-    /// single server; on a cluster one per shard (a script stays in one slot), concurrently.
+    /// `SET_MANY` over `ops`: one reply per op, in order. One `EVALSHA` per
+    /// [`CALL_KEYS`](super::many::CALL_KEYS) keys on a single server; on a
+    /// cluster the same per shard (a script stays in one slot), the shards
+    /// concurrently. A lane's calls run one after another, so two writes of
+    /// one key apply in the order given.
     pub(super) async fn run_sets(&self, ops: &[SetOp]) -> Vec<SetReply> {
-        if !self.clustered || ops.len() == 1 {
+        if ops.len() == 1 || (!self.clustered && ops.len() <= super::many::CALL_KEYS) {
             let all: Vec<&SetOp> = ops.iter().collect();
             return self.run_group(&all).await;
         }
-        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-        for (i, op) in ops.iter().enumerate() {
-            groups.entry(self.layout.shard_of(&op.key)).or_default().push(i);
-        }
-        let runs = groups.values().map(|idx| async move {
-            let group: Vec<&SetOp> = idx.iter().map(|&i| &ops[i]).collect();
-            (idx, self.run_group(&group).await)
+        let lanes = self.lanes(ops.iter().map(|op| op.key.as_str()).enumerate());
+        let runs = lanes.into_iter().map(|lane| async move {
+            let mut done = Vec::new();
+            for call in lane {
+                let idx: Vec<usize> = call.into_iter().flat_map(|(_, at)| at).collect();
+                let group: Vec<&SetOp> = idx.iter().map(|&i| &ops[i]).collect();
+                done.extend(idx.into_iter().zip(self.run_group(&group).await));
+            }
+            done
         });
         let mut out: Vec<Option<SetReply>> = ops.iter().map(|_| None).collect();
-        for (idx, replies) in futures::future::join_all(runs).await {
-            for (&i, reply) in idx.iter().zip(replies) {
-                out[i] = Some(reply);
-            }
+        for (i, reply) in futures::future::join_all(runs).await.into_iter().flatten() {
+            out[i] = Some(reply);
         }
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Closed))).collect()
     }

@@ -1,7 +1,8 @@
 //! Batches on Redis: `GetMany` is one round trip of pipelined `MGET`s (one
 //! per shard touched on a cluster, one per 250 keys on a single server); `SetMany` is one call of the
-//! `SET_MANY` script and `DeleteMany` one of `DELETE_MANY` (one per shard
-//! touched on a cluster, concurrently: a script stays in one slot).
+//! `SET_MANY` script and `DeleteMany` one of `DELETE_MANY` per [`CALL_KEYS`]
+//! keys (per shard touched on a cluster, the shards concurrently: a script
+//! stays in one slot).
 //!
 //! Each write of a batch is checked and applied on its own inside its
 //! script, as if it came alone (atomic per key, like `MSET` across cluster
@@ -24,23 +25,60 @@ use crate::error::{Error, Result};
 /// Keys per `MGET` of a `get_many` on a single server.
 const GET_CHUNK: usize = 250;
 
+/// Most keys in one script call of a batch (`SET_MANY`, `DELETE_MANY`) and
+/// in one `MGET` on a cluster: Lua's `unpack` takes at most ~8,000 values,
+/// and one long script call holds the whole server. Larger batches are split.
+pub(super) const CALL_KEYS: usize = 1_000;
+
 /// The positions of a batch's keys, by shard, for one call (each shard's
 /// positions in the order given).
-type Call = Vec<(usize, Vec<usize>)>;
+pub(super) type Call = Vec<(usize, Vec<usize>)>;
 
 impl<V: Value> Shared<V> {
-    /// The calls for the keys of a batch at positions `at`: one with every
-    /// shard on a single server, one per shard on a cluster.
+    /// The calls for the keys of a batch at positions `at`: at most
+    /// [`CALL_KEYS`] keys each, every shard in one on a single server, one
+    /// shard each on a cluster; a shard's keys in the order given.
     fn calls<'k>(&self, keys: impl Iterator<Item = (usize, &'k str)>) -> Vec<Call> {
         let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, key) in keys {
             by_shard.entry(self.layout.shard_of(key)).or_default().push(i);
         }
-        if self.clustered {
-            by_shard.into_iter().map(|group| vec![group]).collect()
-        } else {
-            vec![by_shard.into_iter().collect()]
+        let mut calls: Vec<Call> = Vec::new();
+        let mut size = 0;
+        for (shard, at) in by_shard {
+            for part in at.chunks(CALL_KEYS) {
+                match calls.last_mut() {
+                    Some(call) if !self.clustered && size + part.len() <= CALL_KEYS => {
+                        call.push((shard, part.to_vec()));
+                        size += part.len();
+                    }
+                    _ => {
+                        calls.push(vec![(shard, part.to_vec())]);
+                        size = part.len();
+                    }
+                }
+            }
         }
+        calls
+    }
+
+    /// [`calls`](Self::calls) in lanes: one lane on a single server, one per
+    /// shard on a cluster. The lanes run concurrently, a lane's calls one
+    /// after another (two writes of one key, always in one lane, apply in
+    /// the order given).
+    pub(super) fn lanes<'k>(&self, keys: impl Iterator<Item = (usize, &'k str)>) -> Vec<Vec<Call>> {
+        let calls = self.calls(keys);
+        if !self.clustered {
+            return vec![calls];
+        }
+        let mut lanes: Vec<Vec<Call>> = Vec::new();
+        for call in calls {
+            match lanes.last_mut() {
+                Some(lane) if lane[0][0].0 == call[0].0 => lane.push(call),
+                _ => lanes.push(vec![call]),
+            }
+        }
+        lanes
     }
 
     /// `Request::GetMany`: one live value per key, in order.
@@ -150,8 +188,15 @@ impl<V: Value> Shared<V> {
         let mut pending: Vec<usize> = (0..keys.len()).collect();
         let mut backoff = Duration::from_millis(1);
         loop {
-            let calls = self.calls(pending.iter().map(|&i| (i, keys[i].as_str())));
-            let replies = try_join_all(calls.iter().map(|call| self.run_deletes(keys, call))).await?;
+            let lanes = self.lanes(pending.iter().map(|&i| (i, keys[i].as_str())));
+            let replies = try_join_all(lanes.iter().map(|lane| async move {
+                let mut done = Vec::new();
+                for call in lane {
+                    done.extend(self.run_deletes(keys, call).await?);
+                }
+                Ok::<_, Error>(done)
+            }))
+            .await?;
             let mut locked = Vec::new();
             for (i, (status, claimed, removed)) in replies.into_iter().flatten() {
                 self.report_claimed(&keys[i], &claimed);
