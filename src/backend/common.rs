@@ -1,6 +1,6 @@
 //! What the persistent backends (SQLite, Redis) share: their handle's
 //! `Clone`/`Debug` shape, and the settings every store has (lock lease,
-//! codec, `verify_codec`, `share_events`, expiry delivery) with their setters and URL options.
+//! codec, `verify_codec`, `share_events`, `observer`, expiry delivery) with their setters and URL options.
 
 use std::time::Duration;
 
@@ -13,10 +13,11 @@ pub(crate) trait StoreSettings: crate::delivery::DeliverySettings {
     fn codec_mut(&mut self) -> &mut Codec;
     fn verify_codec_mut(&mut self) -> &mut bool;
     fn share_events_mut(&mut self) -> &mut bool;
+    fn observer_mut(&mut self) -> &mut bool;
 }
 
 /// The URL options of the shared settings (each backend reads them after its own table).
-pub(crate) fn setting_options<C: StoreSettings>() -> [UrlOption<C>; 7] {
+pub(crate) fn setting_options<C: StoreSettings>() -> [UrlOption<C>; 8] {
     let [delivery, lease, attempts] = crate::delivery::delivery_options();
     [
         delivery,
@@ -46,6 +47,11 @@ pub(crate) fn setting_options<C: StoreSettings>() -> [UrlOption<C>; 7] {
             default: "`false`",
             apply: |c, v| set(c.verify_codec_mut(), parse(v)?),
         },
+        UrlOption {
+            name: "observer",
+            default: "`false`",
+            apply: |c, v| set(c.observer_mut(), parse(v)?),
+        },
     ]
 }
 
@@ -68,6 +74,9 @@ macro_rules! store_settings {
             }
             fn share_events_mut(&mut self) -> &mut bool {
                 &mut self.share_events
+            }
+            fn observer_mut(&mut self) -> &mut bool {
+                &mut self.observer
             }
         }
 
@@ -124,6 +133,41 @@ macro_rules! store_settings {
             /// Whether events are shared with other processes (see [`share_events`](Self::share_events)).
             pub fn shares_events(&self) -> bool {
                 self.share_events
+            }
+
+            /// Observer mode (default false; URL option `observer`): the store
+            /// is opened to look at it without taking part in it, as an
+            /// operator's tool or a read-only replica would. Opening it never
+            /// starts an expiry driver or sweeper, never claims an expiration,
+            /// never takes part in `at_least_once` leases (its expire delivery
+            /// is `at_most_once`), never changes the server's configuration
+            /// (no `CONFIG SET`) and never creates a table, a file or a Redis
+            /// key layout: a store that does not exist yet is an error
+            /// ([`Error::Backend`](crate::Error::Backend) for a missing SQLite
+            /// file or table, [`Error::InvalidConfig`](crate::Error::InvalidConfig)
+            /// for a Redis namespace without a layout) instead of being created.
+            ///
+            /// Reads, `watch` (with `share_events`) and writes work as usual.
+            /// A write does not claim other entries' expirations on its way
+            /// (SQLite), and an observer neither evicts for a size bound nor
+            /// reports evictions; a write that replaces an entry already past
+            /// its deadline reports that expiration in the observer's process,
+            /// as any writer does. Expirations are reported by the store's
+            /// other (non-observer) processes; with only observers running,
+            /// expired entries stay hidden from reads until one opens.
+            ///
+            /// ```
+            #[doc = concat!("let config = ", $new, ".observer(true);")]
+            /// assert!(config.is_observer());
+            /// ```
+            pub fn observer(mut self, on: bool) -> Self {
+                self.observer = on;
+                self
+            }
+
+            /// Whether the store is opened as an observer (see [`observer`](Self::observer)).
+            pub fn is_observer(&self) -> bool {
+                self.observer
             }
         }
     };

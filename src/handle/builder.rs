@@ -68,6 +68,7 @@ pub struct Builder<V> {
     expire_lease: Option<Duration>,
     expire_max_attempts: Option<u32>,
     time_to_idle: Option<Duration>,
+    observer: Option<bool>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -126,6 +127,7 @@ impl<V: Value> Builder<V> {
             expire_lease: None,
             expire_max_attempts: None,
             time_to_idle: None,
+            observer: None,
             _value: PhantomData,
         }
     }
@@ -299,6 +301,36 @@ impl<V: Value> Builder<V> {
         self
     }
 
+    /// Observer mode on SQLite and Redis (default false; URL option
+    /// `observer`): the store is opened to look at it without taking part
+    /// in it, as an operator's tool or a read-only replica would. No expiry
+    /// driver or sweeper, no claimed expirations, no leases, no `CONFIG
+    /// SET`, and nothing created: a missing SQLite file or table, or a Redis
+    /// namespace without a key layout, is an error from
+    /// [`build`](Builder::build). Reads, watches and writes work; see
+    /// [`SqliteConfig::observer`](crate::backend::SqliteConfig::observer) for
+    /// what a write does there. Ignored on memory (a memory store is private
+    /// to its handle).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> livedict::Result<()> {
+    /// # #[cfg(feature = "sqlite")] {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.db");
+    /// let app = livedict::LiveDict::<u32>::builder().sqlite(&path).build().await?;
+    /// app.set("k", 1).await?;
+    /// let look = livedict::LiveDict::<u32>::builder().sqlite(&path).observer(true).build().await?;
+    /// assert_eq!(look.get("k").await?, Some(1));
+    /// let missing = livedict::LiveDict::<u32>::builder().sqlite(dir.path().join("none.db")).observer(true);
+    /// assert!(missing.build().await.is_err()); // an observer creates nothing
+    /// # }
+    /// # Ok(()) }
+    /// ```
+    pub fn observer(mut self, on: bool) -> Self {
+        self.observer = Some(on);
+        self
+    }
+
     /// Events each callback may have queued before new ones are dropped and counted.
     pub fn callback_queue_capacity(mut self, events: usize) -> Self {
         self.dispatch = self.dispatch.queue_capacity(events);
@@ -388,6 +420,9 @@ impl<V: Value> Builder<V> {
                 if let Some(on) = self.verify_codec {
                     config = config.verify_codec(on);
                 }
+                if let Some(on) = self.observer {
+                    config = config.observer(on);
+                }
                 let share_events = config.shares_events();
                 let backend = SqliteBackend::open(config, sink).await?;
                 if share_events {
@@ -412,6 +447,9 @@ impl<V: Value> Builder<V> {
                 }
                 if let Some(on) = self.verify_codec {
                     config = config.verify_codec(on);
+                }
+                if let Some(on) = self.observer {
+                    config = config.observer(on);
                 }
                 let share_events = config.shares_events();
                 let backend = RedisBackend::open(config, sink).await?;

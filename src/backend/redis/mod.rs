@@ -204,6 +204,10 @@ impl<V: Value> RedisBackend<V> {
     /// connect timeout, naming the URL without its password. A namespace
     /// written with another layout version or shard count is an
     /// [`Error::InvalidConfig`] naming both.
+    ///
+    /// In [observer mode](RedisConfig::observer) it starts nothing and writes
+    /// no layout: it takes the namespace's shard count from its layout key,
+    /// and a namespace without one is an [`Error::InvalidConfig`].
     pub async fn open(config: RedisConfig, sink: EventSink<V>) -> Result<Self> {
         config.validate()?;
         let label = crate::error::redact(&config.server_url);
@@ -228,10 +232,27 @@ impl<V: Value> RedisBackend<V> {
                 return Err(Error::backend_msg("redis", format!("cannot connect to {label}: {why}")));
             }
         };
+        let mut config = config;
+        let observer = config.observer;
+        if observer {
+            // An observer takes no leases and reads the namespace's own shard count.
+            config.delivery = Default::default();
+            match observed_shards(&pool, &config.namespace, &label).await {
+                Ok(shards) => config.shards = shards,
+                Err(e) => {
+                    let pool = pool.clone();
+                    tokio::spawn(async move { routers::quit_failed(&pool).await });
+                    return Err(e);
+                }
+            }
+        }
         let cancel = CancellationToken::new();
         let layout = Layout::new(&config.namespace, config.shards);
         // With a time-to-idle every read is an access the server must see.
-        let near = config.near_cache.filter(|_| config.time_to_idle.is_none()).map(near::NearCache::new);
+        let near = config
+            .near_cache
+            .filter(|_| config.time_to_idle.is_none() && !observer)
+            .map(near::NearCache::new);
         let sweeps = (0..layout.shards.len()).map(|_| AtomicBool::new(false)).collect();
         let acker_stop = CancellationToken::new();
         let shared = Arc::new_cyclic(|this| Shared {
@@ -256,7 +277,9 @@ impl<V: Value> RedisBackend<V> {
             _acker: acker_stop.clone().drop_guard(),
         });
         let opened = async {
-            shared.check_layout().await?;
+            if !observer {
+                shared.check_layout().await?;
+            }
             shared.sync_clock().await?;
             eviction::check(&shared).await?;
             match shared.near.clone() {
@@ -280,10 +303,40 @@ impl<V: Value> RedisBackend<V> {
             };
             tokio::spawn(acker::run(acker, Arc::clone(&shared.receipts), acker_stop));
         }
-        sweeper::start(&shared, cancel.clone()).await;
-        eviction::start(&shared, cancel).await;
+        if !observer {
+            sweeper::start(&shared, cancel.clone()).await;
+            eviction::start(&shared, cancel).await;
+        }
         Ok(RedisBackend { shared })
     }
+}
+
+/// Observer mode: the shard count of namespace `ns`, read from its layout
+/// key without writing one; a namespace without a layout (nothing ever
+/// stored there) or of another layout version is an error.
+async fn observed_shards(pool: &Pool, ns: &str, label: &str) -> Result<u16> {
+    let key = Layout::new(ns, 1).layout_key;
+    let found: Option<String> = pool
+        .next()
+        .get(&key)
+        .await
+        .map_err(|e| Error::backend("redis", format!("reading the key layout on {label}: {e}"), e))?;
+    let Some(found) = found else {
+        return Err(Error::InvalidConfig(format!(
+            "redis namespace `{ns}` on {label} has no livedict layout (`{key}` is missing: nothing was stored \
+             there, or another namespace was meant); an observer never writes one"
+        )));
+    };
+    let shards = found
+        .strip_prefix(&format!("v{} shards=", layout::VERSION))
+        .and_then(|n| n.parse::<u16>().ok())
+        .filter(|n| (1..=MAX_SHARDS).contains(n));
+    shards.ok_or_else(|| {
+        Error::InvalidConfig(format!(
+            "redis namespace `{ns}` on {label} has layout `{found}`; this livedict reads layout v{}",
+            layout::VERSION
+        ))
+    })
 }
 
 fn ms(d: Duration) -> i64 {

@@ -141,8 +141,25 @@ impl<V: Value> SqliteBackend<V> {
         let (setup, q) = (config.clone(), Arc::clone(&sql));
         let head: i64 = conn
             .call(move |c| -> rusqlite::Result<i64> {
-                schema::configure(c, &setup)?;
-                c.execute_batch(&q.create)?;
+                if setup.observer {
+                    // An observer reads the feed the other processes keep; it never creates it.
+                    c.busy_timeout(setup.busy_timeout)?;
+                    let t = format!("{}_events", setup.table);
+                    let exists: bool = c.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+                        [&t],
+                        |r| r.get(0),
+                    )?;
+                    if !exists {
+                        return Err(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                            Some(format!("no change feed `{t}` (no process opened the store with share_events=true)")),
+                        ));
+                    }
+                } else {
+                    schema::configure(c, &setup)?;
+                    c.execute_batch(&q.create)?;
+                }
                 c.query_row(&q.head, [], |r| r.get(0))
             })
             .await

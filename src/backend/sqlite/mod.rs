@@ -168,11 +168,19 @@ fn open_writer_blocking(
         let outcome = (|| -> Result<(), (bool, String)> {
             // Checkpoints run on a connection of their own (see `checkpointer`), and on
             // the writer thread past a WAL size (the writer takes over the WAL hook).
-            schema::configure(&c, config).map_err(transient)?;
-            schema::create(&mut c, config).map_err(|e| match e {
+            let to_outcome = |e| match e {
                 schema::CreateError::Sqlite(e) => transient(e),
                 schema::CreateError::Version(msg) => (false, msg),
-            })
+            };
+            if config.observer {
+                // Connection settings only: no journal-mode switch (it writes the file), no schema.
+                c.busy_timeout(config.busy_timeout).map_err(transient)?;
+                c.pragma_update(None, "synchronous", if config.synchronous_full { "FULL" } else { "NORMAL" })
+                    .map_err(transient)?;
+                return schema::check(&c, config).map_err(to_outcome);
+            }
+            schema::configure(&c, config).map_err(transient)?;
+            schema::create(&mut c, config).map_err(to_outcome)
         })();
         match outcome {
             Ok(()) => return Ok(c),
@@ -200,20 +208,38 @@ impl<V: Value> SqliteBackend<V> {
     ///
     /// A path in a missing directory, a file that is not an SQLite database,
     /// or a read-only file is an [`Error::Backend`] naming the path.
-    pub async fn open(config: SqliteConfig, sink: EventSink<V>) -> Result<Self> {
+    ///
+    /// In [observer mode](SqliteConfig::observer) nothing is created and no
+    /// expiry driver starts: a missing file or table is an [`Error::Backend`].
+    pub async fn open(mut config: SqliteConfig, sink: EventSink<V>) -> Result<Self> {
         config.validate()?;
         let label: Arc<str> = config.path.display().to_string().into();
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_URI
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let observer = config.observer;
+        let mut flags =
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if observer {
+            if config.in_memory() {
+                return Err(Error::InvalidConfig(
+                    "an observer needs a database file (sqlite::memory: is private to its store)".into(),
+                ));
+            }
+            if !config.path.is_file() {
+                return Err(open_error(&label, "no such database file", "an observer never creates one"));
+            }
+            // No leases, no size bound to enforce: an observer takes part in neither.
+            config.delivery = Default::default();
+            config.max_capacity = None;
+            config.max_bytes = None;
+        } else {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
         let target = if config.in_memory() {
             // A named shared-cache database, private to this backend (random name).
             format!("file:livedict-{:016x}?mode=memory&cache=shared", rand::random::<u64>())
         } else {
             config.path.display().to_string()
         };
-        if !config.in_memory() {
+        if !config.in_memory() && !observer {
             create_private(&config.path);
         }
         let conn = open_writer(target.clone(), flags, config.clone(), Arc::clone(&label)).await?;
@@ -253,7 +279,7 @@ impl<V: Value> SqliteBackend<V> {
         }
         // The expiry driver's own connection, for claims while the writer
         // connection checkpoints (see `Writer::claim_aside`); none in memory.
-        let aside = if config.in_memory() {
+        let aside = if config.in_memory() || observer {
             None
         } else {
             let c = rusqlite::Connection::open_with_flags(&target, flags)
@@ -268,6 +294,7 @@ impl<V: Value> SqliteBackend<V> {
             bytes: config.max_bytes.unwrap_or(u64::MAX),
             lru: config.eviction_policy == EvictionPolicy::LeastRecentlyUsed,
         });
+        sql.claim_in_batch = !observer;
         let sql = Arc::new(sql);
         // Async callers write inline only where a commit does not fsync.
         let inline_async = !config.synchronous_full || config.in_memory();
@@ -291,7 +318,7 @@ impl<V: Value> SqliteBackend<V> {
         .map_err(|e| open_error(&label, "starting the writer thread", e))?;
         let writer = Arc::new(writer);
         let cancel = CancellationToken::new();
-        if !config.in_memory() {
+        if !config.in_memory() && !observer {
             let checkpoints = tokio_rusqlite::Connection::open_with_flags(&target, flags)
                 .await
                 .map_err(|e| open_error(&label, "open failed", e))?;
@@ -325,7 +352,9 @@ impl<V: Value> SqliteBackend<V> {
                 (Arc::clone(&shared.writer), Arc::clone(&shared.receipts), Arc::clone(&shared.signal));
             tokio::spawn(driver::acker(writer, receipts, signal, acker_stop));
         }
-        tokio::spawn(driver::expiry_driver(Arc::downgrade(&shared), cancel));
+        if !observer {
+            tokio::spawn(driver::expiry_driver(Arc::downgrade(&shared), cancel));
+        }
         Ok(SqliteBackend { shared })
     }
 }

@@ -44,6 +44,9 @@ pub(super) struct Sql {
     pub(super) bound: Option<Bound>,
     /// With `time_to_idle`, see [`IdleSql`].
     pub(super) idle: Option<IdleSql>,
+    /// Whether the writer's batches also claim due rows (not in observer mode, see
+    /// [`SqliteConfig::observer`]).
+    pub(super) claim_in_batch: bool,
     /// Prefix scans, see [`Scan`].
     pub(super) scan: Scan,
 }
@@ -210,6 +213,7 @@ impl Sql {
             scan: Scan::new(t, live),
             pending,
             idle: None,
+            claim_in_batch: true,
             earliest,
             sized: SizeSql {
                 size: format!("SELECT entries, bytes FROM \"{t}_size\" WHERE id = 0"),
@@ -340,6 +344,45 @@ pub(super) fn configure(conn: &Connection, config: &SqliteConfig) -> rusqlite::R
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
     }
     conn.pragma_update(None, "synchronous", if config.synchronous_full { "FULL" } else { "NORMAL" })?;
+    Ok(())
+}
+
+/// Observer mode (see [`SqliteConfig::observer`]): checks, without writing
+/// anything, that the file holds this store in a schema this build reads: the
+/// table, its `seq` column (version 2), and its `ttl_at` column if the store
+/// is opened with a time-to-idle.
+pub(super) fn check(conn: &Connection, config: &SqliteConfig) -> Result<(), CreateError> {
+    let t = &config.table;
+    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |r| r.get(0),
+        )
+    };
+    if !has("livedict_meta", "value").map_err(CreateError::Sqlite)? || !has(t, "key").map_err(CreateError::Sqlite)? {
+        return Err(CreateError::Version(format!(
+            "no livedict table `{t}` in this file (an observer never creates one)"
+        )));
+    }
+    let version: i64 = conn
+        .query_row("SELECT value FROM livedict_meta WHERE name = 'schema_version'", [], |r| r.get(0))
+        .map_err(CreateError::Sqlite)?;
+    if version > SCHEMA_VERSION {
+        return Err(CreateError::Version(format!(
+            "schema version {version} is newer than this livedict understands ({SCHEMA_VERSION}); upgrade livedict"
+        )));
+    }
+    if !has(t, "seq").map_err(CreateError::Sqlite)? {
+        return Err(CreateError::Version(format!(
+            "table `{t}` has schema version 1; open it once without `observer` to migrate it"
+        )));
+    }
+    if config.time_to_idle.is_some() && !has(t, "ttl_at").map_err(CreateError::Sqlite)? {
+        return Err(CreateError::Version(format!(
+            "table `{t}` has no `ttl_at` column; open it once with `time_to_idle_ms` without `observer`"
+        )));
+    }
     Ok(())
 }
 

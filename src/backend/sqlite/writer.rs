@@ -666,7 +666,7 @@ fn commit(
     let now = super::now_ms();
     let mut seen = Seen::new(&tx, sql, now)?;
     let mut found = Vec::new();
-    if claim && seen.due && sql.pending.is_none() {
+    if claim && sql.claim_in_batch && seen.due && sql.pending.is_none() {
         found = take_due(&tx, sql, now, CLAIM_IN_BATCH)?;
         // Every row due at `now` is taken unless the limit stopped the claim.
         seen.due = found.len() == CLAIM_IN_BATCH;
