@@ -13,7 +13,7 @@ pub(crate) trait StoreSettings: crate::delivery::DeliverySettings {
     fn codec_mut(&mut self) -> &mut Codec;
     fn verify_codec_mut(&mut self) -> &mut bool;
     fn share_events_mut(&mut self) -> &mut bool;
-    fn observer_mut(&mut self) -> &mut bool;
+    fn observer_mut(&mut self) -> &mut (bool, bool);
 }
 
 /// The URL options of the shared settings (each backend reads them after its own table).
@@ -50,7 +50,12 @@ pub(crate) fn setting_options<C: StoreSettings>() -> [UrlOption<C>; 8] {
         UrlOption {
             name: "observer",
             default: "`false`",
-            apply: |c, v| set(c.observer_mut(), parse(v)?),
+            apply: |c, v| match v {
+                "true" => set(c.observer_mut(), (true, false)),
+                "create" => set(c.observer_mut(), (true, true)),
+                "false" => set(c.observer_mut(), (false, false)),
+                other => Err(Invalid::because(format!("observer must be true, false or create, not `{other}`"))),
+            },
         },
     ]
 }
@@ -75,7 +80,7 @@ macro_rules! store_settings {
             fn share_events_mut(&mut self) -> &mut bool {
                 &mut self.share_events
             }
-            fn observer_mut(&mut self) -> &mut bool {
+            fn observer_mut(&mut self) -> &mut (bool, bool) {
                 &mut self.observer
             }
         }
@@ -135,8 +140,8 @@ macro_rules! store_settings {
                 self.share_events
             }
 
-            /// Observer mode (default false; URL option `observer`): the store
-            /// is opened to look at it without taking part in it, as an
+            /// Observer mode (default false; URL option `observer=true`): the
+            /// store is opened to look at it without taking part in it, as an
             /// operator's tool or a read-only replica would. Opening it never
             /// starts an expiry driver or sweeper, never claims an expiration,
             /// never takes part in `at_least_once` leases (its expire delivery
@@ -145,7 +150,8 @@ macro_rules! store_settings {
             /// key layout: a store that does not exist yet is an error
             /// ([`Error::Backend`](crate::Error::Backend) for a missing SQLite
             /// file or table, [`Error::InvalidConfig`](crate::Error::InvalidConfig)
-            /// for a Redis namespace without a layout) instead of being created.
+            /// for a Redis namespace without a layout) instead of being created
+            /// (unless [`observer_create`](Self::observer_create)).
             ///
             /// Reads, `watch` (with `share_events`) and writes work as usual.
             /// A write does not claim other entries' expirations on its way
@@ -161,13 +167,34 @@ macro_rules! store_settings {
             /// assert!(config.is_observer());
             /// ```
             pub fn observer(mut self, on: bool) -> Self {
-                self.observer = on;
+                self.observer = (on, on && self.observer.1);
+                self
+            }
+
+            /// Observer mode that creates the store if it does not exist yet
+            /// (URL option `observer=create`): as [`observer`](Self::observer),
+            /// except that a missing SQLite file or table, or a missing Redis
+            /// key layout, is created (as a normal open would, with nothing
+            /// else started). For tools that write into a new store, such as
+            /// `livedict import`. `observer_create(true)` implies `observer(true)`.
+            ///
+            /// ```
+            #[doc = concat!("let config = ", $new, ".observer_create(true);")]
+            /// assert!(config.is_observer());
+            /// ```
+            pub fn observer_create(mut self, on: bool) -> Self {
+                self.observer = (self.observer.0 || on, on);
                 self
             }
 
             /// Whether the store is opened as an observer (see [`observer`](Self::observer)).
             pub fn is_observer(&self) -> bool {
-                self.observer
+                self.observer.0
+            }
+
+            /// Whether an observer creates a missing store (see [`observer_create`](Self::observer_create)).
+            pub(super) fn observer_creates(&self) -> bool {
+                !self.observer.0 || self.observer.1
             }
         }
     };

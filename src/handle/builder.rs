@@ -69,6 +69,7 @@ pub struct Builder<V> {
     expire_max_attempts: Option<u32>,
     time_to_idle: Option<Duration>,
     observer: Option<bool>,
+    observer_create: Option<bool>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -128,6 +129,7 @@ impl<V: Value> Builder<V> {
             expire_max_attempts: None,
             time_to_idle: None,
             observer: None,
+            observer_create: None,
             _value: PhantomData,
         }
     }
@@ -331,6 +333,19 @@ impl<V: Value> Builder<V> {
         self
     }
 
+    /// Observer mode that creates a missing store (URL option
+    /// `observer=create`): see
+    /// [`SqliteConfig::observer_create`](crate::backend::SqliteConfig::observer_create).
+    ///
+    /// ```
+    /// let builder = livedict::LiveDict::<u32>::builder().url("sqlite::memory:").observer_create(true);
+    /// # let _ = builder;
+    /// ```
+    pub fn observer_create(mut self, on: bool) -> Self {
+        self.observer_create = Some(on);
+        self
+    }
+
     /// Events each callback may have queued before new ones are dropped and counted.
     pub fn callback_queue_capacity(mut self, events: usize) -> Self {
         self.dispatch = self.dispatch.queue_capacity(events);
@@ -423,6 +438,9 @@ impl<V: Value> Builder<V> {
                 if let Some(on) = self.observer {
                     config = config.observer(on);
                 }
+                if let Some(on) = self.observer_create {
+                    config = config.observer_create(on);
+                }
                 let share_events = config.shares_events();
                 let backend = SqliteBackend::open(config, sink).await?;
                 if share_events {
@@ -450,6 +468,9 @@ impl<V: Value> Builder<V> {
                 }
                 if let Some(on) = self.observer {
                     config = config.observer(on);
+                }
+                if let Some(on) = self.observer_create {
+                    config = config.observer_create(on);
                 }
                 let share_events = config.shares_events();
                 let backend = RedisBackend::open(config, sink).await?;

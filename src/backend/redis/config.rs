@@ -31,7 +31,7 @@ use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 /// | `near_cache_entries` | 10000 | entries the near cache holds |
 /// | `time_to_idle_ms` | none | an entry also expires this long after its last access by any process (see [`RedisConfig::time_to_idle`]) |
 /// | `share_events` | `false` | publish events to, and stream events from, the other processes on this namespace (see [`RedisBackend::share_events`](super::RedisBackend::share_events)) |
-/// | `observer` | `false` | open without taking part: no sweeper, no claims, no leases, no `CONFIG SET`, no layout written (see [`RedisConfig::observer`]) |
+/// | `observer` | `false` | `true`: open without taking part (`create`: and create the store if missing): no sweeper, no claims, no leases, no `CONFIG SET`, no layout written (see [`RedisConfig::observer`]) |
 /// | `eviction` | `report` | on a server whose `maxmemory-policy` may evict: `report` every eviction as an event, or `refuse` to open (see [`Eviction`]) |
 /// | `notify_evictions` | `true` | with `eviction=report`, let livedict add `Ee` to the server's `notify-keyspace-events` when the policy may evict (see [`RedisConfig::notify_evictions`]) |
 /// | `expire_delivery` | `at_most_once` | `at_least_once`: a claimed expiration stays leased until its `Expire` callbacks returned, and is delivered again if they fail or this process dies (see [`Delivery`](crate::Delivery)) |
@@ -63,7 +63,8 @@ pub struct RedisConfig {
     pub(super) replica_acks: Option<u32>,
     pub(super) replica_ack_timeout: Duration,
     pub(super) share_events: bool,
-    pub(super) observer: bool,
+    /// Observer mode, and whether it creates a missing store.
+    pub(super) observer: (bool, bool),
     pub(super) near_cache: Option<super::near::NearCacheConfig>,
     pub(super) eviction: Eviction,
     pub(super) notify_evictions: bool,
@@ -140,7 +141,7 @@ impl RedisConfig {
             replica_acks: None,
             replica_ack_timeout: Duration::from_secs(1),
             share_events: false,
-            observer: false,
+            observer: (false, false),
             near_cache: None,
             eviction: Eviction::Report,
             notify_evictions: true,

@@ -233,12 +233,17 @@ impl<V: Value> RedisBackend<V> {
             }
         };
         let mut config = config;
-        let observer = config.observer;
+        let observer = config.observer.0;
         if observer {
-            // An observer takes no leases and reads the namespace's own shard count.
             config.delivery = Default::default();
-            match observed_shards(&pool, &config.namespace, &label).await {
-                Ok(shards) => config.shards = shards,
+        }
+        // An observer reads the namespace's own shard count; one that creates
+        // nothing fails on a namespace without a layout.
+        let mut write_layout = !observer;
+        if observer {
+            match observed_shards(&pool, &config.namespace, &label, config.observer_creates()).await {
+                Ok(Some(shards)) => config.shards = shards,
+                Ok(None) => write_layout = true,
                 Err(e) => {
                     let pool = pool.clone();
                     tokio::spawn(async move { routers::quit_failed(&pool).await });
@@ -277,7 +282,7 @@ impl<V: Value> RedisBackend<V> {
             _acker: acker_stop.clone().drop_guard(),
         });
         let opened = async {
-            if !observer {
+            if write_layout {
                 shared.check_layout().await?;
             }
             shared.sync_clock().await?;
@@ -312,9 +317,10 @@ impl<V: Value> RedisBackend<V> {
 }
 
 /// Observer mode: the shard count of namespace `ns`, read from its layout
-/// key without writing one; a namespace without a layout (nothing ever
-/// stored there) or of another layout version is an error.
-async fn observed_shards(pool: &Pool, ns: &str, label: &str) -> Result<u16> {
+/// key without writing one. A namespace of another layout version is an
+/// error; one without a layout (nothing ever stored there) is `None` if
+/// `creates`, else an error.
+async fn observed_shards(pool: &Pool, ns: &str, label: &str, creates: bool) -> Result<Option<u16>> {
     let key = Layout::new(ns, 1).layout_key;
     let found: Option<String> = pool
         .next()
@@ -322,6 +328,9 @@ async fn observed_shards(pool: &Pool, ns: &str, label: &str) -> Result<u16> {
         .await
         .map_err(|e| Error::backend("redis", format!("reading the key layout on {label}: {e}"), e))?;
     let Some(found) = found else {
+        if creates {
+            return Ok(None);
+        }
         return Err(Error::InvalidConfig(format!(
             "redis namespace `{ns}` on {label} has no livedict layout (`{key}` is missing: nothing was stored \
              there, or another namespace was meant); an observer never writes one"
@@ -331,7 +340,7 @@ async fn observed_shards(pool: &Pool, ns: &str, label: &str) -> Result<u16> {
         .strip_prefix(&format!("v{} shards=", layout::VERSION))
         .and_then(|n| n.parse::<u16>().ok())
         .filter(|n| (1..=MAX_SHARDS).contains(n));
-    shards.ok_or_else(|| {
+    shards.map(Some).ok_or_else(|| {
         Error::InvalidConfig(format!(
             "redis namespace `{ns}` on {label} has layout `{found}`; this livedict reads layout v{}",
             layout::VERSION

@@ -27,7 +27,7 @@ use crate::url::{Invalid, StoreUrl, UrlOption, millis, parse, set};
 /// | `codec` | `json` | value encoding |
 /// | `verify_codec` | `false` | decode every encoded value once before writing it; one that does not decode back is refused (see [`SqliteConfig::verify_codec`]) |
 /// | `share_events` | `false` | append events to, and stream events from, the change feed shared by the processes on this file and table (see [`SqliteBackend::share_events`](super::SqliteBackend::share_events)) |
-/// | `observer` | `false` | open without taking part: no expiry driver, no claims, no leases, no table created (see [`SqliteConfig::observer`]) |
+/// | `observer` | `false` | `true`: open without taking part (`create`: and create the store if missing): no expiry driver, no claims, no leases, no table created (see [`SqliteConfig::observer`]) |
 /// | `expire_delivery` | `at_most_once` | `at_least_once`: a claimed expiration stays leased until its `Expire` callbacks returned, and is delivered again if they fail or this process dies (see [`Delivery`](crate::Delivery)) |
 /// | `expire_lease_ms` | 30000 | with `at_least_once`: how long an unacknowledged expiration stays with the process that claimed it |
 /// | `expire_max_attempts` | 10 | with `at_least_once`: deliveries of one expiration before it is dropped (counted in `stats().expirations_abandoned`) |
@@ -52,7 +52,8 @@ pub struct SqliteConfig {
     pub(super) poll_interval: Duration,
     pub(super) readers: usize,
     pub(super) share_events: bool,
-    pub(super) observer: bool,
+    /// Observer mode, and whether it creates a missing store.
+    pub(super) observer: (bool, bool),
     pub(super) delivery: crate::delivery::ExpireDelivery,
     pub(super) max_capacity: Option<u64>,
     pub(super) max_bytes: Option<u64>,
@@ -97,7 +98,7 @@ impl SqliteConfig {
             poll_interval: Duration::from_millis(100),
             readers: 2,
             share_events: false,
-            observer: false,
+            observer: (false, false),
             delivery: Default::default(),
             max_capacity: None,
             max_bytes: None,

@@ -141,7 +141,7 @@ impl<V: Value> SqliteBackend<V> {
         let (setup, q) = (config.clone(), Arc::clone(&sql));
         let head: i64 = conn
             .call(move |c| -> rusqlite::Result<i64> {
-                if setup.observer {
+                if !setup.observer_creates() {
                     // An observer reads the feed the other processes keep; it never creates it.
                     c.busy_timeout(setup.busy_timeout)?;
                     let t = format!("{}_events", setup.table);

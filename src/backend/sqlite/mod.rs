@@ -172,7 +172,7 @@ fn open_writer_blocking(
                 schema::CreateError::Sqlite(e) => transient(e),
                 schema::CreateError::Version(msg) => (false, msg),
             };
-            if config.observer {
+            if !config.observer_creates() {
                 // Connection settings only: no journal-mode switch (it writes the file), no schema.
                 c.busy_timeout(config.busy_timeout).map_err(transient)?;
                 c.pragma_update(None, "synchronous", if config.synchronous_full { "FULL" } else { "NORMAL" })
@@ -214,23 +214,25 @@ impl<V: Value> SqliteBackend<V> {
     pub async fn open(mut config: SqliteConfig, sink: EventSink<V>) -> Result<Self> {
         config.validate()?;
         let label: Arc<str> = config.path.display().to_string().into();
-        let observer = config.observer;
+        let observer = config.observer.0;
+        let creates = config.observer_creates();
         let mut flags =
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if observer {
-            if config.in_memory() {
+            if config.in_memory() && !creates {
                 return Err(Error::InvalidConfig(
                     "an observer needs a database file (sqlite::memory: is private to its store)".into(),
                 ));
             }
-            if !config.path.is_file() {
+            if !creates && !config.path.is_file() {
                 return Err(open_error(&label, "no such database file", "an observer never creates one"));
             }
             // No leases, no size bound to enforce: an observer takes part in neither.
             config.delivery = Default::default();
             config.max_capacity = None;
             config.max_bytes = None;
-        } else {
+        }
+        if creates {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let target = if config.in_memory() {
@@ -239,7 +241,7 @@ impl<V: Value> SqliteBackend<V> {
         } else {
             config.path.display().to_string()
         };
-        if !config.in_memory() && !observer {
+        if !config.in_memory() && creates {
             create_private(&config.path);
         }
         let conn = open_writer(target.clone(), flags, config.clone(), Arc::clone(&label)).await?;
