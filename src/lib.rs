@@ -352,6 +352,9 @@ mod delivery;
 pub mod error;
 pub mod event;
 mod handle;
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "redis"))))]
+pub mod inspect;
 pub mod layer;
 pub mod request;
 #[cfg(feature = "tower-sessions")]

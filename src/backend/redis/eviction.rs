@@ -80,7 +80,7 @@ impl Evictions {
 }
 
 /// Every node of `client` (`None`: the one server).
-fn nodes(client: &Client) -> Vec<Option<Server>> {
+pub(super) fn nodes(client: &Client) -> Vec<Option<Server>> {
     let nodes = client.active_connections();
     if !client.is_clustered() || nodes.is_empty() {
         return vec![None];
@@ -89,7 +89,7 @@ fn nodes(client: &Client) -> Vec<Option<Server>> {
 }
 
 /// `name args…` on one node.
-async fn on_node(
+pub(super) async fn on_node(
     client: &Client,
     node: &Option<Server>,
     name: &'static str,
@@ -104,7 +104,7 @@ async fn on_node(
 }
 
 /// A configuration parameter of one node (`None` where `CONFIG` is unavailable).
-async fn config_get(client: &Client, node: &Option<Server>, param: &str) -> Option<String> {
+pub(super) async fn config_get(client: &Client, node: &Option<Server>, param: &str) -> Option<String> {
     match on_node(client, node, "CONFIG", &["GET", param]).await.ok()? {
         RedisValue::Array(v) => v.get(1).and_then(RedisValue::as_string),
         RedisValue::Map(m) => m.inner().into_values().next().and_then(|v| v.as_string()),
@@ -113,7 +113,7 @@ async fn config_get(client: &Client, node: &Option<Server>, param: &str) -> Opti
 }
 
 /// The `maxmemory-policy` of one node (`None`: it cannot be read).
-async fn node_policy(client: &Client, node: &Option<Server>) -> Option<String> {
+pub(super) async fn node_policy(client: &Client, node: &Option<Server>) -> Option<String> {
     if let Some(policy) = config_get(client, node, "maxmemory-policy").await {
         return Some(policy);
     }
@@ -136,7 +136,7 @@ async fn evicting(client: &Client) -> Vec<(String, String)> {
 }
 
 /// Whether `notify-keyspace-events` flags publish `evicted` on the keyevent channel.
-fn sends_evicted(flags: &str) -> bool {
+pub(super) fn sends_evicted(flags: &str) -> bool {
     flags.contains('E') && (flags.contains('e') || flags.contains('A'))
 }
 

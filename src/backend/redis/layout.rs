@@ -8,6 +8,7 @@
 //! | `ld:{<tag>}:d` | sorted set | key → deadline (ms since the epoch, server clock), TTL'd entries only |
 //! | `ld:{<tag>}:n` | integer | entries stored in the shard (live or expired-unclaimed) |
 //! | `ld:{<tag>}:l:<key>` | string | lock owner token, `PX` = the lease |
+//! | `ld:{<tag>}:lf:<key>` | string | the held lock's fence, `PX` = the lease (for `livedict locks`) |
 //! | `ld:{<tag>}:o:<key>` | string | with `time_to_idle`: the deadline of the entry's own TTL, `PX` = that TTL (absent: none) |
 //! | `ld:{<tag>}:f` | integer | the shard's fencing counter |
 //! | `ld:{<tag>}:p` | sorted set | `expire_delivery=at_least_once`: pending expiration id → when it may be delivered (again): its lease's end |
@@ -98,6 +99,11 @@ impl Shard {
         s.push_str("o:");
         s.push_str(key);
         s
+    }
+
+    /// `ld:{tag}:lf:<key>`: the fence of the lock held on `key`, kept as long as the lock.
+    pub(super) fn lock_fence(&self, key: &str) -> String {
+        format!("{}lf:{key}", self.prefix)
     }
 
     pub(super) fn lock(&self, key: &str) -> String {

@@ -48,6 +48,7 @@ mod clock;
 mod config;
 mod eviction;
 mod feed;
+mod inspect;
 mod layout;
 mod many;
 mod near;
@@ -346,6 +347,11 @@ async fn observed_shards(pool: &Pool, ns: &str, label: &str, creates: bool) -> R
             layout::VERSION
         ))
     })
+}
+
+/// The keys of the lock on `key`: the lock itself and its fence.
+fn lock_keys(shard: &Shard, key: &str) -> Vec<String> {
+    vec![shard.lock(key), shard.lock_fence(key)]
 }
 
 fn ms(d: Duration) -> i64 {
@@ -819,7 +825,7 @@ impl<V: Value> Shared<V> {
                 let renewed: i64 = self
                     .scripts
                     .renew
-                    .evalsha_with_reload(self.pool.next(), vec![self.layout.shard(&key).lock(&key)], args)
+                    .evalsha_with_reload(self.pool.next(), lock_keys(self.layout.shard(&key), &key), args)
                     .await
                     .map_err(|e| self.backend_error("renew", e))?;
                 if renewed == 1 { Ok(Response::Done) } else { Err(Error::LockLost { key }) }
@@ -829,7 +835,7 @@ impl<V: Value> Shared<V> {
                 let _: i64 = self
                     .scripts
                     .unlock
-                    .evalsha_with_reload(self.pool.next(), vec![self.layout.shard(&key).lock(&key)], args)
+                    .evalsha_with_reload(self.pool.next(), lock_keys(self.layout.shard(&key), &key), args)
                     .await
                     .map_err(|e| self.backend_error("unlock", e))?;
                 Ok(Response::Done)
@@ -851,7 +857,7 @@ impl<V: Value> Shared<V> {
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(1);
         let shard = self.layout.shard(&key);
-        let keys = vec![shard.lock(&key), shard.fence.clone()];
+        let keys = vec![shard.lock(&key), shard.fence.clone(), shard.lock_fence(&key)];
         loop {
             let args: Vec<RedisValue> =
                 vec![token.as_str().to_owned().into(), ms(self.config.lock_lease).into()];

@@ -143,7 +143,7 @@ impl<V: Value> Shared<V> {
 }
 
 /// A `SCAN` reply: the next cursor and the page's key names.
-fn scan_reply(reply: RedisValue) -> Option<(String, Vec<String>)> {
+pub(super) fn scan_reply(reply: RedisValue) -> Option<(String, Vec<String>)> {
     let RedisValue::Array(mut parts) = reply else { return None };
     if parts.len() != 2 {
         return None;

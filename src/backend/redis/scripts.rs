@@ -506,24 +506,27 @@ if retry then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return 0
 "#;
 
-/// `KEYS`: lock, fence counter; `ARGV`: owner, lease_ms → fence, or 0 if held.
+/// `KEYS`: lock, fence counter, the lock's fence; `ARGV`: owner, lease_ms → fence, or 0 if held.
 /// The fence is at least the server time in µs, so it never goes backwards,
-/// even after a failover lost the counter's last increments.
+/// even after a failover lost the counter's last increments. It is also kept
+/// next to the lock, as long as the lock, for operators (`livedict locks`).
 const LOCK: &str = r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local t = redis.call('TIME')
   local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local f = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, floor)
   redis.call('SET', KEYS[2], string.format('%.0f', f))
+  redis.call('SET', KEYS[3], string.format('%.0f', f), 'PX', ARGV[2])
   return f
 end
 return 0
 "#;
 
-/// `KEYS`: lock; `ARGV`: owner, lease_ms → 1 if renewed.
+/// `KEYS`: lock, the lock's fence; `ARGV`: owner, lease_ms → 1 if renewed.
 const RENEW: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return 1
 end
 return 0
@@ -558,9 +561,10 @@ end
 return n
 "#;
 
-/// `KEYS`: lock; `ARGV`: owner → 1 if it was released by this call.
+/// `KEYS`: lock, the lock's fence; `ARGV`: owner → 1 if it was released by this call.
 const UNLOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
   return redis.call('DEL', KEYS[1])
 end
 return 0

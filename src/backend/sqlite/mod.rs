@@ -47,6 +47,7 @@ mod batch;
 mod config;
 mod driver;
 mod feed;
+mod inspect;
 mod schema;
 mod writer;
 
@@ -297,6 +298,11 @@ impl<V: Value> SqliteBackend<V> {
             lru: config.eviction_policy == EvictionPolicy::LeastRecentlyUsed,
         });
         sql.claim_in_batch = !observer;
+        if !schema::has_column(&conn, &format!("{}_locks", config.table), "fence")
+            .map_err(|e| open_error(&label, "reading the schema", e))?
+        {
+            sql.lock_fence = None;
+        }
         let sql = Arc::new(sql);
         // Async callers write inline only where a commit does not fsync.
         let inline_async = !config.synchronous_full || config.in_memory();

@@ -36,6 +36,10 @@ pub(super) struct Sql {
     pub(super) lock_release: String,
     pub(super) fence_next: String,
     pub(super) fence_name: String,
+    /// Records a granted lock's fence in its row (`?1` key, `?2` fence), for
+    /// operators (`livedict locks`); `None` where the column is missing (an
+    /// observer on a file no process of this version opened).
+    pub(super) lock_fence: Option<String>,
     /// Leased expirations (`expire_delivery=at_least_once`), see [`Pending`].
     pub(super) pending: Option<Pending>,
     /// The size bound's statements, see [`SizeSql`].
@@ -268,6 +272,7 @@ impl Sql {
             lock_release: format!("DELETE FROM \"{t}_locks\" WHERE key = ?1 AND owner = ?2"),
             fence_next: "UPDATE livedict_meta SET value = value + 1 WHERE name = ?1 RETURNING value".into(),
             fence_name: format!("fence:{t}"),
+            lock_fence: Some(format!("UPDATE \"{t}_locks\" SET fence = ?2 WHERE key = ?1")),
         }
     }
 }
@@ -386,6 +391,15 @@ pub(super) fn check(conn: &Connection, config: &SqliteConfig) -> Result<(), Crea
     Ok(())
 }
 
+/// Whether `table` has `column`.
+pub(super) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        [table, column],
+        |r| r.get(0),
+    )
+}
+
 /// Why [`create`] failed.
 #[derive(Debug)]
 pub(super) enum CreateError {
@@ -481,6 +495,11 @@ pub(super) fn create(conn: &mut Connection, config: &SqliteConfig) -> Result<(),
     }
     if version < SCHEMA_VERSION {
         tx.execute("UPDATE livedict_meta SET value = ?1 WHERE name = 'schema_version'", [SCHEMA_VERSION])
+            .map_err(CreateError::Sqlite)?;
+    }
+    // Lock fences (no version change): the `fence` column of the locks table.
+    if !has_column(&tx, &format!("{t}_locks"), "fence").map_err(CreateError::Sqlite)? {
+        tx.execute_batch(&format!("ALTER TABLE \"{t}_locks\" ADD COLUMN fence INTEGER"))
             .map_err(CreateError::Sqlite)?;
     }
     // Time-to-idle (no version change): the optional `ttl_at` column.

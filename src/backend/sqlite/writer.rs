@@ -913,6 +913,9 @@ fn apply(
                 seen.locks = true;
                 let fence: i64 =
                     tx.prepare_cached(&sql.fence_next)?.query_row(params![sql.fence_name], |r| r.get(0))?;
+                if let Some(record) = &sql.lock_fence {
+                    tx.prepare_cached(record)?.execute(params![key, fence])?;
+                }
                 WriteOutcome::Locked(Some(fence as u64))
             } else {
                 WriteOutcome::Locked(None)

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
+use livedict::inspect::{Inspector, Status};
 use livedict::{EventKind, LiveDict, WatchFilter, WatchItem};
 use serde_json::{Value, json};
 
@@ -27,6 +28,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failed> {
         Command::Import => import(&url).await,
         Command::Watch { kinds, prefix } => watch(&url, kinds, &prefix).await,
         Command::Lock { key, hold, timeout } => lock(&url, &key, hold, timeout).await,
+        Command::Locks { prefix, json } => locks(&url, &prefix, json).await,
+        Command::Pending { json } => pending(&url, json).await,
+        Command::Doctor { json } => doctor(&url, json).await,
     }
 }
 
@@ -305,4 +309,74 @@ async fn lock(url: &str, key: &str, hold: Duration, timeout: Duration) -> Result
     tokio::time::sleep(hold).await;
     guard.unlock().await.map_err(failed)?;
     finish(&d, ExitCode::SUCCESS).await
+}
+
+/// Opens `url` for `locks`, `pending` and `doctor` (an observer too).
+async fn inspector(url: &str) -> Result<Inspector, Failed> {
+    if has_option(url, "observer") {
+        return Err("the store URL may not set `observer`: the client always opens it as an observer".into());
+    }
+    Inspector::open(url).await.map_err(failed)
+}
+
+async fn locks(url: &str, prefix: &str, json: bool) -> Result<ExitCode, Failed> {
+    let inspector = inspector(url).await?;
+    let held = inspector.locks(prefix).await.map_err(failed)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let all: Vec<Value> = held
+            .iter()
+            .map(|l| json!({ "key": l.key, "fence": l.fence, "lease_ms": l.lease_left.as_millis() as u64 }))
+            .collect();
+        line(&mut out, Value::Array(all))?;
+    } else {
+        for l in &held {
+            let fence = l.fence.map_or_else(|| "-".to_owned(), |f| f.to_string());
+            line(&mut out, format_args!("{}\t{fence}\t{}", l.key, l.lease_left.as_millis()))?;
+        }
+    }
+    drop(out);
+    inspector.close().await.map_err(failed)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn pending(url: &str, json: bool) -> Result<ExitCode, Failed> {
+    let inspector = inspector(url).await?;
+    let waiting = inspector.pending().await.map_err(failed)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let all: Vec<Value> = waiting
+            .iter()
+            .map(|p| json!({ "key": p.key, "attempt": p.attempt, "lease_ms": p.lease_left.as_millis() as u64 }))
+            .collect();
+        line(&mut out, Value::Array(all))?;
+    } else {
+        for p in &waiting {
+            line(&mut out, format_args!("{}\t{}\t{}", p.key, p.attempt, p.lease_left.as_millis()))?;
+        }
+    }
+    drop(out);
+    inspector.close().await.map_err(failed)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn doctor(url: &str, json: bool) -> Result<ExitCode, Failed> {
+    let inspector = inspector(url).await?;
+    let checks = inspector.doctor().await.map_err(failed)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let all: Vec<Value> = checks
+            .iter()
+            .map(|c| json!({ "check": c.name, "status": c.status.as_str(), "detail": c.detail }))
+            .collect();
+        line(&mut out, Value::Array(all))?;
+    } else {
+        for c in &checks {
+            line(&mut out, format_args!("{:<4} {}: {}", c.status.as_str(), c.name, c.detail))?;
+        }
+    }
+    drop(out);
+    inspector.close().await.map_err(failed)?;
+    let healthy = checks.iter().all(|c| c.status == Status::Ok);
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -110,6 +110,36 @@ pub enum Command {
         #[arg(long, default_value = "")]
         prefix: String,
     },
+    /// List the locks held now, by any process: key, fence, lease left (ms), tab-separated.
+    ///
+    /// The fence is `-` for a lock taken by a livedict version that did not record it.
+    Locks {
+        /// Only keys that start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Print a JSON array of {"key","fence","lease_ms"} instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the expirations leased or awaiting redelivery (expire_delivery=at_least_once):
+    /// key, attempt, lease left (ms), tab-separated, soonest due first.
+    Pending {
+        /// Print a JSON array of {"key","attempt","lease_ms"} instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the store's health, read-only: one line per check, `ok`, `warn` or `fail` and why.
+    ///
+    /// SQLite: journal mode, synchronous, schema version, WAL size, file mode,
+    /// network filesystem. Redis: layout version and shards, maxmemory-policy
+    /// and eviction notifications, persistence, replicas against
+    /// replica_acks, cluster slot coverage and spread, clock offset. Exit 0
+    /// when every check is ok, 1 if any warns or fails.
+    Doctor {
+        /// Print a JSON array of {"check","status","detail"} instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take the lock of KEY, hold it, release it; prints the fence once taken.
     Lock {
         /// The key.
