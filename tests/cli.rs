@@ -387,3 +387,137 @@ async fn the_client_takes_no_expiration_from_the_application_on_redis() {
     let Some(h) = Harness::redis() else { return };
     the_application_keeps_every_expiration(h.url()).await;
 }
+
+/// `locks` lists a lock another process holds, with its fence and lease.
+async fn locks_lists_another_processs_lock(url: &str) {
+    let app = LiveDict::<u32>::open(url).await.unwrap();
+    app.set("seed", 0).await.unwrap();
+    assert_eq!(ok(url, &["locks"]), "");
+    let guard = app.lock("job:7", Duration::from_secs(5)).await.unwrap();
+    let _other = app.lock("other", Duration::from_secs(5)).await.unwrap();
+    let listed = ok(url, &["locks", "--prefix", "job:"]);
+    let fields: Vec<&str> = listed.trim_end().split('\t').collect();
+    assert_eq!(fields.len(), 3, "{listed}");
+    assert_eq!(fields[0], "job:7");
+    assert_eq!(fields[1], guard.fence().to_string());
+    let lease: u64 = fields[2].parse().unwrap();
+    assert!(lease > 0 && lease <= 30_000, "{lease}");
+    let all: Value = serde_json::from_str(&ok(url, &["locks", "--json"])).unwrap();
+    let keys: Vec<&str> = all.as_array().unwrap().iter().map(|l| l["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["job:7", "other"]);
+    assert_eq!(all[0]["fence"].as_u64(), Some(guard.fence()));
+    guard.unlock().await.unwrap();
+    assert_eq!(ok(url, &["locks", "--prefix", "job:"]), "");
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_lists_another_processs_lock_on_sqlite() {
+    let (_dir, url) = sqlite();
+    locks_lists_another_processs_lock(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_lists_another_processs_lock_on_redis() {
+    let Some(h) = Harness::redis() else { return };
+    locks_lists_another_processs_lock(h.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_lists_another_processs_lock_on_a_redis_cluster() {
+    let Some(h) = Harness::redis_cluster() else { return };
+    locks_lists_another_processs_lock(h.url()).await;
+}
+
+/// `pending` lists an at-least-once expiration whose callback has not returned yet.
+async fn pending_lists_a_leased_expiration(url: &str) {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = &format!("{url}{sep}expire_delivery=at_least_once&expire_lease_ms=60000");
+    let app = LiveDict::<u32>::builder().url(url).callback_timeout(Duration::from_secs(30)).build().await.unwrap();
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let (hold, count) = (Arc::clone(&release), Arc::clone(&delivered));
+    app.register_callback(
+        EventKind::Expire,
+        Callback::new(move |_: &Event<u32>| {
+            count.fetch_add(1, Ordering::SeqCst);
+            while !hold.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }),
+    )
+    .unwrap();
+    assert_eq!(ok(url, &["pending"]), "");
+    app.set_with_ttl("invoice:1", 1, Duration::from_millis(100)).await.unwrap();
+    support::eventually("the expiration is delivered", || delivered.load(Ordering::SeqCst) == 1).await;
+    let listed = ok(url, &["pending"]);
+    let fields: Vec<&str> = listed.trim_end().split('\t').collect();
+    assert_eq!(fields.len(), 3, "{listed}");
+    assert_eq!(fields[0], "invoice:1");
+    let lease: u64 = fields[2].parse().unwrap();
+    assert!(lease > 0 && lease <= 60_000, "{lease}");
+    let json: Value = serde_json::from_str(&ok(url, &["pending", "--json"])).unwrap();
+    assert_eq!(json[0]["key"], "invoice:1");
+    release.store(true, Ordering::SeqCst);
+    app.shutdown().await.unwrap();
+    assert_eq!(ok(url, &["pending"]), "", "acknowledged at shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_lists_a_leased_expiration_on_sqlite() {
+    let (_dir, url) = sqlite();
+    pending_lists_a_leased_expiration(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_lists_a_leased_expiration_on_redis() {
+    let Some(h) = Harness::redis() else { return };
+    pending_lists_a_leased_expiration(h.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_a_fresh_sqlite_store() {
+    let (_dir, url) = sqlite();
+    ok(&url, &["set", "k", "1"]);
+    let report = ok(&url, &["doctor"]);
+    for check in ["journal_mode", "synchronous", "schema_version", "wal_size", "file_mode", "filesystem"] {
+        assert!(report.lines().any(|l| l.starts_with("ok") && l.contains(check)), "{check}: {report}");
+    }
+    let json: Value = serde_json::from_str(&ok(&url, &["doctor", "--json"])).unwrap();
+    assert!(json.as_array().unwrap().iter().all(|c| c["status"] == "ok"), "{json}");
+}
+
+/// `doctor` warns on `allkeys-lru` without eviction notifications, and leaves the configuration as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_warns_on_allkeys_lru_without_notifications_and_changes_nothing() {
+    let Some(h) = Harness::redis() else { return };
+    ok(h.url(), &["set", "k", "1"]); // the namespace's layout, written by the client (no CONFIG SET either)
+    let port = h.redis_ports()[0];
+    let config = |name: &str| support::redis_server::command(port, &["CONFIG", "GET", name]).unwrap();
+    support::redis_server::command(port, &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]).unwrap();
+    support::redis_server::command(port, &["CONFIG", "SET", "notify-keyspace-events", ""]).unwrap();
+    let before = (config("maxmemory-policy"), config("notify-keyspace-events"));
+    let out = run(h.url(), &["doctor"]);
+    assert_eq!(out.status.code(), Some(1), "a warning exits 1: {}", stdout(&out));
+    let report = stdout(&out);
+    let memory = report.lines().find(|l| l.contains("maxmemory-policy")).expect("a memory check");
+    assert!(memory.starts_with("warn") && memory.contains("allkeys-lru"), "{memory}");
+    assert!(report.lines().any(|l| l.starts_with("ok") && l.contains("layout") && l.contains("16 shards")), "{report}");
+    for check in ["persistence", "replicas", "clock"] {
+        assert!(report.contains(check), "{check}: {report}");
+    }
+    assert_eq!((config("maxmemory-policy"), config("notify-keyspace-events")), before, "configuration unchanged");
+    support::redis_server::command(port, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).unwrap();
+}
+
+#[test]
+fn doctor_checks_the_slots_of_a_redis_cluster() {
+    let Some(h) = Harness::redis_cluster() else { return };
+    ok(h.url(), &["set", "k", "1"]);
+    let out = run(h.url(), &["doctor", "--json"]);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    let checks: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let cluster = checks.as_array().unwrap().iter().find(|c| c["check"] == "cluster").expect("a cluster check");
+    assert_eq!(cluster["status"], "ok", "{cluster}");
+    assert!(cluster["detail"].as_str().unwrap().contains("16384"));
+}
