@@ -134,13 +134,16 @@ impl Inspector {
                 Store::Sqlite(crate::backend::SqliteBackend::open(config, EventSink::none()).await?)
             }
             #[cfg(feature = "redis")]
-            "redis" | "rediss" | "redis-cluster" | "rediss-cluster" | "redis-sentinel" | "rediss-sentinel" => {
+            "redis" | "rediss" | "redis-cluster" | "rediss-cluster" | "redis-sentinel"
+            | "rediss-sentinel" => {
                 let config = crate::backend::RedisConfig::from_url(&mut parsed)?.observer(true);
                 parsed.finish()?;
                 Store::Redis(crate::backend::RedisBackend::open(config, EventSink::none()).await?)
             }
             "memory" => {
-                return Err(parsed.error("a memory store lives inside its process: there is nothing to inspect"));
+                return Err(
+                    parsed.error("a memory store lives inside its process: there is nothing to inspect")
+                );
             }
             other => return Err(parsed.error(format!("cannot inspect scheme `{other}` (sqlite or redis)"))),
         };

@@ -98,7 +98,8 @@ fn commands_work_on(url: &str) {
     users.sort();
     assert_eq!(users, ["user:1", "user:2"]);
     assert_eq!(ok(url, &["keys", "--limit", "2"]).lines().count(), 2);
-    let listed: Vec<String> = serde_json::from_str(&ok(url, &["keys", "--json", "--prefix", "order:"])).unwrap();
+    let listed: Vec<String> =
+        serde_json::from_str(&ok(url, &["keys", "--json", "--prefix", "order:"])).unwrap();
     assert_eq!(listed, ["order:1"]);
 
     assert_eq!(ok(url, &["len"]), "3\n");
@@ -172,7 +173,8 @@ fn read_commands_create_no_sqlite_file_or_table() {
 
 /// The tables of the SQLite file at `path`.
 fn rusqlite_tables(path: &std::path::Path) -> Vec<String> {
-    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut names = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").unwrap();
     names.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
 }
@@ -309,7 +311,11 @@ async fn watch_sees_another_process(url: &str) {
     assert_eq!(set["value"], serde_json::json!({"id": 1}));
     assert!(set["at"].as_u64().unwrap() > 0);
     let expired = watch.next();
-    assert_eq!((expired["kind"].as_str(), expired["key"].as_str()), (Some("expire"), Some("job:1")), "{expired}");
+    assert_eq!(
+        (expired["kind"].as_str(), expired["key"].as_str()),
+        (Some("expire"), Some("job:1")),
+        "{expired}"
+    );
     assert_eq!(expired["value"], serde_json::json!({"id": 1}));
     watch.interrupt();
     app.shutdown().await.unwrap();
@@ -363,12 +369,15 @@ async fn the_application_keeps_every_expiration(url: &str) {
         }
     });
     client.await.unwrap();
-    support::eventually("the application reports every expiration", || expired.load(Ordering::SeqCst) == ENTRIES)
-        .await;
+    support::eventually("the application reports every expiration", || {
+        expired.load(Ordering::SeqCst) == ENTRIES
+    })
+    .await;
     support::settle().await;
     assert_eq!(expired.load(Ordering::SeqCst), ENTRIES, "each expiration exactly once");
     // The watch saw them too, as the application published them.
-    let mut seen: Vec<String> = (0..ENTRIES).map(|_| watch.next()["key"].as_str().unwrap().to_owned()).collect();
+    let mut seen: Vec<String> =
+        (0..ENTRIES).map(|_| watch.next()["key"].as_str().unwrap().to_owned()).collect();
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), ENTRIES);
@@ -433,7 +442,8 @@ async fn locks_lists_another_processs_lock_on_a_redis_cluster() {
 async fn pending_lists_a_leased_expiration(url: &str) {
     let sep = if url.contains('?') { '&' } else { '?' };
     let url = &format!("{url}{sep}expire_delivery=at_least_once&expire_lease_ms=60000");
-    let app = LiveDict::<u32>::builder().url(url).callback_timeout(Duration::from_secs(30)).build().await.unwrap();
+    let app =
+        LiveDict::<u32>::builder().url(url).callback_timeout(Duration::from_secs(30)).build().await.unwrap();
     let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let delivered = Arc::new(AtomicUsize::new(0));
     let (hold, count) = (Arc::clone(&release), Arc::clone(&delivered));
@@ -502,11 +512,18 @@ async fn doctor_warns_on_allkeys_lru_without_notifications_and_changes_nothing()
     let report = stdout(&out);
     let memory = report.lines().find(|l| l.contains("maxmemory-policy")).expect("a memory check");
     assert!(memory.starts_with("warn") && memory.contains("allkeys-lru"), "{memory}");
-    assert!(report.lines().any(|l| l.starts_with("ok") && l.contains("layout") && l.contains("16 shards")), "{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with("ok") && l.contains("layout") && l.contains("16 shards")),
+        "{report}"
+    );
     for check in ["persistence", "replicas", "clock"] {
         assert!(report.contains(check), "{check}: {report}");
     }
-    assert_eq!((config("maxmemory-policy"), config("notify-keyspace-events")), before, "configuration unchanged");
+    assert_eq!(
+        (config("maxmemory-policy"), config("notify-keyspace-events")),
+        before,
+        "configuration unchanged"
+    );
     support::redis_server::command(port, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).unwrap();
 }
 
@@ -517,7 +534,8 @@ fn doctor_checks_the_slots_of_a_redis_cluster() {
     let out = run(h.url(), &["doctor", "--json"]);
     assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
     let checks: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let cluster = checks.as_array().unwrap().iter().find(|c| c["check"] == "cluster").expect("a cluster check");
+    let cluster =
+        checks.as_array().unwrap().iter().find(|c| c["check"] == "cluster").expect("a cluster check");
     assert_eq!(cluster["status"], "ok", "{cluster}");
     assert!(cluster["detail"].as_str().unwrap().contains("16384"));
 }

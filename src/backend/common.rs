@@ -54,7 +54,9 @@ pub(crate) fn setting_options<C: StoreSettings>() -> [UrlOption<C>; 8] {
                 "true" => set(c.observer_mut(), (true, false)),
                 "create" => set(c.observer_mut(), (true, true)),
                 "false" => set(c.observer_mut(), (false, false)),
-                other => Err(Invalid::because(format!("observer must be true, false or create, not `{other}`"))),
+                other => {
+                    Err(Invalid::because(format!("observer must be true, false or create, not `{other}`")))
+                }
             },
         },
     ]

@@ -132,7 +132,9 @@ impl<V: Value> RedisBackend<V> {
                 _ => Vec::new(),
             };
             for (i, (_, lease_until)) in pairs.into_iter().enumerate() {
-                let Some(key) = stored.get(i).and_then(|r| r.as_deref()).and_then(pending_key) else { continue };
+                let Some(key) = stored.get(i).and_then(|r| r.as_deref()).and_then(pending_key) else {
+                    continue;
+                };
                 let attempt = tries.get(i).and_then(|a| a.parse().ok()).unwrap_or(0);
                 all.push(PendingExpiration { key, attempt, lease_left: left(lease_until - now) });
             }
@@ -149,10 +151,16 @@ impl<V: Value> RedisBackend<V> {
         let found: Option<String> =
             client.get(s.layout.layout_key.as_str()).await.map_err(|e| s.backend_error("get", e))?;
         checks.push(match found {
-            Some(found) if found == s.layout.descriptor() => {
-                Check::new("layout", Status::Ok, format!("version {}, {} shards", layout::VERSION, s.layout.shards.len()))
-            }
-            Some(found) => Check::new("layout", Status::Fail, format!("`{found}`: this livedict reads v{}", layout::VERSION)),
+            Some(found) if found == s.layout.descriptor() => Check::new(
+                "layout",
+                Status::Ok,
+                format!("version {}, {} shards", layout::VERSION, s.layout.shards.len()),
+            ),
+            Some(found) => Check::new(
+                "layout",
+                Status::Fail,
+                format!("`{found}`: this livedict reads v{}", layout::VERSION),
+            ),
             None => Check::new("layout", Status::Fail, "no layout key: nothing was stored in this namespace"),
         });
         let nodes = nodes(&client);
@@ -292,10 +300,15 @@ async fn cluster_check<V: Value>(s: &Shared<V>, client: &Client) -> Check {
         return Check::new(
             "cluster",
             Status::Fail,
-            format!("state {state}, {ok} of 16384 slots served: keys of the other slots cannot be read or written"),
+            format!(
+                "state {state}, {ok} of 16384 slots served: keys of the other slots cannot be read or written"
+            ),
         );
     }
-    let ranges = match client.custom::<RedisValue, RedisValue>(fred::cmd!("CLUSTER"), vec!["SLOTS".into()]).await {
+    let ranges = match client
+        .custom::<RedisValue, RedisValue>(fred::cmd!("CLUSTER"), vec!["SLOTS".into()])
+        .await
+    {
         Ok(RedisValue::Array(ranges)) => ranges,
         _ => return Check::new("cluster", Status::Ok, "all 16384 slots served (CLUSTER SLOTS unreadable)"),
     };
@@ -336,13 +349,21 @@ async fn cluster_check<V: Value>(s: &Shared<V>, client: &Client) -> Check {
         Check::new(
             "cluster",
             Status::Ok,
-            format!("all 16384 slots served; {} shards over {} masters", s.layout.shards.len(), masters.len()),
+            format!(
+                "all 16384 slots served; {} shards over {} masters",
+                s.layout.shards.len(),
+                masters.len()
+            ),
         )
     }
 }
 
 async fn info_cluster(client: &Client) -> Option<String> {
-    client.custom::<RedisValue, RedisValue>(fred::cmd!("CLUSTER"), vec!["INFO".into()]).await.ok()?.as_string()
+    client
+        .custom::<RedisValue, RedisValue>(fred::cmd!("CLUSTER"), vec!["INFO".into()])
+        .await
+        .ok()?
+        .as_string()
 }
 
 /// The offset between this machine's clock and the server's (`TIME`, at the round trip's middle).

@@ -153,7 +153,9 @@ impl<V: Value> SqliteBackend<V> {
                     if !exists {
                         return Err(rusqlite::Error::SqliteFailure(
                             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                            Some(format!("no change feed `{t}` (no process opened the store with share_events=true)")),
+                            Some(format!(
+                                "no change feed `{t}` (no process opened the store with share_events=true)"
+                            )),
                         ));
                     }
                 } else {

@@ -13,8 +13,20 @@ use crate::inspect::{Check, HeldLock, PendingExpiration, Status, left};
 const WAL_WARN_BYTES: u64 = 64 << 20;
 
 /// Filesystem types on which SQLite's locking (and so WAL) is unreliable.
-const NETWORK_FILESYSTEMS: &[&str] =
-    &["nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "ceph", "glusterfs", "lustre", "afs", "davfs"];
+const NETWORK_FILESYSTEMS: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "fuse.sshfs",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "afs",
+    "davfs",
+];
 
 impl<V: Value> SqliteBackend<V> {
     /// The locks held now on keys starting with `prefix`, in key order.
@@ -50,7 +62,9 @@ impl<V: Value> SqliteBackend<V> {
                 if !schema::has_column(c, &t, "key")? {
                     return Ok(Vec::new());
                 }
-                let mut q = c.prepare(&format!("SELECT key, attempt, lease_until FROM \"{t}\" ORDER BY lease_until"))?;
+                let mut q = c.prepare(&format!(
+                    "SELECT key, attempt, lease_until FROM \"{t}\" ORDER BY lease_until"
+                ))?;
                 let now = now_ms();
                 let rows = q.query_map([], |r| {
                     Ok(PendingExpiration {
@@ -72,7 +86,9 @@ impl<V: Value> SqliteBackend<V> {
             .read(|c, _| {
                 let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
                 let version = c
-                    .query_row("SELECT value FROM livedict_meta WHERE name = 'schema_version'", [], |r| r.get(0))
+                    .query_row("SELECT value FROM livedict_meta WHERE name = 'schema_version'", [], |r| {
+                        r.get(0)
+                    })
                     .ok();
                 Ok((mode, version))
             })
@@ -97,25 +113,35 @@ impl<V: Value> SqliteBackend<V> {
             )
         });
         checks.push(match version {
-            Some(v) if v == schema::SCHEMA_VERSION => Check::new("schema_version", Status::Ok, format!("{v}")),
+            Some(v) if v == schema::SCHEMA_VERSION => {
+                Check::new("schema_version", Status::Ok, format!("{v}"))
+            }
             Some(v) if v < schema::SCHEMA_VERSION => Check::new(
                 "schema_version",
                 Status::Warn,
-                format!("{v}, older than this livedict's {}: migrated when a process opens it", schema::SCHEMA_VERSION),
+                format!(
+                    "{v}, older than this livedict's {}: migrated when a process opens it",
+                    schema::SCHEMA_VERSION
+                ),
             ),
             Some(v) => Check::new(
                 "schema_version",
                 Status::Fail,
                 format!("{v}, newer than this livedict's {}: upgrade livedict", schema::SCHEMA_VERSION),
             ),
-            None => Check::new("schema_version", Status::Fail, "no livedict_meta row: not a livedict database"),
+            None => {
+                Check::new("schema_version", Status::Fail, "no livedict_meta row: not a livedict database")
+            }
         });
         let wal = std::fs::metadata(format!("{}-wal", config.path.display())).map(|m| m.len()).unwrap_or(0);
         checks.push(if wal > WAL_WARN_BYTES {
             Check::new(
                 "wal_size",
                 Status::Warn,
-                format!("{} MB: checkpoints are not keeping up (a long-lived reader, or no process running)", wal >> 20),
+                format!(
+                    "{} MB: checkpoints are not keeping up (a long-lived reader, or no process running)",
+                    wal >> 20
+                ),
             )
         } else {
             Check::new("wal_size", Status::Ok, format!("{wal} bytes"))
@@ -173,7 +199,9 @@ fn filesystem(path: &Path) -> Check {
         Some((_, kind)) if NETWORK_FILESYSTEMS.contains(&kind.as_str()) => Check::new(
             "filesystem",
             Status::Fail,
-            format!("{kind}: a network filesystem; SQLite's locks and WAL are unreliable there (use a local disk)"),
+            format!(
+                "{kind}: a network filesystem; SQLite's locks and WAL are unreliable there (use a local disk)"
+            ),
         ),
         Some((_, kind)) => Check::new("filesystem", Status::Ok, format!("{kind} (local)")),
         None => Check::new("filesystem", Status::Ok, "not found in /proc/mounts"),

@@ -365,7 +365,9 @@ pub(super) fn check(conn: &Connection, config: &SqliteConfig) -> Result<(), Crea
             |r| r.get(0),
         )
     };
-    if !has("livedict_meta", "value").map_err(CreateError::Sqlite)? || !has(t, "key").map_err(CreateError::Sqlite)? {
+    if !has("livedict_meta", "value").map_err(CreateError::Sqlite)?
+        || !has(t, "key").map_err(CreateError::Sqlite)?
+    {
         return Err(CreateError::Version(format!(
             "no livedict table `{t}` in this file (an observer never creates one)"
         )));

@@ -98,7 +98,13 @@ async fn get(url: &str, key: &str) -> Result<ExitCode, Failed> {
     finish(&d, code).await
 }
 
-async fn set(url: &str, key: &str, raw: &str, ttl: Option<Duration>, string: bool) -> Result<ExitCode, Failed> {
+async fn set(
+    url: &str,
+    key: &str,
+    raw: &str,
+    ttl: Option<Duration>,
+    string: bool,
+) -> Result<ExitCode, Failed> {
     let value = if string {
         Value::String(raw.to_owned())
     } else {
@@ -268,8 +274,11 @@ fn kind_name(kind: EventKind) -> &'static str {
 
 async fn watch(url: &str, kinds: Vec<EventKind>, prefix: &str) -> Result<ExitCode, Failed> {
     let d = open(url, Open::Watch).await?;
-    let kinds =
-        if kinds.is_empty() { vec![EventKind::Set, EventKind::Delete, EventKind::Expire, EventKind::Evict] } else { kinds };
+    let kinds = if kinds.is_empty() {
+        vec![EventKind::Set, EventKind::Delete, EventKind::Expire, EventKind::Evict]
+    } else {
+        kinds
+    };
     let mut events = d.watch(WatchFilter::kinds(kinds).prefix(prefix)).map_err(failed)?;
     let mut out = std::io::stdout().lock();
     // Stops on Ctrl-C (exit 0), or when the store closes.
@@ -286,7 +295,10 @@ async fn watch(url: &str, kinds: Vec<EventKind>, prefix: &str) -> Result<ExitCod
                 let at = event.at().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
                 let value = event.value().cloned().unwrap_or(Value::Null);
                 let key = Value::String(event.key().to_owned());
-                let text = format!("{{\"kind\":\"{}\",\"key\":{key},\"value\":{value},\"at\":{at}}}", kind_name(event.kind()));
+                let text = format!(
+                    "{{\"kind\":\"{}\",\"key\":{key},\"value\":{value},\"at\":{at}}}",
+                    kind_name(event.kind())
+                );
                 line(&mut out, text)?;
                 out.flush().map_err(failed)?;
             }
