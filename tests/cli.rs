@@ -539,3 +539,35 @@ fn doctor_checks_the_slots_of_a_redis_cluster() {
     assert_eq!(cluster["status"], "ok", "{cluster}");
     assert!(cluster["detail"].as_str().unwrap().contains("16384"));
 }
+
+/// The client's reads are not uses: an idle entry it keeps reading still expires.
+async fn reads_do_not_keep_an_idle_entry_alive(url: &str) {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = &format!("{url}{sep}time_to_idle_ms=400");
+    let app = LiveDict::<u32>::open(url).await.unwrap();
+    app.set("session", 1).await.unwrap();
+    let url_owned = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        // Each `get` comes well within the idle time: an access would keep the entry forever.
+        while run(&url_owned, &["get", "session"]).status.code() == Some(0) {
+            assert!(started.elapsed() < Duration::from_secs(10), "the client's reads kept the entry alive");
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(app.get("session").await.unwrap(), None);
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_do_not_keep_an_idle_entry_alive_on_sqlite() {
+    let (_dir, url) = sqlite();
+    reads_do_not_keep_an_idle_entry_alive(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_do_not_keep_an_idle_entry_alive_on_redis() {
+    let Some(h) = Harness::redis() else { return };
+    reads_do_not_keep_an_idle_entry_alive(h.url()).await;
+}

@@ -155,8 +155,10 @@ macro_rules! store_settings {
             /// for a Redis namespace without a layout) instead of being created
             /// (unless [`observer_create`](Self::observer_create)).
             ///
-            /// Reads, `watch` (with `share_events`) and writes work as usual.
-            /// A write does not claim other entries' expirations on its way
+            /// Reads, `watch` (with `share_events`) and writes work as usual,
+            /// except that an observer's reads are not accesses: they never
+            /// extend a [time-to-idle](Self::time_to_idle) deadline nor move an
+            /// entry in a least-recently-used eviction order. A write does not claim other entries' expirations on its way
             /// (SQLite), and an observer neither evicts for a size bound nor
             /// reports evictions; a write that replaces an entry already past
             /// its deadline reports that expiration in the observer's process,

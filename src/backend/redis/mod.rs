@@ -528,6 +528,10 @@ impl<V: Value> Shared<V> {
     /// server (see `scripts.rs`); without, one `GET` ([`read`](Self::read)).
     pub(super) async fn read_accessed(&self, key: &str) -> Result<Option<(Option<u64>, Bytes)>> {
         let Some(idle) = self.config.time_to_idle else { return self.read(key).await };
+        // An observer's reads are not uses: they never keep an idle entry alive.
+        if self.config.observer.0 {
+            return self.read(key).await;
+        }
         let idle_ms = ms(idle);
         let shard = self.layout.shard(key);
         let keys = vec![shard.value(key), shard.index.clone(), shard.own_deadline(key)];

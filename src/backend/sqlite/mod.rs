@@ -604,6 +604,10 @@ impl<V: Value> Shared<V> {
     /// before the read answers, so every process sees it; false if the
     /// entry stopped being live meanwhile (the read then answers nothing).
     async fn accessed(&self, key: &str, at: Option<i64>, ttl_at: Option<i64>) -> Result<bool> {
+        // An observer's reads are not uses: they never keep an idle entry alive.
+        if self.config.observer.0 {
+            return Ok(true);
+        }
         let Some(expires_at) = self.idle_extension(now_ms(), at, ttl_at) else { return Ok(true) };
         let outcome = self.write(WriteOp::Touch { key: key.to_owned(), expires_at }).await?;
         Ok(bool_of(outcome))
