@@ -33,6 +33,7 @@ fn expected(s: &Stats) -> HashMap<String, u64> {
         ("livedict_events_delivered_total", s.events_delivered),
         ("livedict_events_dropped_total", s.events_dropped),
         ("livedict_callbacks_panicked_total", s.callbacks_panicked),
+        ("livedict_callbacks_failed_total", s.callbacks_failed),
         ("livedict_callbacks_timed_out_total", s.callbacks_timed_out),
         ("livedict_lock_waits_total", s.lock_waits),
         ("livedict_lock_timeouts_total", s.lock_timeouts),
