@@ -50,6 +50,8 @@ async fn exercise(d: &LiveDict<u32>) {
     d.register_callback(EventKind::Set, Callback::new(|_: &Event<u32>| {})).unwrap();
     d.register_callback(EventKind::Delete, Callback::new(|_: &Event<u32>| panic!("callback panics")))
         .unwrap();
+    d.register_callback(EventKind::Delete, Callback::fallible(|_: &Event<u32>| Err("callback fails")))
+        .unwrap();
     d.set("a", 1).await.unwrap();
     d.set("b", 2).await.unwrap();
     d.get("a").await.unwrap();
@@ -63,7 +65,11 @@ async fn exercise(d: &LiveDict<u32>) {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
         let s = d.stats();
-        if s.expirations == 1 && s.callbacks_panicked == 1 && s.events_delivered == 4 {
+        if s.expirations == 1
+            && s.callbacks_panicked == 1
+            && s.callbacks_failed == 1
+            && s.events_delivered == 5
+        {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{s:?}");
