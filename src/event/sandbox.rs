@@ -333,3 +333,58 @@ fn watchdog<V: Send + Sync + 'static>(
     }
     let _ = done.send(());
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("mailer unavailable")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[derive(Debug)]
+    struct Unprintable;
+
+    impl fmt::Display for Unprintable {
+        fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+            panic!("a Display that panics")
+        }
+    }
+
+    impl std::error::Error for Unprintable {}
+
+    #[test]
+    fn an_error_is_described_with_its_sources() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(error_chain(Box::new(Outer(inner))), "mailer unavailable: connection refused");
+        assert_eq!(error_chain("plain".into()), "plain");
+    }
+
+    #[test]
+    fn an_error_whose_display_panics_is_still_described() {
+        assert_eq!(error_chain(Box::new(Unprintable)), "(the error panicked when formatted)");
+    }
+
+    #[test]
+    fn a_panic_message_is_read_from_str_and_string_payloads() {
+        let text: Box<dyn Any + Send> = Box::new("static");
+        let owned: Box<dyn Any + Send> = Box::new(String::from("formatted"));
+        let other: Box<dyn Any + Send> = Box::new(7u32);
+        assert_eq!(panic_message(&*text), Some("static"));
+        assert_eq!(panic_message(&*owned), Some("formatted"));
+        assert_eq!(panic_message(&*other), None);
+    }
+}
