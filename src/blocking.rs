@@ -343,7 +343,22 @@ impl<V: Value> LiveDict<V> {
         Ok(KeyGuard { guard: Some(guard), runtime: Arc::clone(&self.runtime) })
     }
 
-    /// See [`crate::LiveDict::register_callback`]; callbacks are plain closures.
+    /// See [`crate::LiveDict::register_callback`]; callbacks are plain
+    /// closures, fallible ones too ([`Callback::fallible`]: an `Err` is a
+    /// failed delivery, retried under `expire_delivery=at_least_once`).
+    ///
+    /// ```
+    /// use livedict::blocking::LiveDict;
+    /// use livedict::{Callback, Event, EventKind};
+    /// let d: LiveDict<u32> = LiveDict::open("memory://?expire_delivery=at_least_once")?;
+    /// d.register_callback(
+    ///     EventKind::Expire,
+    ///     Callback::fallible(|ev: &Event<u32>| {
+    ///         if ev.attempt() == 1 { Err("not yet") } else { Ok(()) }
+    ///     }),
+    /// )?;
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
     pub fn register_callback(&self, kind: EventKind, callback: Callback<V>) -> Result<CallbackId> {
         self.inner.register_callback(kind, callback)
     }

@@ -12,18 +12,22 @@ use crate::url::{Invalid, UrlOption, millis, parse, set};
 ///
 /// - [`AtMostOnce`](Delivery::AtMostOnce) (the default): an expiration is
 ///   claimed and removed, then handed to the callbacks. A process that dies
-///   (or a callback that panics) between the two loses it.
+///   between the two loses it; a callback that fails (returns `Err`, panics
+///   or times out) is counted, its error logged, and not retried.
 /// - [`AtLeastOnce`](Delivery::AtLeastOnce): on SQLite and Redis a claimed
 ///   expiration stays in the store, leased to the process that claimed it,
 ///   until every `Expire` callback of that process returned for it (without
-///   panicking, within its timeout): it is then **acknowledged** and dropped.
-///   A callback that failed gives it back at once; a claimer that died gives
+///   panicking, within its timeout, and `Ok` for a
+///   [fallible](crate::Callback::fallible) one): it is then
+///   **acknowledged** and dropped. A callback that failed (returned `Err`,
+///   panicked or timed out) gives it back at once; a claimer that died gives
 ///   it back when its lease (`expire_lease_ms`, default 30 s) runs out. Any
 ///   process on the same file or namespace — or the next one opened — then
 ///   delivers it again, with the same key and value and
 ///   [`Event::attempt`](crate::Event::attempt) one higher, up to
 ///   `expire_max_attempts` (default 10) deliveries, after which it is dropped
-///   and counted in [`Stats::expirations_abandoned`](crate::Stats::expirations_abandoned).
+///   and counted in [`Stats::expirations_abandoned`](crate::Stats::expirations_abandoned)
+///   (the process whose last attempt failed logs that failure at error level).
 ///   On `memory://` a failed callback gets the expiration again in-process
 ///   (there is no other process: a crash loses it).
 ///

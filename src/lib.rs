@@ -137,6 +137,11 @@
 //! - Sync callbacks ([`Callback::new`]) run on a dedicated thread, never on
 //!   a Tokio worker, so they may block; async ones ([`Callback::new_async`])
 //!   run as a Tokio task.
+//! - A callback that can fail ([`Callback::fallible`],
+//!   [`Callback::fallible_async`]) returns a `Result`: an `Err` is logged
+//!   (`tracing` warn, with the error's chain) and counted
+//!   ([`Stats::callbacks_failed`]), and under
+//!   [`Delivery::AtLeastOnce`] the expiration is delivered again.
 //! - A panic is caught and counted ([`Stats::callbacks_panicked`]); a call
 //!   past its [timeout](Callback::timeout) is abandoned and counted
 //!   ([`Stats::callbacks_timed_out`]); the next event proceeds.

@@ -31,6 +31,15 @@
 //! sessions that ended by logout (`Session::flush` or `Session::delete` call
 //! [`delete`](SessionStore::delete)) or by an id cycle.
 //!
+//! Cleanup can fail (the service it calls is down): make it a
+//! [`Callback::fallible`](crate::Callback::fallible) and return the error.
+//! It is logged and counted (`stats().callbacks_failed`), and on a store
+//! opened with `expire_delivery=at_least_once` the ended session is
+//! delivered again, [`attempt`](crate::Event::attempt) one higher, until
+//! the cleanup succeeds or `expire_max_attempts` is reached. Here the
+//! cleanup hands the session's user to a channel, and fails if nobody
+//! listens any more:
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use livedict::sessions::LiveDictStore;
@@ -38,14 +47,15 @@
 //! use tower_sessions_core::SessionStore;
 //! use tower_sessions_core::session::{Id, Record};
 //!
-//! let dict = LiveDict::<Record>::open("memory://").await?; // or sqlite://…, redis://…
+//! // Or sqlite://…, redis://…; at least once: a failed cleanup gets the session again.
+//! let dict = LiveDict::<Record>::open("memory://?expire_delivery=at_least_once").await?;
 //! let (tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
 //! dict.register_callback(
 //!     EventKind::Expire,
-//!     Callback::new(move |ev: &Event<Record>| {
+//!     Callback::fallible(move |ev: &Event<Record>| {
 //!         // The expired session, with its data.
 //!         let user = ev.value().and_then(|r| r.data.get("user").cloned());
-//!         let _ = tx.send(user);
+//!         tx.send(user) // `Err` when the receiver is gone: a failed cleanup
 //!     }),
 //! )?;
 //! let store = LiveDictStore::new(dict.clone());

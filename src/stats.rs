@@ -45,6 +45,9 @@ pub struct Stats {
     pub events_dropped: u64,
     /// Callback invocations that panicked (caught).
     pub callbacks_panicked: u64,
+    /// Invocations of fallible callbacks ([`Callback::fallible`](crate::Callback::fallible),
+    /// [`Callback::fallible_async`](crate::Callback::fallible_async)) that returned `Err`.
+    pub callbacks_failed: u64,
     /// Callback invocations abandoned at their timeout.
     pub callbacks_timed_out: u64,
     /// Lock acquisitions or writes that had to wait for another holder.
@@ -101,6 +104,7 @@ pub(crate) struct Counters {
     pub(crate) events_delivered: Counter,
     pub(crate) events_dropped: Counter,
     pub(crate) callbacks_panicked: Counter,
+    pub(crate) callbacks_failed: Counter,
     pub(crate) callbacks_timed_out: Counter,
     pub(crate) lock_waits: Counter,
     pub(crate) lock_timeouts: Counter,
@@ -121,6 +125,7 @@ impl Counters {
             events_delivered: self.events_delivered.get(),
             events_dropped: self.events_dropped.get(),
             callbacks_panicked: self.callbacks_panicked.get(),
+            callbacks_failed: self.callbacks_failed.get(),
             callbacks_timed_out: self.callbacks_timed_out.get(),
             lock_waits: self.lock_waits.get(),
             lock_timeouts: self.lock_timeouts.get(),

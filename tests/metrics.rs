@@ -33,6 +33,7 @@ fn expected(s: &Stats) -> HashMap<String, u64> {
         ("livedict_events_delivered_total", s.events_delivered),
         ("livedict_events_dropped_total", s.events_dropped),
         ("livedict_callbacks_panicked_total", s.callbacks_panicked),
+        ("livedict_callbacks_failed_total", s.callbacks_failed),
         ("livedict_callbacks_timed_out_total", s.callbacks_timed_out),
         ("livedict_lock_waits_total", s.lock_waits),
         ("livedict_lock_timeouts_total", s.lock_timeouts),
@@ -49,6 +50,8 @@ async fn exercise(d: &LiveDict<u32>) {
     d.register_callback(EventKind::Set, Callback::new(|_: &Event<u32>| {})).unwrap();
     d.register_callback(EventKind::Delete, Callback::new(|_: &Event<u32>| panic!("callback panics")))
         .unwrap();
+    d.register_callback(EventKind::Delete, Callback::fallible(|_: &Event<u32>| Err("callback fails")))
+        .unwrap();
     d.set("a", 1).await.unwrap();
     d.set("b", 2).await.unwrap();
     d.get("a").await.unwrap();
@@ -62,7 +65,11 @@ async fn exercise(d: &LiveDict<u32>) {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
         let s = d.stats();
-        if s.expirations == 1 && s.callbacks_panicked == 1 && s.events_delivered == 4 {
+        if s.expirations == 1
+            && s.callbacks_panicked == 1
+            && s.callbacks_failed == 1
+            && s.events_delivered == 5
+        {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{s:?}");

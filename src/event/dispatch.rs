@@ -175,6 +175,7 @@ impl<V: Send + Sync + 'static> Dispatcher<V> {
             counters: Arc::clone(&reg.counters),
             alive: Arc::clone(&alive),
             timeout: callback.timeout.or(reg.config.default_timeout),
+            fallible: callback.fallible,
             done: done_tx,
         };
         match callback.body {

@@ -143,14 +143,8 @@ impl<V> Event<V> {
     }
 
     /// An `Expire` event of delivery `attempt` that settles `receipt` once delivered.
-    fn leased(key: &str, value: Option<V>, attempt: u32, receipt: Receipt) -> Self {
-        Self::build(
-            EventKind::Expire,
-            Arc::from(key),
-            Payload::Owned(value),
-            attempt,
-            Some(Box::new(receipt)),
-        )
+    fn leased(key: Arc<str>, value: Option<V>, attempt: u32, receipt: Receipt) -> Self {
+        Self::build(EventKind::Expire, key, Payload::Owned(value), attempt, Some(Box::new(receipt)))
     }
 
     /// Which delivery of this event this is: 1 on a first delivery, `n` on
@@ -187,6 +181,14 @@ impl<V> Event<V> {
     pub(crate) fn release(&self, ok: bool) {
         if let Some(r) = &self.inner.receipt {
             r.release(ok);
+        }
+    }
+
+    /// A callback handed this event failed, for the reason `cause` describes
+    /// (if it is leased; `cause` is only called then).
+    pub(crate) fn fail(&self, cause: impl FnOnce() -> String) {
+        if let Some(r) = &self.inner.receipt {
+            r.fail(cause());
         }
     }
 
@@ -363,14 +365,17 @@ impl<V: 'static> EventSink<V> {
         }
     }
 
-    /// Reports delivery `attempt` of a leased expiration: `settle` is called
-    /// once, with `true` when every `Expire` callback returned for it in time
-    /// without panicking (at once if none listens), else `false`.
+    /// Reports delivery `attempt` (of at most `max_attempts`) of a leased
+    /// expiration: `settle` is called once, with `true` when every `Expire`
+    /// callback returned `Ok` for it in time without panicking (at once if
+    /// none listens), else `false`. A failed last attempt is logged at error
+    /// level with its cause (the expiration is abandoned).
     pub(crate) fn expired_leased(
         &self,
         key: &str,
         value: impl FnOnce() -> Option<V>,
         attempt: u32,
+        max_attempts: u32,
         settle: Settle,
     ) {
         if attempt <= 1 {
@@ -380,7 +385,12 @@ impl<V: 'static> EventSink<V> {
         }
         match &self.target {
             Some(target) if target.wants(EventKind::Expire) => {
-                let event = Event::leased(key, value(), attempt, Receipt::new(settle));
+                let key: Arc<str> = Arc::from(key);
+                let mut receipt = Receipt::new(settle);
+                if attempt >= max_attempts {
+                    receipt = receipt.last_attempt(Arc::clone(&key), attempt);
+                }
+                let event = Event::leased(key, value(), attempt, receipt);
                 target.emit(event.clone());
                 event.release(true); // the emitter's hold
             }
@@ -418,11 +428,11 @@ impl<V: 'static> EventSink<V> {
             if attempt < delivery.max_attempts {
                 sink.expired_retrying(&owned_key, again, attempt + 1, delivery);
             } else {
+                // The receipt logged it, with the last failure's cause.
                 sink.counters.expirations_abandoned.incr();
-                tracing::warn!(key = %owned_key, attempt, "expiration dropped: its callbacks failed on every attempt");
             }
         });
-        self.expired_leased(key, || value, attempt, settle);
+        self.expired_leased(key, || value, attempt, delivery.max_attempts, settle);
     }
 
     /// This sink, redelivering failed expirations in-process under `AtLeastOnce`.

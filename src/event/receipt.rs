@@ -1,8 +1,8 @@
 //! The [`Receipt`] of a leased expiration: it is settled once every callback
 //! it was handed to has returned (acknowledged) or one failed.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What happens when a receipt is settled: `true` when every delivery
 /// succeeded, `false` when one failed (panicked, timed out, was dropped).
@@ -17,6 +17,11 @@ pub(crate) struct Receipt {
     holds: AtomicUsize,
     failed: AtomicBool,
     settle: Mutex<Option<Settle>>,
+    /// What the last failed delivery reported (a callback's error, a panic, a timeout).
+    cause: Mutex<Option<String>>,
+    /// On an expiration's last attempt: its key and attempt, to log its
+    /// abandonment (with the last `cause`) at error level if it fails.
+    last: Option<(Arc<str>, u32)>,
 }
 
 impl Receipt {
@@ -26,7 +31,39 @@ impl Receipt {
             holds: AtomicUsize::new(1),
             failed: AtomicBool::new(false),
             settle: Mutex::new(Some(settle)),
+            cause: Mutex::new(None),
+            last: None,
         }
+    }
+
+    /// Marks this as the last attempt of the expiration of `key`: if it
+    /// fails, the expiration is abandoned, and that is logged at error level.
+    pub(crate) fn last_attempt(mut self, key: Arc<str>, attempt: u32) -> Self {
+        self.last = Some((key, attempt));
+        self
+    }
+
+    /// One delivery failed, for `cause` (kept for the abandonment's log).
+    pub(crate) fn fail(&self, cause: String) {
+        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
+        self.release(false);
+    }
+
+    /// Calls `settle` with the outcome; logs an abandoned last attempt.
+    fn settled(&self, settle: Settle, ok: bool) {
+        if !ok && let Some((key, attempt)) = &self.last {
+            let cause = self.cause.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let cause = cause
+                .as_deref()
+                .unwrap_or("it never reached a callback (queue full, unregistered or shut down)");
+            tracing::error!(
+                key = %key,
+                attempt,
+                error = %cause,
+                "expiration abandoned: its last delivery failed"
+            );
+        }
+        settle(ok);
     }
 
     /// One more delivery to wait for.
@@ -42,7 +79,7 @@ impl Receipt {
         if self.holds.fetch_sub(1, Ordering::AcqRel) == 1 {
             let settle = self.settle.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(settle) = settle {
-                settle(!self.failed.load(Ordering::Acquire));
+                self.settled(settle, !self.failed.load(Ordering::Acquire));
             }
         }
     }
@@ -51,7 +88,7 @@ impl Receipt {
 impl Drop for Receipt {
     fn drop(&mut self) {
         if let Some(settle) = self.settle.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
-            settle(false);
+            self.settled(settle, false);
         }
     }
 }

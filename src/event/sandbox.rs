@@ -1,6 +1,7 @@
 //! Where callbacks run: one Tokio task per async callback, one OS thread (plus
 //! at most [`MAX_ABANDONED`] detached ones) per sync callback.
 
+use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,7 @@ use futures::FutureExt;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::callback::{AsyncFn, SyncFn};
+use crate::callback::{AsyncFn, BoxError, SyncFn, THREAD_NAME};
 use crate::event::Event;
 use crate::stats::Counters;
 
@@ -27,6 +28,8 @@ pub(super) struct WorkerContext {
     /// Cleared on unregister (or past the drain timeout): remaining events are counted as dropped.
     pub(super) alive: Arc<AtomicBool>,
     pub(super) timeout: Option<Duration>,
+    /// The callback may return `Err` (then its worker keeps each event to name it in the log).
+    pub(super) fallible: bool,
     /// Resolved when the worker has finished (queue closed and drained, or unregistered).
     pub(super) done: oneshot::Sender<()>,
 }
@@ -46,31 +49,28 @@ pub(super) fn spawn_async<V: Send + Sync + 'static>(
                 continue;
             }
             cx.counters.events_delivered.incr();
-            // Only a leased expiration needs its outcome reported (saves an Arc clone per event).
-            let receipt = event.is_leased().then(|| event.clone());
+            // Only a leased expiration needs its outcome reported, and only a
+            // fallible callback's error its event named (saves an Arc clone per event).
+            let kept = (cx.fallible || event.is_leased()).then(|| event.clone());
             // Building the future may itself panic; so may polling it.
             let call = match catch_unwind(AssertUnwindSafe(|| callback(event))) {
                 Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
-                Err(_) => {
-                    cx.counters.callbacks_panicked.incr();
-                    if let Some(r) = receipt {
-                        r.release(false);
-                    }
+                Err(payload) => {
+                    finish(&cx.counters, kept.as_ref(), Ended::Panicked(payload));
                     continue;
                 }
             };
-            let outcome = match cx.timeout {
-                Some(limit) => tokio::time::timeout(limit, call).await.ok(),
-                None => Some(call.await),
+            let ended = match cx.timeout {
+                Some(limit) => match tokio::time::timeout(limit, call).await {
+                    Ok(returned) => Ended::of(returned),
+                    Err(_) => {
+                        cx.counters.callbacks_timed_out.incr();
+                        Ended::TimedOut(limit)
+                    }
+                },
+                None => Ended::of(call.await),
             };
-            match outcome {
-                None => cx.counters.callbacks_timed_out.incr(),
-                Some(Err(_)) => cx.counters.callbacks_panicked.incr(),
-                Some(Ok(())) => {}
-            }
-            if let Some(r) = receipt {
-                r.release(matches!(outcome, Some(Ok(()))));
-            }
+            finish(&cx.counters, kept.as_ref(), ended);
         }
         let _ = cx.done.send(());
     });
@@ -82,6 +82,7 @@ struct SyncWorker<V> {
     queue: Mutex<mpsc::Receiver<Event<V>>>,
     counters: Arc<Counters>,
     alive: Arc<AtomicBool>,
+    timeout: Option<Duration>,
     /// Detached threads still running an overdue call.
     abandoned: AtomicUsize,
     base: Instant,
@@ -110,6 +111,7 @@ pub(super) fn spawn_sync<V: Send + Sync + 'static>(
         queue: Mutex::new(queue),
         counters: cx.counters,
         alive: cx.alive,
+        timeout: cx.timeout,
         abandoned: AtomicUsize::new(0),
         base: Instant::now(),
     });
@@ -138,7 +140,7 @@ fn start_thread<V: Send + Sync + 'static>(
 ) -> Arc<Slot> {
     let slot = Arc::new(Slot::default());
     let (w, s) = (Arc::clone(worker), Arc::clone(&slot));
-    let spawned = std::thread::Builder::new().name("livedict-callback".into()).spawn(move || {
+    let spawned = std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
         run_thread(&w, &s);
         if let Some(done) = done {
             let _ = done.send(());
@@ -171,13 +173,16 @@ fn run_thread<V>(worker: &SyncWorker<V>, slot: &Slot) {
         worker.counters.events_delivered.incr();
         let started = worker.base.elapsed().as_micros() as u64 + 1;
         slot.started.store(started, Ordering::Release);
-        let returned = catch_unwind(AssertUnwindSafe(|| (worker.callback)(&event))).is_ok();
-        if !returned {
-            worker.counters.callbacks_panicked.incr();
-        }
+        let returned = catch_unwind(AssertUnwindSafe(|| (worker.callback)(&event)));
         slot.started.store(0, Ordering::Release);
-        // A call the watchdog abandoned at its timeout failed, whatever it returned.
-        event.release(returned && !slot.abandoned.load(Ordering::Acquire));
+        let ended = match Ended::of(returned) {
+            // A call the watchdog abandoned at its timeout (and counted) failed, whatever it returned.
+            Ended::Ok if slot.abandoned.load(Ordering::Acquire) => {
+                Ended::TimedOut(worker.timeout.unwrap_or_default())
+            }
+            ended => ended,
+        };
+        finish(&worker.counters, Some(&event), ended);
         drop(event);
         if slot.abandoned.load(Ordering::Acquire) {
             worker.abandoned.fetch_sub(1, Ordering::AcqRel);
@@ -185,6 +190,94 @@ fn run_thread<V>(worker: &SyncWorker<V>, slot: &Slot) {
         }
     }
     slot.exited.store(true, Ordering::Release);
+}
+
+/// How one call of a callback ended.
+enum Ended {
+    /// It returned `Ok(())` (or `()`) in time.
+    Ok,
+    /// A fallible callback returned `Err`.
+    Err(BoxError),
+    /// It panicked (caught): the panic's payload.
+    Panicked(Box<dyn Any + Send>),
+    /// It ran past its timeout and was abandoned (already counted).
+    TimedOut(Duration),
+}
+
+impl Ended {
+    /// The end of a call that returned or panicked.
+    fn of(returned: std::thread::Result<Result<(), BoxError>>) -> Self {
+        match returned {
+            Ok(Ok(())) => Ended::Ok,
+            Ok(Err(error)) => Ended::Err(error),
+            Err(payload) => Ended::Panicked(payload),
+        }
+    }
+}
+
+/// Counts how a call ended, logs a callback's `Err`, and settles the call's
+/// share of the receipt of `event` (if it has one; `event` is `None` when
+/// the callback can neither fail nor hold a receipt).
+fn finish<V>(counters: &Counters, event: Option<&Event<V>>, ended: Ended) {
+    match ended {
+        Ended::Ok => {
+            if let Some(event) = event {
+                event.release(true);
+            }
+        }
+        Ended::Err(error) => {
+            counters.callbacks_failed.incr();
+            let chain = error_chain(error);
+            match event {
+                Some(event) => {
+                    tracing::warn!(
+                        key = event.key(),
+                        kind = %event.kind(),
+                        attempt = event.attempt(),
+                        error = %chain,
+                        "callback returned an error"
+                    );
+                    event.fail(|| format!("callback returned an error: {chain}"));
+                }
+                None => tracing::warn!(error = %chain, "callback returned an error"),
+            }
+        }
+        Ended::Panicked(payload) => {
+            counters.callbacks_panicked.incr();
+            if let Some(event) = event {
+                event.fail(|| match panic_message(&*payload) {
+                    Some(message) => format!("callback panicked: {message}"),
+                    None => "callback panicked".to_owned(),
+                });
+            }
+        }
+        Ended::TimedOut(limit) => {
+            if let Some(event) = event {
+                event.fail(|| format!("callback timed out after {limit:?}"));
+            }
+        }
+    }
+}
+
+/// `error` and its sources, `outer: inner: innermost`. The error is the
+/// application's, so formatting (or dropping) it may panic: that is caught.
+fn error_chain(error: BoxError) -> String {
+    catch_unwind(AssertUnwindSafe(move || {
+        let mut chain = error.to_string();
+        let mut source = error.source();
+        while let Some(inner) = source {
+            chain.push_str(": ");
+            chain.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        chain
+    }))
+    .unwrap_or_else(|_| "(the error panicked when formatted)".to_owned())
+}
+
+/// The message of a panic whose payload is a string (as `panic!` makes).
+fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
+    payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str))
 }
 
 /// Polls the queue a little before parking the thread: while events keep
@@ -239,4 +332,59 @@ fn watchdog<V: Send + Sync + 'static>(
         }
     }
     let _ = done.send(());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("mailer unavailable")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[derive(Debug)]
+    struct Unprintable;
+
+    impl fmt::Display for Unprintable {
+        fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+            panic!("a Display that panics")
+        }
+    }
+
+    impl std::error::Error for Unprintable {}
+
+    #[test]
+    fn an_error_is_described_with_its_sources() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(error_chain(Box::new(Outer(inner))), "mailer unavailable: connection refused");
+        assert_eq!(error_chain("plain".into()), "plain");
+    }
+
+    #[test]
+    fn an_error_whose_display_panics_is_still_described() {
+        assert_eq!(error_chain(Box::new(Unprintable)), "(the error panicked when formatted)");
+    }
+
+    #[test]
+    fn a_panic_message_is_read_from_str_and_string_payloads() {
+        let text: Box<dyn Any + Send> = Box::new("static");
+        let owned: Box<dyn Any + Send> = Box::new(String::from("formatted"));
+        let other: Box<dyn Any + Send> = Box::new(7u32);
+        assert_eq!(panic_message(&*text), Some("static"));
+        assert_eq!(panic_message(&*owned), Some("formatted"));
+        assert_eq!(panic_message(&*other), None);
+    }
 }

@@ -21,6 +21,7 @@
 //! | `livedict_events_delivered_total` | `events_delivered` |
 //! | `livedict_events_dropped_total` | `events_dropped` |
 //! | `livedict_callbacks_panicked_total` | `callbacks_panicked` |
+//! | `livedict_callbacks_failed_total` | `callbacks_failed` |
 //! | `livedict_callbacks_timed_out_total` | `callbacks_timed_out` |
 //! | `livedict_lock_waits_total` | `lock_waits` |
 //! | `livedict_lock_timeouts_total` | `lock_timeouts` |
@@ -47,7 +48,7 @@ use crate::handle::dict::{Inner, LiveDict};
 use crate::stats::Stats;
 
 /// Every exported metric: its name, and what it counts (its description).
-pub const COUNTERS: [(&str, &str); 14] = [
+pub const COUNTERS: [(&str, &str); 15] = [
     ("livedict_hits_total", "reads that found a live value"),
     ("livedict_misses_total", "reads that found nothing"),
     ("livedict_sets_total", "values stored"),
@@ -57,6 +58,7 @@ pub const COUNTERS: [(&str, &str); 14] = [
     ("livedict_events_delivered_total", "events handed to callbacks (one per callback per event)"),
     ("livedict_events_dropped_total", "events dropped: a callback queue was full or the store shut down"),
     ("livedict_callbacks_panicked_total", "callback invocations that panicked (caught)"),
+    ("livedict_callbacks_failed_total", "fallible callback invocations that returned an error"),
     ("livedict_callbacks_timed_out_total", "callback invocations abandoned at their timeout"),
     ("livedict_lock_waits_total", "lock acquisitions or writes that waited for another holder"),
     ("livedict_lock_timeouts_total", "lock acquisitions that gave up with LockTimeout"),
@@ -66,7 +68,7 @@ pub const COUNTERS: [(&str, &str); 14] = [
 
 /// The values of `stats`, in the order of [`COUNTERS`]. The exhaustive
 /// destructuring makes a new `Stats` field a compile error here until it is exported.
-fn values(stats: &Stats) -> [u64; 14] {
+fn values(stats: &Stats) -> [u64; 15] {
     let Stats {
         hits,
         misses,
@@ -77,6 +79,7 @@ fn values(stats: &Stats) -> [u64; 14] {
         events_delivered,
         events_dropped,
         callbacks_panicked,
+        callbacks_failed,
         callbacks_timed_out,
         lock_waits,
         lock_timeouts,
@@ -93,6 +96,7 @@ fn values(stats: &Stats) -> [u64; 14] {
         events_delivered,
         events_dropped,
         callbacks_panicked,
+        callbacks_failed,
         callbacks_timed_out,
         lock_waits,
         lock_timeouts,

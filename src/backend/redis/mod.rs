@@ -410,7 +410,8 @@ impl<V: Value> Shared<V> {
     /// Reports a leased expiration (`at_least_once`) of `shard`; the acker writes its receipt.
     fn report_leased(&self, shard: usize, id: i64, attempt: u32, key: &str, bytes: &[u8]) {
         let settle = self.receipts.settle(move |ok| (shard, id, attempt, ok));
-        self.sink.expired_leased(key, || self.decode_expired(key, Some(bytes)), attempt, settle);
+        let most = self.config.delivery.max_attempts;
+        self.sink.expired_leased(key, || self.decode_expired(key, Some(bytes)), attempt, most, settle);
     }
 
     /// Closes the pool's connections and ends their routing tasks (within

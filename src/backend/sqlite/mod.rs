@@ -574,7 +574,14 @@ impl<V: Value> Shared<V> {
     fn report_leased(&self, leased: Leased) {
         let Leased { id, key, value, attempt } = leased;
         let settle = self.receipts.settle(move |ok| (id, attempt, ok));
-        self.sink.expired_leased(&key, || self.config.codec.decode_expired(&key, &value), attempt, settle);
+        let most = self.config.delivery.max_attempts;
+        self.sink.expired_leased(
+            &key,
+            || self.config.codec.decode_expired(&key, &value),
+            attempt,
+            most,
+            settle,
+        );
     }
 
     /// The earliest deadline in the table (any process's).
