@@ -154,11 +154,11 @@ pub enum Command {
 }
 
 fn main() -> ExitCode {
-    // A bug must still end in one line on stderr and exit 2, never a backtrace.
+    // A bug must still end in one line on stderr and exit 2, never a backtrace:
+    // the hook prints the line, and a panic of the command is caught below.
     std::panic::set_hook(Box::new(|info| {
         let message = info.to_string().replace('\n', " ");
         eprintln!("livedict: internal error: {message}");
-        std::process::exit(2);
     }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -168,7 +168,8 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    let outcome = runtime.block_on(commands::run(cli));
+    let run = std::panic::AssertUnwindSafe(|| runtime.block_on(commands::run(cli)));
+    let Ok(outcome) = std::panic::catch_unwind(run) else { return ExitCode::from(2) };
     // Background tasks of the store (a Redis client's reconnects) never hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match outcome {
