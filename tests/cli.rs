@@ -298,6 +298,16 @@ impl Watcher {
     }
 }
 
+/// A test that fails before [`Watcher::interrupt`] leaves no `watch` running.
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// `watch` sees another process's set and expiry (published with `share_events=true`).
 async fn watch_sees_another_process(url: &str) {
     let shared = format!("{url}{}share_events=true", if url.contains('?') { '&' } else { '?' });
