@@ -351,8 +351,12 @@ pub mod codec;
 mod delivery;
 pub mod error;
 pub mod event;
+mod gcra;
 mod handle;
 pub mod layer;
+#[cfg(feature = "ratelimit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
+pub mod ratelimit;
 pub mod request;
 #[cfg(feature = "tower-sessions")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-sessions")))]

@@ -717,6 +717,13 @@ impl<V: Value> Shared<V> {
             Request::Incr { key, delta, ttl, range, value_of } => {
                 self.incr(key, delta, ttl, range, value_of).await
             }
+            // `WRITE_IF` keeps no own-TTL deadline beside an idle one.
+            Request::Throttle { .. } if self.config.time_to_idle.is_some() => Err(Error::InvalidConfig(
+                "rate limiting on redis needs a store without time_to_idle".into(),
+            )),
+            Request::Throttle { key, gcra, cost, value_of, tat_of: _ } => {
+                self.throttle(key, gcra, cost, value_of).await
+            }
             Request::GetMany { keys } => Ok(Response::Values(self.get_many(&keys).await?)),
             Request::SetMany { entries, ttl } => self.set_many(entries, ttl).await.map(|()| Response::Done),
             Request::DeleteMany { keys } => Ok(Response::DeletedMany(self.delete_many(&keys).await?)),

@@ -1,0 +1,19 @@
+//! Rate-limit checks ([`Request::Throttle`]) for
+//! [`ratelimit::RateLimiter`](crate::ratelimit::RateLimiter): one request
+//! through the stack, one atomic step in the backend.
+
+use crate::error::Result;
+use crate::handle::dict::LiveDict;
+use crate::request::{Gcra, Request, Response, Throttled, validate_key};
+
+impl LiveDict<u64> {
+    /// One GCRA check of cost `cost` on `key` (see [`Request::Throttle`]).
+    pub(crate) async fn throttle(&self, key: &str, gcra: Gcra, cost: u32) -> Result<Throttled> {
+        validate_key(key)?;
+        let req = Request::Throttle { key: key.to_owned(), gcra, cost, value_of: Some, tat_of: |v| Some(*v) };
+        match self.call(req).await? {
+            Response::Throttled { verdict, .. } => Ok(verdict),
+            _ => Err(Response::<u64>::mismatch("throttle")),
+        }
+    }
+}
