@@ -164,8 +164,12 @@ impl Quota {
         if self.rate == 0 {
             return None;
         }
-        let us = self.period.as_nanos().div_ceil(1000).div_ceil(u128::from(self.rate));
-        u64::try_from(us).ok().filter(|&us| us > 0)
+        // At least 1 µs a cell: a finer rate is not rounded to a coarser one.
+        let ns = self.period.as_nanos();
+        if ns < u128::from(self.rate) * 1000 {
+            return None;
+        }
+        u64::try_from(ns.div_ceil(u128::from(self.rate) * 1000)).ok()
     }
 
     /// Checks the quota: [`Error::InvalidConfig`] naming what is wrong.
