@@ -27,7 +27,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::Value;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, EventSink, SharedValue};
-use crate::request::{Gcra, LockGrant, Request, Response};
+use crate::request::{Gcra, LockGrant, Request, Response, Throttled};
 use entries::{Cap, Entries, Entry, Hasher};
 use timers::{DeadlineTable, Micros, NO_DEADLINE, Row, Timed};
 
@@ -317,6 +317,19 @@ impl<V: Value> MemoryBackend<V> {
         let (key, entry) =
             kept.ok_or_else(|| Error::backend_msg("memory", "a reported set kept no entry"))?;
         Ok(Event::shared(EventKind::Set, key, entry))
+    }
+
+    /// What `Request::Throttle` does, without building a request (the
+    /// handle's direct path): the verdict and the value stored, if any.
+    pub(crate) fn throttle_now(
+        &self,
+        key: &str,
+        gcra: Gcra,
+        cost: u32,
+        value_of: fn(u64) -> Option<V>,
+        tat_of: fn(&V) -> Option<u64>,
+    ) -> Result<(Throttled, Option<V>)> {
+        self.shared.throttle(key, gcra, cost, value_of, tat_of)
     }
 
     /// Number of pending deadlines in the timer table (for resource checks).
@@ -690,26 +703,26 @@ impl<V: Value> Shared<V> {
     /// stores the new one in one hold of the key's write lock.
     fn throttle(
         &self,
-        key: String,
+        key: &str,
         gcra: Gcra,
         cost: u32,
         value_of: fn(u64) -> Option<V>,
         tat_of: fn(&V) -> Option<u64>,
-    ) -> Result<Response<V>> {
+    ) -> Result<(Throttled, Option<V>)> {
         let at = Instant::now();
         let now = self.deadlines.micros(at);
-        let hash = self.deadlines.hash(&key);
+        let hash = self.deadlines.hash(key);
         let write = self.entries.write(hash);
-        let stored = match write.get(&key).filter(|e| e.is_live(now)) {
-            Some(e) => Some(tat_of(&e.value).ok_or_else(|| crate::gcra::not_a_tat(&key))?),
+        let stored = match write.get(key).filter(|e| e.is_live(now)) {
+            Some(e) => Some(tat_of(&e.value).ok_or_else(|| crate::gcra::not_a_tat(key))?),
             None => None,
         };
         let (verdict, tat) = gcra.step(now, stored, cost);
-        let Some(tat) = tat else { return Ok(Response::Throttled { verdict, stored: None }) };
-        let value = value_of(tat).ok_or_else(|| crate::gcra::not_a_tat(&key))?;
+        let Some(tat) = tat else { return Ok((verdict, None)) };
+        let value = value_of(tat).ok_or_else(|| crate::gcra::not_a_tat(key))?;
         let ttl = crate::gcra::ttl_until(now, tat);
         self.set_locked(write, hash, at, Arc::from(key), value.clone(), ttl, false)?;
-        Ok(Response::Throttled { verdict, stored: Some(value) })
+        Ok((verdict, Some(value)))
     }
 
     fn handle(&self, req: Request<V>) -> Result<Response<V>> {
@@ -776,7 +789,8 @@ impl<V: Value> Shared<V> {
                 Ok(self.scan_page(&prefix, cursor.as_deref(), limit, values))
             }
             Request::Throttle { key, gcra, cost, value_of, tat_of } => {
-                self.throttle(key, gcra, cost, value_of, tat_of)
+                let (verdict, stored) = self.throttle(&key, gcra, cost, value_of, tat_of)?;
+                Ok(Response::Throttled { verdict, stored })
             }
         }
     }
