@@ -321,6 +321,7 @@ impl<V: Value> MemoryBackend<V> {
 
     /// What `Request::Throttle` does, without building a request (the
     /// handle's direct path): the verdict and the value stored, if any.
+    #[cfg(feature = "ratelimit")]
     pub(crate) fn throttle_now(
         &self,
         key: &str,
