@@ -47,9 +47,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = reqwest::Client::new();
     for i in 1..=7 {
         let resp = client.get(format!("http://{local}/")).header("x-api-key", "k1").send().await?;
-        let header = |name: &str| {
-            resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
-        };
+        let header =
+            |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
         println!(
             "request {i} (key k1): {}  RateLimit: {}  Retry-After: {}",
             resp.status(),

@@ -136,7 +136,10 @@ pub(crate) fn ttl_until(now: u64, tat: u64) -> Option<Duration> {
 /// The error for a stored value that holds no arrival time (the key was
 /// written by something other than a rate limiter).
 pub(crate) fn not_a_tat(key: &str) -> crate::Error {
-    crate::Error::Decode { key: key.to_owned(), source: "the stored value is not a rate limiter's arrival time".into() }
+    crate::Error::Decode {
+        key: key.to_owned(),
+        source: "the stored value is not a rate limiter's arrival time".into(),
+    }
 }
 
 #[cfg(test)]

@@ -369,9 +369,9 @@ impl<V> Request<V> {
             | Request::Delete { key, lock }
             | Request::Expire { key, lock, .. }
             | Request::Persist { key, lock } => Some((key, lock.as_ref())),
-            Request::CompareAndSet { key, .. } | Request::Incr { key, .. } | Request::Throttle { key, .. } => {
-                Some((key, None))
-            }
+            Request::CompareAndSet { key, .. }
+            | Request::Incr { key, .. }
+            | Request::Throttle { key, .. } => Some((key, None)),
             _ => None,
         }
     }

@@ -88,7 +88,13 @@ fn hammer_quota() -> Quota {
 /// `tasks` tasks checking `key` through `limiter` until `until_us` (wall
 /// clock, µs); how many checks were allowed. On a paused clock (memory) each
 /// task sleeps 1 ms between checks, so virtual time moves.
-fn hammer(limiter: &RateLimiter, key: &str, tasks: usize, paused: bool, until: Duration) -> Vec<tokio::task::JoinHandle<u64>> {
+fn hammer(
+    limiter: &RateLimiter,
+    key: &str,
+    tasks: usize,
+    paused: bool,
+    until: Duration,
+) -> Vec<tokio::task::JoinHandle<u64>> {
     (0..tasks)
         .map(|_| {
             let (limiter, key) = (limiter.clone(), key.to_owned());
@@ -427,7 +433,8 @@ mod layer {
             .unwrap();
         let limiter = RateLimiter::new(store, Quota::per_second(100));
         let (closed, closed_calls) = serve(RateLimitLayer::new(limiter.clone(), api_key)).await;
-        let (open, open_calls) = serve(RateLimitLayer::new(limiter, api_key).on_error(OnError::FailOpen)).await;
+        let (open, open_calls) =
+            serve(RateLimitLayer::new(limiter, api_key).on_error(OnError::FailOpen)).await;
         assert_eq!(get_with(&closed, Some("k")).await.status(), StatusCode::OK);
         assert_eq!(get_with(&open, Some("k")).await.status(), StatusCode::OK);
         server.kill();

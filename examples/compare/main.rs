@@ -279,12 +279,11 @@ fn main() {
     if o.wants("expire-scale") {
         expire::scale(&mut rep, &o);
     }
-    let server =
-        if o.wants("redis") || o.wants("expire") || o.wants("batch") || o.wants("ratelimit") {
-            redis::Server::start()
-        } else {
-            None
-        };
+    let server = if o.wants("redis") || o.wants("expire") || o.wants("batch") || o.wants("ratelimit") {
+        redis::Server::start()
+    } else {
+        None
+    };
     if o.wants("scan") {
         scan::run(&mut rep, &o);
     }

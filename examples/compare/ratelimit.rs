@@ -119,7 +119,9 @@ fn sqlite(rep: &mut Report, o: &Opts, url: &str) {
                 }
             })
         });
-        let note = format!("{tasks} task(s); 1,000 keys in turn, 1,000/s burst 1,000; each check one write of the group commit");
+        let note = format!(
+            "{tasks} task(s); 1,000 keys in turn, 1,000/s burst 1,000; each check one write of the group commit"
+        );
         rep.ops("ratelimit", "sqlite", "check", tasks, per_s, None, Target::None, &note);
     }
     rt.block_on(limiter.store().shutdown()).expect("shutdown");
@@ -137,7 +139,8 @@ fn redis(rep: &mut Report, o: &Opts, server: &Server) {
         client
     });
     let script = Arc::new(Script::from_lua(RAW_GCRA));
-    let limiter = RateLimiter::new(rt.block_on(LiveDict::open(&server.url("ratelimit"))).expect("store"), quota());
+    let limiter =
+        RateLimiter::new(rt.block_on(LiveDict::open(&server.url("ratelimit"))).expect("store"), quota());
     let keys = Arc::new(keys(1000));
     let raw_keys: Arc<Vec<String>> = Arc::new(keys.iter().map(|k| format!("rl:{{{k}}}")).collect());
     let interval = quota().interval().as_micros() as i64;

@@ -76,7 +76,11 @@ pub struct RateLimitLayer<K> {
 
 impl<K> Clone for RateLimitLayer<K> {
     fn clone(&self) -> Self {
-        RateLimitLayer { limiter: self.limiter.clone(), key_fn: Arc::clone(&self.key_fn), on_error: self.on_error }
+        RateLimitLayer {
+            limiter: self.limiter.clone(),
+            key_fn: Arc::clone(&self.key_fn),
+            on_error: self.on_error,
+        }
     }
 }
 

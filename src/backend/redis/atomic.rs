@@ -129,12 +129,14 @@ impl<V: Value> Shared<V> {
         // The script reads and writes the arrival time as decimal digits.
         if self.config.codec != Codec::Json {
             return Err(Error::InvalidConfig(
-                "rate limiting on redis needs the json codec (the script stores the arrival time as digits)".into(),
+                "rate limiting on redis needs the json codec (the script stores the arrival time as digits)"
+                    .into(),
             ));
         }
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let range = (to_i64(gcra.tolerance_us()), i64::from(cost));
-        let args = self.write_if_args(&key, "gcra", to_i64(gcra.interval_us()).into(), range, "".into(), None);
+        let args =
+            self.write_if_args(&key, "gcra", to_i64(gcra.interval_us()).into(), range, "".into(), None);
         let (status, answer) = self.write("throttle", &self.scripts.write_if, &key, args).await?;
         let written = match status {
             Status::Ok => true,

@@ -718,9 +718,9 @@ impl<V: Value> Shared<V> {
                 self.incr(key, delta, ttl, range, value_of).await
             }
             // `WRITE_IF` keeps no own-TTL deadline beside an idle one.
-            Request::Throttle { .. } if self.config.time_to_idle.is_some() => Err(Error::InvalidConfig(
-                "rate limiting on redis needs a store without time_to_idle".into(),
-            )),
+            Request::Throttle { .. } if self.config.time_to_idle.is_some() => {
+                Err(Error::InvalidConfig("rate limiting on redis needs a store without time_to_idle".into()))
+            }
             Request::Throttle { key, gcra, cost, value_of, tat_of: _ } => {
                 self.throttle(key, gcra, cost, value_of).await
             }

@@ -185,14 +185,18 @@ pub(super) enum WriteOp {
     },
 }
 
+/// The arrival time stored bytes hold, if they hold one.
+pub(super) type DecodeTat = Arc<dyn Fn(&[u8]) -> Option<u64> + Send + Sync>;
+
+/// The bytes to store for an arrival time.
+pub(super) type EncodeTat = Arc<dyn Fn(u64) -> Option<Vec<u8>> + Send + Sync>;
+
 /// How a [`WriteOp::Throttle`] reads and writes an arrival time in the
 /// store's codec (the writer knows neither the value type nor the codec).
 #[derive(Clone)]
 pub(super) struct TatCodec {
-    /// The arrival time a stored value holds, if it is one.
-    pub(super) decode: Arc<dyn Fn(&[u8]) -> Option<u64> + Send + Sync>,
-    /// The bytes to store for an arrival time.
-    pub(super) encode: Arc<dyn Fn(u64) -> Option<Vec<u8>> + Send + Sync>,
+    pub(super) decode: DecodeTat,
+    pub(super) encode: EncodeTat,
 }
 
 impl std::fmt::Debug for TatCodec {
@@ -1053,7 +1057,9 @@ fn throttle(
     let expires_at = i64::try_from(new.div_ceil(1000)).unwrap_or(i64::MAX);
     match seen.next_seq() {
         None => tx.prepare_cached(&sql.upsert)?.execute(params![key, value, expires_at])?,
-        Some(seq) => tx.prepare_cached(&sql.sized.upsert_seq)?.execute(params![key, value, expires_at, seq])?,
+        Some(seq) => {
+            tx.prepare_cached(&sql.sized.upsert_seq)?.execute(params![key, value, expires_at, seq])?
+        }
     };
     Ok(WriteOutcome::Throttled { verdict, stored: Some((new, expires_at)) })
 }

@@ -61,7 +61,9 @@ where
             Request::Delete { key, .. } => {
                 Plan::Delete(d.wants(EventKind::Delete).then(|| Arc::from(key.as_str())))
             }
-            Request::CompareAndSet { key, .. } | Request::Incr { key, .. } | Request::Throttle { key, .. } => {
+            Request::CompareAndSet { key, .. }
+            | Request::Incr { key, .. }
+            | Request::Throttle { key, .. } => {
                 Plan::Written(d.wants(EventKind::Set).then(|| Arc::from(key.as_str())))
             }
             Request::GetMany { keys } => Plan::GetMany(
