@@ -80,9 +80,11 @@ fn now_us() -> u64 {
 /// How long the hammering tests run.
 const HAMMER: Duration = Duration::from_secs(2);
 
-/// The quota of the hammering tests: 50/s, burst 10.
+/// The quota of the hammering tests: 50/s, burst 25 (a burst of half a
+/// second of cells: a loaded machine that stalls every checker for a moment
+/// loses no cells, so the 90 % bound holds without asserting on timing).
 fn hammer_quota() -> Quota {
-    Quota::per_second(50).allow_burst(10)
+    Quota::per_second(50).allow_burst(25)
 }
 
 /// `tasks` tasks checking `key` through `limiter` until `until_us` (wall

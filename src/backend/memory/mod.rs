@@ -710,10 +710,11 @@ impl<V: Value> Shared<V> {
         value_of: fn(u64) -> Option<V>,
         tat_of: fn(&V) -> Option<u64>,
     ) -> Result<(Throttled, Option<V>)> {
-        let at = Instant::now();
-        let now = self.deadlines.micros(at);
         let hash = self.deadlines.hash(key);
         let write = self.entries.write(hash);
+        // Read under the lock: checks of one key see the clock in the order they run.
+        let at = Instant::now();
+        let now = self.deadlines.micros(at);
         let stored = match write.get(key).filter(|e| e.is_live(now)) {
             Some(e) => Some(tat_of(&e.value).ok_or_else(|| crate::gcra::not_a_tat(key))?),
             None => None,
