@@ -39,9 +39,11 @@ const RATELIMIT_POLICY: &str = "ratelimit-policy";
 /// (draft-ietf-httpapi-ratelimit-headers): `RateLimit-Policy:
 /// "default";q=<cells>;w=<seconds>` (the quota as cells per window) and
 /// `RateLimit: "default";r=<remaining>;t=<seconds until the budget is full>`,
-/// on `429`s and on the service's own responses. If the store fails, the
-/// layer fails open or closed as configured ([`on_error`](Self::on_error);
-/// closed, `503`, by default).
+/// on `429`s and on the service's own responses. If the check fails (the
+/// store is unreachable or timed out, or `key_fn` gave an invalid key: empty
+/// or over 1 KiB), the layer fails open or closed as configured
+/// ([`on_error`](Self::on_error); closed, `503`, by default) and logs the
+/// error with `tracing`.
 ///
 /// The response body type must be `Default` (an empty `429`/`503` body), as
 /// axum's `Body` and most body types are.
