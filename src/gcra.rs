@@ -133,6 +133,15 @@ pub(crate) fn ttl_until(now: u64, tat: u64) -> Option<Duration> {
     Some(Duration::from_millis(us.div_ceil(1000)))
 }
 
+/// The error for a rate-limit check on a store with `time_to_idle`: an idle
+/// deadline before the bucket is full again would forget spent cells.
+pub(crate) fn idle_refused() -> crate::Error {
+    crate::Error::InvalidConfig(
+        "rate limiting needs a store without time_to_idle (an idle deadline before the refill would forget spent cells)"
+            .into(),
+    )
+}
+
 /// The error for a stored value that holds no arrival time (the key was
 /// written by something other than a rate limiter).
 pub(crate) fn not_a_tat(key: &str) -> crate::Error {

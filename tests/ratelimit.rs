@@ -271,6 +271,10 @@ for_each_store! {
         assert!(matches!(limiter.check("").await, Err(Error::InvalidKey { .. })));
         assert!(matches!(limiter.check("x".repeat(2000)).await, Err(Error::InvalidKey { .. })));
         assert_eq!(d.len().await.unwrap(), 0, "nothing was written");
+        // A store with time_to_idle would forget spent cells: refused.
+        let idle: LiveDict<u64> = h.builder().url(&h.url_with("time_to_idle_ms=60000")).build().await.unwrap();
+        let on_idle = RateLimiter::new(idle, Quota::per_second(5));
+        assert!(matches!(on_idle.check("k").await, Err(Error::InvalidConfig(_))));
         if h.shared() {
             // A key holding something no limiter wrote: a decode error, left in place.
             let other = h.open::<String>().await;

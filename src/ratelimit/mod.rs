@@ -17,8 +17,10 @@
 //! the time until the bucket is full again. A key that stays idle that long
 //! leaves no state: a million one-off clients do not grow the store. Use a
 //! store of its own (a namespace, a table, a `memory://` store) without
-//! `time_to_idle` (an idle deadline shorter than the refill would forget
-//! spent cells; on Redis such a store is refused).
+//! `time_to_idle`: an idle deadline before the refill would forget spent
+//! cells, so a check on such a store is [`Error::InvalidConfig`]. On Redis
+//! the store needs the JSON codec (the script reads and writes the arrival
+//! time as digits).
 //!
 //! **Events.** A check that takes cells writes the new arrival time: a `Set`
 //! event for the key, with that value, to `Set` listeners of the store. A
@@ -295,8 +297,9 @@ impl RateLimiter {
     /// available (then [`Decision::retry_after`] says when `n` will be).
     /// `n = 0` only reads the budget. In one atomic step of the backend.
     ///
-    /// Errors: [`Error::InvalidConfig`] for an invalid quota or an `n` above
-    /// the burst (such a check could never be allowed), [`Error::InvalidKey`],
+    /// Errors: [`Error::InvalidConfig`] for an invalid quota, an `n` above
+    /// the burst (such a check could never be allowed) or a store with
+    /// `time_to_idle` (or, on Redis, a codec other than JSON), [`Error::InvalidKey`],
     /// [`Error::Decode`] if the key holds a value no limiter wrote, and the
     /// store's own errors ([`Error::Backend`], [`Error::Timeout`], …).
     ///

@@ -710,6 +710,9 @@ impl<V: Value> Shared<V> {
         value_of: fn(u64) -> Option<V>,
         tat_of: fn(&V) -> Option<u64>,
     ) -> Result<(Throttled, Option<V>)> {
+        if self.idle.is_some() {
+            return Err(crate::gcra::idle_refused());
+        }
         let hash = self.deadlines.hash(key);
         let write = self.entries.write(hash);
         // Read under the lock: checks of one key see the clock in the order they run.

@@ -717,9 +717,9 @@ impl<V: Value> Shared<V> {
             Request::Incr { key, delta, ttl, range, value_of } => {
                 self.incr(key, delta, ttl, range, value_of).await
             }
-            // `WRITE_IF` keeps no own-TTL deadline beside an idle one.
+            // An idle deadline before the refill would forget spent cells (as on every backend).
             Request::Throttle { .. } if self.config.time_to_idle.is_some() => {
-                Err(Error::InvalidConfig("rate limiting on redis needs a store without time_to_idle".into()))
+                Err(crate::gcra::idle_refused())
             }
             Request::Throttle { key, gcra, cost, value_of, tat_of: _ } => {
                 self.throttle(key, gcra, cost, value_of).await

@@ -713,6 +713,7 @@ impl<V: Value> Shared<V> {
             }
             // Atomic through the cross-process lock (see `atomic.rs`).
             Request::CompareAndSet { .. } | Request::Incr { .. } => Ok(Response::Unsupported),
+            Request::Throttle { .. } if self.sql.idle.is_some() => Err(crate::gcra::idle_refused()),
             Request::Throttle { key, gcra, cost, value_of, tat_of } => {
                 let tat = TatCodec {
                     decode: Arc::new(move |b| codec.decode::<V>("", b).ok().and_then(|v| tat_of(&v))),
