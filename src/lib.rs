@@ -332,13 +332,15 @@
 //! | `msgpack` | no | [`Codec`]'s MessagePack variant |
 //! | `metrics` | no | export of [`Stats`] through the `metrics` facade |
 //! | `tower-sessions` | no | `sessions::LiveDictStore`, a [`tower-sessions`](https://docs.rs/tower-sessions) session store on any backend, whose `Expire` events carry each ended session |
+//! | `ratelimit` | no | [`ratelimit`]: GCRA rate limiting whose limit every instance on a store shares (one atomic step per check on every backend), and a Tower layer for `http` services answering `429` |
 //!
 //! # Examples
 //!
 //! `examples/` in the repository: `quickstart`, `blocking`, `sqlite`, `redis`,
 //! `tower_stack` (third-party middleware) and `axum_session_store` (an axum
 //! server keeping `tower-sessions` sessions in livedict, with an expire
-//! callback and a locked counter; feature `tower-sessions`). Run one with
+//! callback and a locked counter; feature `tower-sessions`) and `ratelimit`
+//! (an axum API limited per API key; feature `ratelimit`). Run one with
 //! `cargo run --example quickstart`.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -356,11 +358,15 @@ pub mod codec;
 mod delivery;
 pub mod error;
 pub mod event;
+mod gcra;
 mod handle;
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "redis"))))]
 pub mod inspect;
 pub mod layer;
+#[cfg(feature = "ratelimit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
+pub mod ratelimit;
 pub mod request;
 #[cfg(feature = "tower-sessions")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-sessions")))]

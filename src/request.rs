@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+pub use crate::gcra::{Gcra, Throttled};
 
 /// The longest key accepted, in bytes (1 KiB).
 pub const MAX_KEY_LEN: usize = 1024;
@@ -279,6 +280,29 @@ pub enum Request<V> {
         /// Whether to read the values too (else only the keys).
         values: bool,
     },
+    /// One rate-limit check (GCRA, see [`Gcra`]) of cost `cost` on `key`, in
+    /// one atomic step of the backend (memory: one shard lock; SQLite: one
+    /// write of the group commit; Redis: one script call on the server's clock).
+    ///
+    /// The key's value is its theoretical arrival time in microseconds of the
+    /// backend's clock (`tat_of` reads it from a stored value, `value_of`
+    /// makes the value to store); an allowed check of cost ≥ 1 stores the new
+    /// one with a TTL until the bucket is full again, a denied one writes
+    /// nothing. Answered with [`Response::Throttled`]. Used by
+    /// [`ratelimit::RateLimiter`](crate::ratelimit::RateLimiter) (feature `ratelimit`).
+    /// Waits, like any write, while another holder has the key locked.
+    Throttle {
+        /// The key.
+        key: String,
+        /// The quota.
+        gcra: Gcra,
+        /// How many cells the check takes (0: only look).
+        cost: u32,
+        /// The arrival time as a value.
+        value_of: fn(u64) -> Option<V>,
+        /// The arrival time a stored value holds (`None`: not one).
+        tat_of: fn(&V) -> Option<u64>,
+    },
 }
 
 impl<V> Request<V> {
@@ -306,6 +330,7 @@ impl<V> Request<V> {
             Request::SetMany { .. } => "set_many",
             Request::DeleteMany { .. } => "delete_many",
             Request::ScanPage { .. } => "scan",
+            Request::Throttle { .. } => "throttle",
         }
     }
 
@@ -323,7 +348,8 @@ impl<V> Request<V> {
             | Request::Renew { key, .. }
             | Request::Unlock { key, .. }
             | Request::CompareAndSet { key, .. }
-            | Request::Incr { key, .. } => Some(key),
+            | Request::Incr { key, .. }
+            | Request::Throttle { key, .. } => Some(key),
             Request::Keys
             | Request::Items
             | Request::Len
@@ -343,7 +369,9 @@ impl<V> Request<V> {
             | Request::Delete { key, lock }
             | Request::Expire { key, lock, .. }
             | Request::Persist { key, lock } => Some((key, lock.as_ref())),
-            Request::CompareAndSet { key, .. } | Request::Incr { key, .. } => Some((key, None)),
+            Request::CompareAndSet { key, .. }
+            | Request::Incr { key, .. }
+            | Request::Throttle { key, .. } => Some((key, None)),
             _ => None,
         }
     }
@@ -405,6 +433,14 @@ pub enum Response<V> {
         entries: Vec<(String, Option<V>)>,
         /// The cursor of the next page; `None` when the scan is over.
         next: Option<String>,
+    },
+    /// For `Throttle`: the verdict, and the value stored if the check wrote
+    /// (an allowed check of cost ≥ 1).
+    Throttled {
+        /// What the check decided.
+        verdict: Throttled,
+        /// The new arrival time as stored, if the check wrote it.
+        stored: Option<V>,
     },
 }
 

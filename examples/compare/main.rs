@@ -3,7 +3,7 @@
 //! ratios.
 //!
 //! ```text
-//! cargo run --release --example compare -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,batch,scan] [--json] [--svg DIR]
+//! cargo run --release --example compare --all-features -- [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,batch,scan,ratelimit] [--json] [--svg DIR]
 //! ```
 //!
 //! - `memory`: `get` / `set` / `set_with_ttl` through the full default stack
@@ -40,6 +40,9 @@
 //!   count and lateness (p99 goal 50 ms).
 //! - `scan`: `scan("")` of 1M entries on memory and SQLite: entries/s and the
 //!   peak RSS growth during the scan next to the data's RSS (see `scan.rs`).
+//! - `ratelimit` (feature `ratelimit`): `RateLimiter::check` on memory vs
+//!   `governor`'s keyed limiter, on Redis vs raw fred `EVALSHA` of a GCRA
+//!   script (1 and 50 tasks), on SQLite with 1 and 32 tasks (see `ratelimit.rs`).
 //!
 //! Workload everywhere: keys `k0..kN` built before timing, 100-byte `String`
 //! values. Throughputs are the best of several rounds, raw and livedict
@@ -54,6 +57,8 @@ mod batch;
 mod callback;
 mod expire;
 mod memory;
+#[cfg(feature = "ratelimit")]
+mod ratelimit;
 mod redis;
 #[path = "../../tests/support/redis_server.rs"]
 mod redis_server;
@@ -111,7 +116,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,batch,scan] [--json] [--svg DIR]\n\n\
+                        "compare [--quick] [--only memory,sqlite,redis,expire,callback,lock,memory-size,memory-rss,expire-scale,batch,scan,ratelimit] [--json] [--svg DIR]\n\n\
                          --quick        fewer keys and rounds (~1 min instead of ~7)\n\
                          --only LIST    run only these suites (comma-separated)\n\
                          --json         print only the JSON rows, no table\n\
@@ -148,7 +153,7 @@ impl Opts {
     }
 }
 
-const SUITES: [&str; 11] = [
+const SUITES: [&str; 12] = [
     "memory",
     "sqlite",
     "redis",
@@ -160,6 +165,7 @@ const SUITES: [&str; 11] = [
     "expire-scale",
     "batch",
     "scan",
+    "ratelimit",
 ];
 
 fn die(msg: &str) -> ! {
@@ -273,7 +279,7 @@ fn main() {
     if o.wants("expire-scale") {
         expire::scale(&mut rep, &o);
     }
-    let server = if o.wants("redis") || o.wants("expire") || o.wants("batch") || o.wants("scan") {
+    let server = if ["redis", "expire", "batch", "scan", "ratelimit"].iter().any(|s| o.wants(s)) {
         redis::Server::start()
     } else {
         None
@@ -292,6 +298,12 @@ fn main() {
     }
     if o.wants("batch") {
         batch::run(&mut rep, &o, server.as_ref());
+    }
+    if o.wants("ratelimit") {
+        #[cfg(feature = "ratelimit")]
+        ratelimit::run(&mut rep, &o, server.as_ref());
+        #[cfg(not(feature = "ratelimit"))]
+        rep.skipped("ratelimit", "all", "built without the `ratelimit` feature (use --all-features)");
     }
     drop(server);
     rep.table(started.elapsed());

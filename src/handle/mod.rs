@@ -5,7 +5,8 @@
 //! other way): `builder.rs` (the default stack, `open`, `builder`),
 //! `guard.rs` (per-key locks, `lock`), `atomic.rs` (`update`, `incr`,
 //! `compare_and_set`), `batch.rs` (`get_many`, `set_many`, `delete_many`), `single_flight.rs` with `flights.rs`
-//! (`get_or_insert_with`), `watch.rs` (`watch`) and `metrics.rs`.
+//! (`get_or_insert_with`), `watch.rs` (`watch`), `throttle.rs` (rate-limit
+//! checks, feature `ratelimit`) and `metrics.rs`.
 //! `direct.rs` is the one piece `dict.rs` uses: `get` and `set` on the
 //! default memory stack without a request when no layer has work to do.
 
@@ -21,4 +22,6 @@ pub(crate) mod guard;
 pub mod metrics;
 pub(crate) mod scan;
 mod single_flight;
+#[cfg(feature = "ratelimit")]
+mod throttle;
 mod watch;

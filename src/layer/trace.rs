@@ -18,7 +18,7 @@ use crate::request::{Request, Response};
 ///
 /// | field | type | value |
 /// | --- | --- | --- |
-/// | `op` | str | the operation, [`Request::op`]: `get`, `set`, `delete`, `exists`, `ttl`, `expire`, `persist`, `keys`, `items`, `len`, `clear`, `lock`, `renew`, `unlock`, `shutdown`, … |
+/// | `op` | str | the operation, [`Request::op`]: `get`, `set`, `delete`, `exists`, `ttl`, `expire`, `persist`, `keys`, `items`, `len`, `clear`, `lock`, `renew`, `unlock`, `shutdown`, `throttle` (a rate-limit check), … |
 /// | `backend` | str | the name given to [`TraceLayer::new`]; the default stack uses `memory`, `sqlite` or `redis` |
 /// | `outcome` | str | `ok`, or the error's message (e.g. ``timed out waiting for the lock on key `k` ``); recorded when the response is ready, so it stays empty for a request dropped before it finished |
 /// | `latency_us` | u64 | microseconds from the call to the response (recorded with `outcome`) |

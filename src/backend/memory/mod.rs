@@ -27,7 +27,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::Value;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, EventSink, SharedValue};
-use crate::request::{LockGrant, Request, Response};
+use crate::request::{Gcra, LockGrant, Request, Response, Throttled};
 use entries::{Cap, Entries, Entry, Hasher};
 use timers::{DeadlineTable, Micros, NO_DEADLINE, Row, Timed};
 
@@ -317,6 +317,20 @@ impl<V: Value> MemoryBackend<V> {
         let (key, entry) =
             kept.ok_or_else(|| Error::backend_msg("memory", "a reported set kept no entry"))?;
         Ok(Event::shared(EventKind::Set, key, entry))
+    }
+
+    /// What `Request::Throttle` does, without building a request (the
+    /// handle's direct path): the verdict and the value stored, if any.
+    #[cfg(feature = "ratelimit")]
+    pub(crate) fn throttle_now(
+        &self,
+        key: &str,
+        gcra: Gcra,
+        cost: u32,
+        value_of: fn(u64) -> Option<V>,
+        tat_of: fn(&V) -> Option<u64>,
+    ) -> Result<(Throttled, Option<V>)> {
+        self.shared.throttle(key, gcra, cost, value_of, tat_of)
     }
 
     /// Number of pending deadlines in the timer table (for resource checks).
@@ -643,12 +657,28 @@ impl<V: Value> Shared<V> {
         keep: bool,
     ) -> Result<Option<(Arc<str>, Arc<Entry<V>>)>> {
         let now = Instant::now();
+        let hash = self.deadlines.hash(&key);
+        let write = self.entries.write(hash);
+        self.set_locked(write, hash, now, key, value, ttl, keep)
+    }
+
+    /// [`set`](Self::set) under the key's write lock, taken by the caller
+    /// (`hash`: the key's) at `now`.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn set_locked(
+        &self,
+        mut write: entries::WriteGuard<'_, V>,
+        hash: u64,
+        now: Instant,
+        key: Arc<str>,
+        value: V,
+        ttl: Option<Duration>,
+        keep: bool,
+    ) -> Result<Option<(Arc<str>, Arc<Entry<V>>)>> {
         let own = self.deadline_for(now, ttl)?;
         let (deadline, cap) = self.idle_deadline(self.deadlines.micros(now), own);
         let entry = Arc::new(Entry::idle(value, deadline, cap));
-        let hash = self.deadlines.hash(&key);
         let kept = keep.then(|| (Arc::clone(&key), Arc::clone(&entry)));
-        let mut write = self.entries.write(hash);
         if cap == Cap::Table {
             self.record_limit(&key, own, &entry);
         }
@@ -668,6 +698,36 @@ impl<V: Value> Shared<V> {
             forget_limit(&self.limits, &key, &old);
         }
         Ok(kept)
+    }
+
+    /// `Request::Throttle`: reads the key's arrival time, decides and
+    /// stores the new one in one hold of the key's write lock.
+    fn throttle(
+        &self,
+        key: &str,
+        gcra: Gcra,
+        cost: u32,
+        value_of: fn(u64) -> Option<V>,
+        tat_of: fn(&V) -> Option<u64>,
+    ) -> Result<(Throttled, Option<V>)> {
+        if self.idle.is_some() {
+            return Err(crate::gcra::idle_refused());
+        }
+        let hash = self.deadlines.hash(key);
+        let write = self.entries.write(hash);
+        // Read under the lock: checks of one key see the clock in the order they run.
+        let at = Instant::now();
+        let now = self.deadlines.micros(at);
+        let stored = match write.get(key).filter(|e| e.is_live(now)) {
+            Some(e) => Some(tat_of(&e.value).ok_or_else(|| crate::gcra::not_a_tat(key))?),
+            None => None,
+        };
+        let (verdict, tat) = gcra.step(now, stored, cost);
+        let Some(tat) = tat else { return Ok((verdict, None)) };
+        let value = value_of(tat).ok_or_else(|| crate::gcra::not_a_tat(key))?;
+        let ttl = crate::gcra::ttl_until(now, tat);
+        self.set_locked(write, hash, at, Arc::from(key), value.clone(), ttl, false)?;
+        Ok((verdict, Some(value)))
     }
 
     fn handle(&self, req: Request<V>) -> Result<Response<V>> {
@@ -732,6 +792,10 @@ impl<V: Value> Shared<V> {
             Request::DeleteMany { keys } => Ok(Response::DeletedMany(self.delete_many(&keys))),
             Request::ScanPage { prefix, cursor, limit, values } => {
                 Ok(self.scan_page(&prefix, cursor.as_deref(), limit, values))
+            }
+            Request::Throttle { key, gcra, cost, value_of, tat_of } => {
+                let (verdict, stored) = self.throttle(&key, gcra, cost, value_of, tat_of)?;
+                Ok(Response::Throttled { verdict, stored })
             }
         }
     }

@@ -18,7 +18,7 @@ use super::{Shared, Status, ms};
 use crate::Value;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::request::Response;
+use crate::request::{Gcra, Response};
 
 /// Retries of a comparison that failed on bytes but held by `PartialEq`.
 const EQUAL_RETRIES: usize = 3;
@@ -115,5 +115,47 @@ impl<V: Value> Shared<V> {
             Status::Slow => Ok(Response::Unsupported),
             _ => Err(Error::backend_msg("redis", "unexpected status for incr")),
         }
+    }
+
+    /// [`Request::Throttle`](crate::Request::Throttle) in one script call
+    /// (`WRITE_IF` mode `gcra`, on the server's clock).
+    pub(super) async fn throttle(
+        &self,
+        key: String,
+        gcra: Gcra,
+        cost: u32,
+        value_of: fn(u64) -> Option<V>,
+    ) -> Result<Response<V>> {
+        // The script reads and writes the arrival time as decimal digits.
+        if self.config.codec != Codec::Json {
+            return Err(Error::InvalidConfig(
+                "rate limiting on redis needs the json codec (the script stores the arrival time as digits)"
+                    .into(),
+            ));
+        }
+        let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let range = (to_i64(gcra.tolerance_us()), i64::from(cost));
+        let args =
+            self.write_if_args(&key, "gcra", to_i64(gcra.interval_us()).into(), range, "".into(), None);
+        let (status, answer) = self.write("throttle", &self.scripts.write_if, &key, args).await?;
+        let written = match status {
+            Status::Ok => true,
+            Status::No => false,
+            Status::Slow => return Err(crate::gcra::not_a_tat(&key)),
+            _ => return Err(Error::backend_msg("redis", "unexpected status for throttle")),
+        };
+        let bad = || Error::backend_msg("redis", "unexpected reply to throttle");
+        let answer = answer.as_deref().and_then(|b| std::str::from_utf8(b).ok()).ok_or_else(bad)?;
+        let (now, tat) = answer.split_once(' ').ok_or_else(bad)?;
+        let now: u64 = now.parse().map_err(|_| bad())?;
+        let tat: Option<u64> = if tat == "-" { None } else { Some(tat.parse().map_err(|_| bad())?) };
+        // The same step as the script's, on the same numbers.
+        let (verdict, new) = gcra.step(now, tat, cost);
+        let stored = match (written, new) {
+            (true, Some(new)) => value_of(new),
+            (false, None) => None,
+            _ => return Err(Error::backend_msg("redis", "throttle: the script and the client disagree")),
+        };
+        Ok(Response::Throttled { verdict, stored })
     }
 }

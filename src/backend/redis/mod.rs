@@ -790,6 +790,13 @@ impl<V: Value> Shared<V> {
             Request::Incr { key, delta, ttl, range, value_of } => {
                 self.incr(key, delta, ttl, range, value_of).await
             }
+            // An idle deadline before the refill would forget spent cells (as on every backend).
+            Request::Throttle { .. } if self.config.time_to_idle.is_some() => {
+                Err(crate::gcra::idle_refused())
+            }
+            Request::Throttle { key, gcra, cost, value_of, tat_of: _ } => {
+                self.throttle(key, gcra, cost, value_of).await
+            }
             Request::GetMany { keys } => Ok(Response::Values(self.get_many(&keys).await?)),
             Request::SetMany { entries, ttl } => self.set_many(entries, ttl).await.map(|()| Response::Done),
             Request::DeleteMany { keys } => Ok(Response::DeletedMany(self.delete_many(&keys).await?)),

@@ -170,6 +170,7 @@ impl<V: Value> Shared<V> {
             | Request::Persist { key, .. }
             | Request::CompareAndSet { key, .. }
             | Request::Incr { key, .. }
+            | Request::Throttle { key, .. }
             | Request::Lock { key, .. } => Touch::Key(key.clone()),
             Request::SetMany { entries, .. } => Touch::Keys(entries.iter().map(|(k, _)| k.clone()).collect()),
             Request::DeleteMany { keys } => Touch::Keys(keys.clone()),

@@ -172,8 +172,8 @@ end
 return out
 "#;
 
-/// `compare_and_set` and `incr` in one step. `ARGV`: mode (`absent`, `eq`
-/// or `incr`), expected codec bytes (`eq`) or delta (`incr`), smallest and
+/// `compare_and_set`, `incr` and a rate-limit check in one step. `ARGV`: mode (`absent`, `eq`,
+/// `incr` or `gcra`), expected codec bytes (`eq`) or delta (`incr`), smallest and
 /// largest allowed result (`incr`), new codec bytes (`absent`, `eq`), ttl_ms
 /// (`''`: none), grace_ms (`''`: none), wake channel, shard, member →
 /// `{status, expired, bytes}`: `OK` with the stored codec bytes, `NO` (the
@@ -181,6 +181,15 @@ return out
 /// (the sum leaves the range), `SLOW` (the stored value is not a JSON
 /// integer of at most 15 digits, or the sum passes 2^53: the caller takes
 /// the key's lock instead). Unguarded: waits (`LOCKED`) for any lock holder.
+///
+/// `gcra` (a rate-limit check, see `crate::gcra`): `ARGV[2]` the emission
+/// interval, `ARGV[3]` the burst tolerance (both µs), `ARGV[4]` the cost; the
+/// server's `TIME` is the clock. The stored value is the theoretical arrival
+/// time (µs, a JSON integer); an allowed check of cost ≥ 1 stores the new one
+/// with a TTL until it (ms, rounded up) → `OK`, else nothing is written →
+/// `NO`; either way the third element is `"<now_us> <stored tat_us or ->"`,
+/// from which the caller computes the same verdict. `SLOW`: the live value
+/// is not an arrival time.
 const WRITE_IF: &str = r#"
 local st = lock_state(KEYS[4], '')
 if st then return {st, false, false} end
@@ -192,8 +201,24 @@ if old then
   body = payload(old, od)
   if od and od <= now then expired = body else live = true end
 end
-local mode, new = ARGV[1], ARGV[5]
-if mode == 'incr' then
+local mode, new, ttl, answer = ARGV[1], ARGV[5], ARGV[6], false
+if mode == 'gcra' then
+  local t = redis.call('TIME')
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = math.floor(now_us / 1000)
+  local tat = false
+  if live then
+    if #body > 16 or not string.find(body, '^%d+$') then return {'SLOW', false, false} end
+    tat = tonumber(body)
+  end
+  answer = string.format('%.0f', now_us) .. ' ' .. (tat and string.format('%.0f', tat) or '-')
+  local cost, base = tonumber(ARGV[4]), now_us
+  if tat and tat > base then base = tat end
+  local nt = base + tonumber(ARGV[2]) * cost
+  if cost == 0 or nt > now_us + tonumber(ARGV[3]) then return {'NO', false, answer} end
+  new = string.format('%.0f', nt)
+  ttl = tostring(math.ceil((nt - now_us) / 1000))
+elseif mode == 'incr' then
   local n = 0
   if live then
     if #body > 16 or not string.find(body, '^%-?%d+$') then return {'SLOW', false, false} end
@@ -208,7 +233,7 @@ elseif mode == 'absent' then
 elseif not live or body ~= ARGV[2] then
   return {'NO', false, live and body}
 end
-local member, ttl, d = ARGV[10], ARGV[6], false
+local member, d = ARGV[10], false
 local grace, notified, durable = grace_mode(ARGV[7])
 if ttl == '' then
   redis.call('SET', KEYS[1], '~' .. new)
@@ -232,7 +257,7 @@ if d then
   redis.call('ZADD', KEYS[2], d, member)
   wake_if_first(KEYS[2], member, ARGV[8], ARGV[9])
 end
-return {'OK', handover(KEYS[2], member, expired, durable), new}
+return {'OK', handover(KEYS[2], member, expired, durable), answer or new}
 "#;
 
 /// `ARGV`: owner, member, grace mode → `{status, expired, removed value}`.

@@ -69,7 +69,7 @@ use crate::event::EventSink;
 use crate::request::{LockGrant, Request, Response};
 use driver::DriverSignal;
 use schema::Sql;
-use writer::{Applied, Inline, Leased, WriteOp, WriteOutcome, Writer};
+use writer::{Applied, Inline, Leased, TatCodec, WriteOp, WriteOutcome, Writer};
 
 /// Rows fetched per query when listing keys or items.
 const PAGE: i64 = 1000;
@@ -761,6 +761,28 @@ impl<V: Value> Shared<V> {
             }
             // Atomic through the cross-process lock (see `atomic.rs`).
             Request::CompareAndSet { .. } | Request::Incr { .. } => Ok(Response::Unsupported),
+            Request::Throttle { .. } if self.sql.idle.is_some() => Err(crate::gcra::idle_refused()),
+            Request::Throttle { key, gcra, cost, value_of, tat_of } => {
+                let tat = TatCodec {
+                    decode: Arc::new(move |b| codec.decode::<V>("", b).ok().and_then(|v| tat_of(&v))),
+                    encode: Arc::new(move |t| value_of(t).and_then(|v| codec.encode("", &v).ok())),
+                };
+                let op = WriteOp::Throttle { key: key.clone(), gcra, cost, tat };
+                match self.write(op).await? {
+                    WriteOutcome::Throttled { verdict, stored } => {
+                        let stored = match stored {
+                            Some((tat, expires_at)) => {
+                                self.signal.deadline_written(expires_at);
+                                value_of(tat)
+                            }
+                            None => None,
+                        };
+                        Ok(Response::Throttled { verdict, stored })
+                    }
+                    WriteOutcome::NotATat => Err(crate::gcra::not_a_tat(&key)),
+                    _ => Err(Response::<V>::mismatch("throttle")),
+                }
+            }
             Request::GetMany { keys } => {
                 let (keys, rows) = self.get_many(keys).await?;
                 for (key, _) in keys.iter().zip(&rows).filter(|(_, row)| row.is_some()) {

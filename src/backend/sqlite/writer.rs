@@ -173,6 +173,41 @@ pub(super) enum WriteOp {
         key: String,
         expires_at: i64,
     },
+    /// A rate-limit check (`Request::Throttle`): reads the key's arrival
+    /// time, decides, and stores the new one (expiring when the bucket is
+    /// full again) in the batch's transaction; answered with
+    /// [`WriteOutcome::Throttled`] or [`WriteOutcome::NotATat`].
+    Throttle {
+        key: String,
+        gcra: crate::request::Gcra,
+        cost: u32,
+        tat: TatCodec,
+    },
+}
+
+/// The arrival time stored bytes hold, if they hold one.
+pub(super) type DecodeTat = Arc<dyn Fn(&[u8]) -> Option<u64> + Send + Sync>;
+
+/// The bytes to store for an arrival time.
+pub(super) type EncodeTat = Arc<dyn Fn(u64) -> Option<Vec<u8>> + Send + Sync>;
+
+/// How a [`WriteOp::Throttle`] reads and writes an arrival time in the
+/// store's codec (the writer knows neither the value type nor the codec).
+#[derive(Clone)]
+pub(super) struct TatCodec {
+    pub(super) decode: DecodeTat,
+    pub(super) encode: EncodeTat,
+}
+
+impl std::fmt::Debug for TatCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TatCodec")
+    }
+}
+
+/// Microseconds since the Unix epoch (the arrival times of rate limits).
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// An expiration leased to this process (`at_least_once`): delivery number
@@ -210,6 +245,14 @@ pub(super) enum WriteOutcome {
     },
     /// `Many`: one outcome per write, in order.
     Many(Vec<WriteOutcome>),
+    /// `Throttle`: the verdict and, if it wrote, the new arrival time and
+    /// the row's deadline (ms).
+    Throttled {
+        verdict: crate::request::Throttled,
+        stored: Option<(u64, i64)>,
+    },
+    /// `Throttle`: the key's live value is not an arrival time; nothing was done.
+    NotATat,
 }
 
 /// What a write did. The expirations it found on the way (an expired row a
@@ -856,6 +899,7 @@ fn apply(
         | WriteOp::Delete { key, owner }
         | WriteOp::Expire { key, owner, .. }
         | WriteOp::Persist { key, owner } => Some((key.as_str(), owner.as_deref())),
+        WriteOp::Throttle { key, .. } => Some((key.as_str(), None)),
         _ => None,
     };
     if let Some((key, owner)) = guarded {
@@ -958,6 +1002,12 @@ fn apply(
             }
             WriteOutcome::Done
         }
+        WriteOp::Throttle { key, gcra, cost, tat } => {
+            if seen.due {
+                take_expired(tx, sql, now, &key, &mut expired)?;
+            }
+            throttle(tx, sql, now, seen, key, gcra, cost, &tat)?
+        }
         WriteOp::Touch { key, expires_at } => match &sql.idle {
             Some(idle) => WriteOutcome::Bool(
                 tx.prepare_cached(&idle.touch)?.execute(params![key, now, expires_at])? > 0,
@@ -978,6 +1028,43 @@ fn apply(
     };
     found.append(&mut expired);
     Ok(Applied { outcome, held: held || held_by_many })
+}
+
+/// `WriteOp::Throttle` in `tx` (the key's expired row, if any, already taken):
+/// one read of the live row, the GCRA step, one upsert if it was allowed.
+#[allow(clippy::too_many_arguments)]
+fn throttle(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    now: i64,
+    seen: &mut Seen,
+    key: String,
+    gcra: crate::request::Gcra,
+    cost: u32,
+    tat: &TatCodec,
+) -> rusqlite::Result<WriteOutcome> {
+    let row: Option<Vec<u8>> =
+        tx.prepare_cached(&sql.get)?.query_row(params![key, now], |r| r.get(0)).optional()?;
+    let stored = match row {
+        None => None,
+        Some(bytes) => match (tat.decode)(&bytes) {
+            Some(t) => Some(t),
+            None => return Ok(WriteOutcome::NotATat),
+        },
+    };
+    let now_us = now_us();
+    let (verdict, new) = gcra.step(now_us, stored, cost);
+    let Some(new) = new else { return Ok(WriteOutcome::Throttled { verdict, stored: None }) };
+    let Some(value) = (tat.encode)(new) else { return Ok(WriteOutcome::NotATat) };
+    // The row lives until the bucket is full again (the arrival time, in ms rounded up).
+    let expires_at = i64::try_from(new.div_ceil(1000)).unwrap_or(i64::MAX);
+    match seen.next_seq() {
+        None => tx.prepare_cached(&sql.upsert)?.execute(params![key, value, expires_at])?,
+        Some(seq) => {
+            tx.prepare_cached(&sql.sized.upsert_seq)?.execute(params![key, value, expires_at, seq])?
+        }
+    };
+    Ok(WriteOutcome::Throttled { verdict, stored: Some((new, expires_at)) })
 }
 
 /// Configures `conn` as the `aside` connection of [`Writer::spawn`]: the

@@ -17,7 +17,7 @@ pub(super) enum Plan<V> {
     Get(Option<Arc<str>>),
     Set(Option<(Arc<str>, V)>),
     Delete(Option<Arc<str>>),
-    /// A `CompareAndSet` or `Incr`: a `Set` event if it wrote.
+    /// A `CompareAndSet`, `Incr` or `Throttle`: a `Set` event if it wrote.
     Written(Option<Arc<str>>),
     /// A batch: one event per key (per hit, per removal), in order.
     GetMany(Option<Vec<Arc<str>>>),
@@ -104,6 +104,12 @@ fn report<V: Clone + Send + Sync + 'static>(d: &Dispatcher<V>, plan: Plan<V>, re
             }
         }
         (Plan::Written(key), Response::Written(Some(value))) => {
+            counters.sets.incr();
+            if let Some(key) = key {
+                d.emit(Event::keyed(EventKind::Set, key, Some(value.clone())));
+            }
+        }
+        (Plan::Written(key), Response::Throttled { stored: Some(value), .. }) => {
             counters.sets.incr();
             if let Some(key) = key {
                 d.emit(Event::keyed(EventKind::Set, key, Some(value.clone())));

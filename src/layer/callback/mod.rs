@@ -21,6 +21,8 @@ use future::Plan;
 /// Emits `Set`, `Get` (hits) and `Delete` (removals) events for the requests
 /// that pass through it, and counts hits, misses, sets and deletes; a batch
 /// (`GetMany`, `SetMany`, `DeleteMany`) reports one event per entry, in order.
+/// A rate-limit check (`Throttle`) that stored a new arrival time is a `Set`
+/// of it; a denied check writes nothing and fires nothing.
 ///
 /// Events are only built when a callback listens to their kind.
 #[derive(Debug, Clone)]
@@ -59,7 +61,9 @@ where
             Request::Delete { key, .. } => {
                 Plan::Delete(d.wants(EventKind::Delete).then(|| Arc::from(key.as_str())))
             }
-            Request::CompareAndSet { key, .. } | Request::Incr { key, .. } => {
+            Request::CompareAndSet { key, .. }
+            | Request::Incr { key, .. }
+            | Request::Throttle { key, .. } => {
                 Plan::Written(d.wants(EventKind::Set).then(|| Arc::from(key.as_str())))
             }
             Request::GetMany { keys } => Plan::GetMany(
