@@ -125,14 +125,7 @@ fn target(backend: &str) -> Target {
 /// `get_many` / `set_many` of N keys against raw fred `MGET` / N pipelined `SET`s, one task.
 fn raw(rep: &mut Report, o: &Opts, server: &Server) {
     let rt = runtime();
-    let raw = rt.block_on(async {
-        let client = Builder::from_config(Config::from_url(&server.raw_url()).expect("url"))
-            .with_connection_config(|c| c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() })
-            .build()
-            .expect("fred client");
-        client.init().await.expect("connect");
-        client
-    });
+    let raw = crate::redis::raw_client(&rt, &server.raw_url());
     let d: LiveDict<String> = rt.block_on(LiveDict::open(&server.url("batchraw"))).expect("store");
     let v = value();
     let raw_v = Bytes::from(v.clone().into_bytes());

@@ -157,14 +157,7 @@ fn sqlite(rep: &mut Report, o: &Opts, w: &Workload, url: &str) {
 /// livedict on Redis against raw fred `EVALSHA` of [`RAW_GCRA`], 1 and 50 tasks.
 fn redis(rep: &mut Report, o: &Opts, w: &Workload, server: &Server) {
     let rt = runtime();
-    let raw = rt.block_on(async {
-        let client = Builder::from_config(Config::from_url(&server.raw_url()).expect("url"))
-            .with_connection_config(|c| c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() })
-            .build()
-            .expect("fred client");
-        client.init().await.expect("connect");
-        client
-    });
+    let raw = crate::redis::raw_client(&rt, &server.raw_url());
     let script = Arc::new(Script::from_lua(RAW_GCRA));
     let store = rt.block_on(LiveDict::open(&server.url(&format!("ratelimit-{}", w.name)))).expect("store");
     let limiter = RateLimiter::new(store, w.quota());

@@ -34,6 +34,11 @@ impl Server {
     pub fn raw_url(&self) -> String {
         self.inner.url()
     }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.inner.port()
+    }
 }
 
 pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
@@ -61,7 +66,7 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
 }
 
 /// Connects a raw fred client (a cluster client for `redis-cluster://`).
-fn raw_client(rt: &tokio::runtime::Runtime, url: &str) -> Client {
+pub fn raw_client(rt: &tokio::runtime::Runtime, url: &str) -> Client {
     rt.block_on(async {
         let client = Builder::from_config(Config::from_url(url).expect("url"))
             .with_connection_config(|c| c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() })
@@ -73,7 +78,7 @@ fn raw_client(rt: &tokio::runtime::Runtime, url: &str) -> Client {
 }
 
 /// `used_memory` of the server on `port`.
-fn used_memory(port: u16) -> f64 {
+pub fn used_memory(port: u16) -> f64 {
     let info = crate::redis_server::command(port, &["INFO", "memory"]).expect("INFO memory");
     crate::redis_server::info_field(&info, "used_memory").and_then(|v| v.parse().ok()).expect("used_memory")
 }

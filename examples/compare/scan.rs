@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use fred::bytes::Bytes;
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand};
 use futures::TryStreamExt;
 use livedict::LiveDict;
 
@@ -54,15 +53,7 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
     let n = o.pick(100_000, 1_000_000);
     let rt = runtime();
     let v = value();
-    let raw_redis = server.map(|server| {
-        rt.block_on(async {
-            let client = Builder::from_config(Config::from_url(&server.raw_url()).expect("url"))
-                .build()
-                .expect("fred client");
-            client.init().await.expect("connect");
-            client
-        })
-    });
+    let raw_redis = server.map(|server| crate::redis::raw_client(&rt, &server.raw_url()));
     for backend in ["memory", "sqlite", "redis"] {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = match (backend, server) {
@@ -75,7 +66,7 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
             }
         };
         let rss0 = status_bytes("VmRSS:").unwrap_or(0) as i64;
-        let used0 = raw_redis.as_ref().map_or(0, |c| used_memory(&rt, c));
+        let used0 = server.map_or(0.0, |s| crate::redis::used_memory(s.port()));
         let d: LiveDict<String> = rt.block_on(LiveDict::open(&url)).expect("open");
         let all = std::sync::Arc::new(keys(n));
         if backend == "redis" {
@@ -99,9 +90,9 @@ pub fn run(rep: &mut Report, o: &Opts, server: Option<&Server>) {
         }
         // The data: the RSS the fill added (memory), the file with its WAL
         // (SQLite), the server's memory the fill added (Redis).
-        let data = match (backend, &raw_redis) {
+        let data = match (backend, server) {
             ("memory", _) => status_bytes("VmRSS:").unwrap_or(0) as i64 - rss0,
-            ("redis", Some(c)) => used_memory(&rt, c) - used0,
+            ("redis", Some(server)) => (crate::redis::used_memory(server.port()) - used0) as i64,
             _ => ["scan.db", "scan.db-wal"]
                 .iter()
                 .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
@@ -195,14 +186,6 @@ fn raw_sqlite(path: &std::path::Path) -> usize {
         count += 1;
     }
     count
-}
-
-/// The Redis server's `used_memory` (bytes).
-fn used_memory(rt: &tokio::runtime::Runtime, c: &Client) -> i64 {
-    let info: String = rt
-        .block_on(c.custom(CustomCommand::new_static("INFO", ClusterHash::FirstKey, false), vec!["memory"]))
-        .expect("INFO memory");
-    info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Every key of the server through `SCAN` pages of 1,000, each followed by
